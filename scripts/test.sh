@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up (system packages, .venv with the built wheel) and run the whole test suite
+# under a virtual X server. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install_system_deps.sh
+bash scripts/setup.sh --wheel
+# Tests import the installed wheel, not src/, so missing package data fails here.
+export STPREDICT_TESTING_WHEEL=1
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+# pytest exits 5 when no test ran: that is a failure here.
+[ "$rc" -eq 5 ] && echo "no tests ran" >&2
+exit "$rc"

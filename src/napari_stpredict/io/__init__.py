@@ -1,0 +1,1 @@
+"""File input and output: slides, pyramids for napari, ST data, exports."""

@@ -1,0 +1,41 @@
+"""Atomic file writes: write to a temporary file beside the target, then rename.
+
+A full disk, a crash or a cancelled run leaves the previous file (or none), never a
+half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``target``.
+
+    Parameters
+    ----------
+    target : str or Path
+        Final file path. Its folder must exist.
+
+    Examples
+    --------
+    >>> with atomic_path("out.png") as tmp:  # doctest: +SKIP
+    ...     image.save(tmp, format="PNG")
+    """
+    target = Path(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,113 @@
+"""The npe2 reader: what it claims, the layer data it returns, and lazy reading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_stpredict._reader import napari_get_reader, slide_layer_data, slide_of_layer
+from napari_stpredict.errors import SlideError
+from napari_stpredict.io.pyramid import level_chunks, slide_pyramid
+from napari_stpredict.io.slide import ArraySlide, open_slide
+
+
+def test_reader_claims_slides_and_declines_other_files(tmp_path, sample_slide_path, wsi_dir):
+    import tifffile
+
+    assert callable(napari_get_reader(str(sample_slide_path)))
+    assert callable(napari_get_reader(str(wsi_dir / "CMU-1-Small-Region.svs")))
+    assert callable(napari_get_reader([str(wsi_dir / "ndpi_test3-DAPI-2-387.ndpi")]))
+    (tmp_path / "notes.txt").write_text("x")
+    assert napari_get_reader(str(tmp_path / "notes.txt")) is None
+    assert napari_get_reader(str(tmp_path / "photo.png")) is None  # napari's own business
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.zeros((5, 32, 32), np.uint16))
+    assert napari_get_reader(str(stack)) is None  # a 3-D grey stack is not a slide
+    assert napari_get_reader([str(sample_slide_path), str(sample_slide_path)]) is None
+
+
+def test_reader_for_a_corrupt_slide_raises_the_clear_error(tmp_path):
+    bad = tmp_path / "broken.svs"
+    bad.write_text("not a slide")
+    reader = napari_get_reader(str(bad))  # never raises itself
+    assert callable(reader)
+    with pytest.raises(SlideError, match="broken.svs"):
+        reader(str(bad))
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
+
+
+def test_layer_data_is_a_lazy_multiscale_in_um(sample_slide_path):
+    reader = napari_get_reader(str(sample_slide_path))
+    [(data, kwargs, layer_type)] = reader(str(sample_slide_path))
+    assert layer_type == "image"
+    assert kwargs["rgb"] and kwargs["multiscale"]
+    assert kwargs["scale"] == pytest.approx((0.688, 0.688))
+    assert [d.shape for d in data] == [(6300, 7400, 3), (3150, 3700, 3), (1575, 1850, 3), (788, 925, 3), (394, 463, 3)]
+    assert all(type(d).__name__ == "Array" for d in data)  # dask, nothing read yet
+    meta = kwargs["metadata"]
+    assert meta["slide"]["name"] == "her2st_C2.tiff"
+    # No folder path, label or macro image in the metadata (they can identify patients).
+    for s in _strings(meta):
+        assert str(sample_slide_path.parent) not in s
+    assert not any(isinstance(v, np.ndarray) for v in meta["slide"].values())
+
+
+def test_layer_data_without_mpp_is_in_pixels(wsi_dir):
+    with open_slide(wsi_dir / "tcga-cr-7395-01a-01-ts1.svs") as slide:
+        _, kwargs, _ = slide_layer_data(slide)
+    assert "scale" not in kwargs
+
+
+def test_chunks_are_whole_tiles(sample_slide_path, wsi_dir):
+    with open_slide(sample_slide_path) as slide:
+        for level, arr in enumerate(slide_pyramid(slide)):
+            tile_w, tile_h = slide.tile_size(level)
+            ch, cw = level_chunks(slide, level)
+            full_h, full_w = arr.shape[:2]
+            assert (ch % tile_h == 0 or ch == full_h) and (cw % tile_w == 0 or cw == full_w)
+            assert arr.chunks[0][0] == ch and arr.chunks[1][0] == cw
+
+
+class CountingSlide(ArraySlide):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.reads = []
+
+    def _read_level(self, level, level_xy, size):
+        self.reads.append((level, level_xy, size))
+        return super()._read_level(level, level_xy, size)
+
+
+def test_only_displayed_chunks_are_read():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (4096, 4096, 3), dtype=np.uint8)
+    slide = CountingSlide(image, mpp=0.5, levels=4, tile=512)
+    pyramid = slide_pyramid(slide)
+    assert slide.reads == []
+    view = np.asarray(pyramid[0][1100:1200, 2100:2200])  # inside one 512 px chunk
+    assert len(slide.reads) == 1
+    assert np.array_equal(view, image[1100:1200, 2100:2200])
+    slide.reads.clear()
+    np.asarray(pyramid[3][:, :])  # the whole coarsest level
+    assert {r[0] for r in slide.reads} == {3}
+
+
+def test_slide_of_layer_finds_the_open_slide(sample_slide_path):
+    slide = open_slide(sample_slide_path)
+    data, kwargs, _ = slide_layer_data(slide)
+
+    class FakeLayer:  # only .metadata is used
+        metadata = kwargs["metadata"]
+
+    assert slide_of_layer(FakeLayer()) is slide
