@@ -246,3 +246,73 @@ def test_array_slide_rejects_bad_arrays():
         ArraySlide(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="mpp"):
         ArraySlide(np.zeros((4, 4, 3), np.uint8), mpp=-1)
+
+
+# --- TIFFs that OpenSlide cannot read fully: tifffile takes them --------------------
+
+def _sample_crop(sample_slide_path, size=1024):
+    with open_slide(sample_slide_path) as slide:
+        return slide.read_region((2500, 2000), 0, (size, size))
+
+
+def test_ome_tiff_subifd_pyramid_opens_with_all_levels(sample_slide_path, tmp_path):
+    import tifffile
+
+    base = _sample_crop(sample_slide_path)
+    levels = [base, base[::2, ::2].copy(), base[::4, ::4].copy()]
+    path = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(levels[0], subifds=2, tile=(256, 256), compression="zlib", photometric="rgb",
+                  metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        for level in levels[1:]:
+            tif.write(level, subfiletype=1, tile=(256, 256), compression="zlib", photometric="rgb")
+    with open_slide(path) as slide:
+        # OpenSlide would see one level only; the SubIFD pyramid needs tifffile.
+        assert slide.backend == "tifffile" and slide.vendor == "ome-tiff"
+        assert slide.level_dimensions == ((1024, 1024), (512, 512), (256, 256))
+        assert slide.mpp == (0.5, 0.5)
+        assert np.array_equal(slide.read_region((100, 200), 0, (300, 200)), base[200:400, 100:400])
+        assert np.array_equal(slide.read_region((400, 400), 2, (50, 50)), levels[2][100:150, 100:150])
+
+
+def test_stripped_tiff_opens_with_tifffile(sample_slide_path, tmp_path):
+    import tifffile
+
+    base = _sample_crop(sample_slide_path, 600)
+    path = tmp_path / "stripped.tif"
+    tifffile.imwrite(path, base, photometric="rgb", rowsperstrip=64, resolution=(1e4 / 0.25, 1e4 / 0.25),
+                     resolutionunit="CENTIMETER")
+    with open_slide(path) as slide:
+        assert slide.backend == "tifffile"
+        assert slide.dimensions == (600, 600) and slide.level_count == 1
+        assert slide.tile_size(0) == (600, 64)
+        assert slide.mpp_x == pytest.approx(0.25)
+        assert np.array_equal(slide.read_region((590, 10), 0, (20, 20))[:, :10], base[10:30, 590:600])
+        assert (slide.read_region((590, 10), 0, (20, 20))[:, 10:] == 255).all()
+
+
+def test_files_are_closed_when_done(sample_slide_path, wsi_dir):
+    import gc
+
+    import psutil
+
+    proc = psutil.Process()
+
+    def open_paths():
+        return {Path(f.path).name for f in proc.open_files()}
+
+    from pathlib import Path
+
+    for path, backend in [(sample_slide_path, "openslide"), (sample_slide_path, "tifffile"),
+                          (wsi_dir / "CMU-1-Small-Region.svs", "auto")]:
+        with open_slide(path, backend=backend) as slide:
+            slide.read_region((0, 0), 0, (64, 64))
+            if slide.backend == "tifffile":  # OpenSlide reopens its file per read instead
+                assert path.name in open_paths()
+        assert path.name not in open_paths()
+        # and without close(): garbage collection releases the handle
+        slide = open_slide(path, backend=backend)
+        slide.read_region((0, 0), 0, (64, 64))
+        del slide
+        gc.collect()
+        assert path.name not in open_paths()
