@@ -5,6 +5,12 @@ Commands
 info
     Open slides (or the bundled sample), write a JSON summary and a thumbnail PNG with
     the detected tissue outlined.
+convert
+    her2st sections or a Space Ranger folder -> one ``.h5ad`` per section.
+train
+    Train a CMRCNet from a YAML config; resumable.
+evaluate
+    The evaluation protocol (patient-level folds and leave-one-section-out) with baselines.
 """
 
 from __future__ import annotations
@@ -81,6 +87,139 @@ def _outline(thumb, mask):
     return np.ascontiguousarray(out)
 
 
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert ST data (her2st, Space Ranger) to .h5ad")
+    p.add_argument("kind", choices=["her2st", "visium"], help="input layout")
+    p.add_argument("source", type=Path, help="her2st folder, or Space Ranger output folder")
+    p.add_argument("--sections", nargs="*", default=None, help="her2st sections (default: all)")
+    p.add_argument("--image", type=Path, default=None, help="Visium: the full-resolution H&E image")
+    p.add_argument("--genes", nargs="*", default=None,
+                   help="only these genes (symbols, any case, or Ensembl IDs); missing ones are reported")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args) -> int:
+    from .io.st_data import her2st_sections, match_genes, read_her2st_section, read_visium
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.kind == "her2st":
+        sections = args.sections or her2st_sections(args.source)
+        items = ((s, lambda s=s: read_her2st_section(args.source, s, with_image=False)) for s in sections)
+    else:
+        items = [(args.source.name, lambda: read_visium(args.source, fullres_image=args.image))]
+    status = 0
+    for name, load in items:
+        try:
+            adata = load()
+        except StPredictError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        if args.genes:
+            idx, found, missing = match_genes(adata.var, args.genes)
+            if missing:
+                print(f"{name}: {len(missing)} requested genes are not in the data: {', '.join(missing)}",
+                      file=sys.stderr)
+            adata = adata[:, idx].copy()
+        path = args.out / f"{name}.h5ad"
+        from .io.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            adata.write_h5ad(tmp, compression="gzip")
+        print(f"{name}: {adata.n_obs} spots x {adata.n_vars} genes -> {path}")
+    return status
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a CMRCNet model (resumable)")
+    p.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: out_dir of the config)")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
+    p.set_defaults(func=_cmd_train)
+
+
+def _drain_with_bar(gen, describe):
+    """Run a progress generator with a tqdm bar; return its return value."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="step", dynamic_ncols=True)
+    try:
+        while True:
+            try:
+                progress = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            text = describe(progress)
+            if text:
+                bar.set_description_str(text)
+            if progress.get("stage") == "train":
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def _cmd_train(args) -> int:
+    from .training.train import iter_train, load_train_config
+
+    overrides = {k: v for k, v in {"epochs": args.epochs, "device": args.device}.items() if v is not None}
+    try:
+        cfg = load_train_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = args.out or Path(cfg.out_dir)
+
+    def describe(p):
+        if p["stage"] == "train":
+            return f"epoch {p['epoch']}/{p['epochs']} loss {p['loss']:.3f}"
+        return p.get("message") or p["stage"]
+
+    path = _drain_with_bar(iter_train(cfg, run_dir), describe)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluation protocol with baselines; writes JSON and a Markdown table")
+    p.add_argument("--config", type=Path, default=Path("evaluation/config.yaml"))
+    p.add_argument("--protocol", nargs="*", default=None, help="patient, loso_C (default: both)")
+    p.add_argument("--fold", nargs="*", default=None, help="e.g. test_B test_C3 (default: all)")
+    p.add_argument("--variant", nargs="*", default=None,
+                   help="cmrcnet contrastive ridge_features untrained (default: all)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs: the table's shape within an hour on a CPU")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    import json as _json
+
+    from .training.evaluate import EvalConfig, iter_evaluate, markdown_table, summarise
+
+    cfg = EvalConfig.from_yaml(args.config)
+    if args.device:
+        cfg.train.device = args.device
+
+    def describe(p):
+        where = f"{p.get('protocol')}/{p.get('fold')}/{p.get('variant', '')}"
+        if p.get("stage") == "train":
+            return f"{where} epoch {p['epoch']}/{p['epochs']} loss {p['loss']:.3f}"
+        return f"{where} {p.get('stage')}"
+
+    _drain_with_bar(iter_evaluate(cfg, protocols=args.protocol, folds=args.fold, variants=args.variant,
+                                  quick=args.quick), describe)
+    results = Path(cfg.out_dir) / ("quick" if args.quick else "full")
+    summary = summarise(results)
+    (results / "summary.json").write_text(_json.dumps(summary, indent=1), encoding="utf-8")
+    table = markdown_table(summary)
+    (results / "table.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"results: {results}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``stpredict`` argument parser."""
     from . import __version__
@@ -92,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-stpredict {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_info(sub)
+    _add_convert(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -14,14 +14,31 @@ import numpy as np
 
 from ..errors import StPredictError
 
-__all__ = ["read_her2st_section", "her2st_sections_with_images", "HER2ST_MPP"]
+__all__ = [
+    "read_her2st_section",
+    "her2st_sections_with_images",
+    "her2st_sections",
+    "read_visium",
+    "read_st_h5ad",
+    "match_genes",
+    "STDataError",
+    "HER2ST_MPP",
+    "VISIUM_SPOT_UM",
+]
 
 #: her2st full-resolution H&E: 290 px per 200 µm spot pitch (measured).
 HER2ST_MPP = 0.688
+#: Visium spot diameter; with Space Ranger's ``spot_diameter_fullres`` it gives the mpp.
+VISIUM_SPOT_UM = 55.0
 
 
 class STDataError(StPredictError, ValueError):
     """An ST dataset is missing files or has inconsistent contents."""
+
+
+def her2st_sections(root: str | Path) -> list[str]:
+    """All her2st sections that have counts (e.g. A1 ... H3)."""
+    return sorted(p.name.split(".")[0] for p in (Path(root) / "ST-cnts").glob("*.tsv.gz"))
 
 
 def her2st_sections_with_images(root: str | Path) -> list[str]:
@@ -144,3 +161,140 @@ def read_her2st_section(root: str | Path, section: str, *, with_image: bool = Tr
         library["metadata"]["image_path"] = str(images[0])
     adata.uns["spatial"] = {section: library}
     return adata
+
+
+def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_image: str | Path | None = None):
+    """Read a Space Ranger output folder into AnnData.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Folder with ``filtered_feature_bc_matrix.h5`` and ``spatial/`` (tissue positions,
+        ``scalefactors_json.json``, hires/lowres images).
+    library_id : str, optional
+        Name of the library in ``uns["spatial"]``; default: the folder name.
+    fullres_image : str or Path, optional
+        The full-resolution H&E the spot pixel coordinates refer to (Space Ranger does
+        not copy it into its output). Recorded in ``uns``; needed for training.
+
+    Returns
+    -------
+    anndata.AnnData
+        Spots under tissue x genes, raw counts; ``var_names`` are gene symbols and
+        ``var["gene_ids"]`` Ensembl IDs; ``obsm["spatial"]`` is full-resolution ``(x, y)``.
+    """
+    import json
+
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    import scipy.sparse as sp
+    from PIL import Image
+
+    folder = Path(folder)
+    h5 = folder / "filtered_feature_bc_matrix.h5"
+    spatial = folder / "spatial"
+    if not h5.exists():
+        raise STDataError(f"{folder}: no filtered_feature_bc_matrix.h5; is this a Space Ranger output folder?")
+    with h5py.File(h5, "r") as f:
+        m = f["matrix"]
+        n_genes, n_spots = (int(v) for v in m["shape"][:])
+        x = sp.csc_matrix((m["data"][:], m["indices"][:], m["indptr"][:]), shape=(n_genes, n_spots)).T.tocsr()
+        barcodes = [b.decode() for b in m["barcodes"][:]]
+        gene_ids = [g.decode() for g in m["features/id"][:]]
+        names = [g.decode() for g in m["features/name"][:]]
+    positions_path = next((p for p in (spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv")
+                           if p.exists()), None)
+    if positions_path is None:
+        raise STDataError(f"{folder}: no spatial/tissue_positions.csv or tissue_positions_list.csv")
+    cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+    first = positions_path.read_text(encoding="utf-8").split("\n", 1)[0]
+    positions = pd.read_csv(positions_path, header=0 if first.startswith("barcode") else None)
+    positions.columns = cols
+    positions = positions.set_index("barcode")
+    missing = [b for b in barcodes if b not in positions.index]
+    if missing:
+        raise STDataError(f"{positions_path}: {len(missing)} barcodes of the matrix have no position, e.g. {missing[0]}")
+    positions = positions.loc[barcodes]
+    scalefactors = json.loads((spatial / "scalefactors_json.json").read_text(encoding="utf-8"))
+    library_id = library_id or folder.name
+
+    obs = positions[["in_tissue", "array_row", "array_col"]].copy()
+    obs.index.name = None
+    obs["patient"] = library_id
+    obs["section"] = library_id
+    var = pd.DataFrame({"gene_ids": gene_ids}, index=pd.Index(names))
+    adata = ad.AnnData(X=x.astype(np.int32), obs=obs, var=var)
+    adata.var_names_make_unique()
+    adata.obsm["spatial"] = positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(np.float64)
+    images = {}
+    for kind in ("hires", "lowres"):
+        path = spatial / f"tissue_{kind}_image.png"
+        if path.exists():
+            images[kind] = np.asarray(Image.open(path).convert("RGB"))
+    scalefactors["mpp_fullres"] = VISIUM_SPOT_UM / float(scalefactors["spot_diameter_fullres"])
+    metadata: dict = {"source": str(folder.name)}
+    if fullres_image is not None:
+        metadata["image_path"] = str(fullres_image)
+    adata.uns["spatial"] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
+    return adata[adata.obs["in_tissue"] == 1].copy() if (adata.obs["in_tissue"] == 1).any() else adata
+
+
+def read_st_h5ad(path: str | Path):
+    """Read an ``.h5ad`` in the scanpy/squidpy layout and check it has what training needs.
+
+    Requires ``obsm["spatial"]`` and ``uns["spatial"][library]["scalefactors"]``; adds
+    ``obs["patient"]``/``obs["section"]`` (the library id) when absent.
+    """
+    import anndata as ad
+
+    path = Path(path)
+    adata = ad.read_h5ad(path)
+    if "spatial" not in adata.obsm:
+        raise STDataError(f"{path}: no obsm['spatial'] spot coordinates")
+    libraries = list(adata.uns.get("spatial", {}))
+    if not libraries:
+        raise STDataError(f"{path}: no uns['spatial'] library (image and scale factors)")
+    for column in ("patient", "section"):
+        if column not in adata.obs:
+            adata.obs[column] = libraries[0]
+    return adata
+
+
+def match_genes(var, requested, *, gene_ids_column: str = "gene_ids"):
+    """Find requested genes in a gene table, by symbol (case-insensitive) or Ensembl ID.
+
+    Parameters
+    ----------
+    var : pandas.DataFrame
+        ``adata.var``: the index holds symbols; ``gene_ids_column`` (if present) holds
+        Ensembl IDs.
+    requested : sequence of str
+        Symbols (``erbb2``, ``ERBB2``) or Ensembl IDs (``ENSG00000141736``, version
+        suffixes ignored).
+
+    Returns
+    -------
+    indices : list of int
+        Positions in ``var`` of the genes found, in the requested order.
+    found : list of str
+        The symbols in ``var`` that were matched.
+    missing : list of str
+        Requested names not found (reported, never dropped silently).
+    """
+    symbols = {str(s).upper(): i for i, s in enumerate(var.index)}
+    ids = {}
+    if gene_ids_column in var:
+        ids = {str(g).split(".")[0].upper(): i for i, g in enumerate(var[gene_ids_column])}
+    indices, found, missing = [], [], []
+    for name in requested:
+        key = str(name).strip().upper()
+        idx = ids.get(key.split(".")[0]) if key.startswith("ENS") else None
+        if idx is None:
+            idx = symbols.get(key)
+        if idx is None:
+            missing.append(str(name))
+        elif idx not in indices:
+            indices.append(idx)
+            found.append(str(var.index[idx]))
+    return indices, found, missing

@@ -1,0 +1,141 @@
+"""One-file checkpoints: save, load and validate (DESIGN.md section 4).
+
+The file is a ``torch.save`` of plain containers and tensors, loaded with
+``weights_only=True``: no pickled Python objects are executed. It holds the weights,
+the architecture, the IO contract (patch µm, input px, normalisation, genes,
+expression transform), the reference bank, the ridge head, training provenance, the
+evaluation figures it shipped with, and a format version.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import StPredictError
+from ..io.atomic import atomic_path
+from .config import IOContract, ModelConfig, from_dict, to_dict
+
+__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "napari-stpredict-checkpoint"
+FORMAT_VERSION = 1
+_REQUIRED = ("format", "format_version", "model_config", "io", "state_dict", "bank", "provenance")
+
+
+class CheckpointError(StPredictError, ValueError):
+    """A checkpoint file is missing, of another format or version, or inconsistent."""
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model,
+    io: IOContract,
+    bank_embeddings: torch.Tensor,
+    bank_expression: torch.Tensor,
+    ridge=None,
+    provenance: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    half: bool = True,
+) -> Path:
+    """Write a model with its bank and contract to one file (atomically).
+
+    Parameters
+    ----------
+    half : bool
+        Store floating-point tensors as float16 (half the size; predictions change by
+        far less than their error).
+    """
+    dtype = torch.float16 if half else torch.float32
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().cpu()
+        return t.to(dtype) if t.is_floating_point() else t
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": to_dict(model.config),
+        "io": to_dict(io),
+        "state_dict": {k: pack(v) for k, v in model.state_dict().items()},
+        "bank": {"embeddings": pack(bank_embeddings), "expression": pack(bank_expression)},
+        "ridge": None if ridge is None else {"weight": pack(ridge.weight), "bias": pack(ridge.bias),
+                                            "alpha": float(ridge.alpha)},
+        "provenance": provenance or {},
+        "evaluation": evaluation or {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _fail(path: Path, message: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path}: {message}")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint file; return its validated contents.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file and what is wrong: not found, not a checkpoint, another format
+        version, missing keys, gene list inconsistent with the weights or the bank,
+        NaN/inf values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _fail(path, "file not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here
+        raise _fail(path, f"not a readable napari-stpredict checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise _fail(path, f"not a napari-stpredict checkpoint (no format tag {FORMAT!r})")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _fail(path, f"format version {version!r} is not supported (this version reads {FORMAT_VERSION}); "
+                          "update napari-stpredict or re-export the model")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise _fail(path, f"missing keys: {', '.join(missing)}")
+    try:
+        config = from_dict(ModelConfig, data["model_config"])
+        io = from_dict(IOContract, data["io"])
+    except (TypeError, ValueError) as exc:
+        raise _fail(path, f"bad configuration: {exc}") from exc
+    genes = list(io.genes)
+    if len(genes) != config.n_genes:
+        raise _fail(path, f"gene list has {len(genes)} genes but the model predicts {config.n_genes}")
+    if len(set(genes)) != len(genes):
+        raise _fail(path, "gene list has duplicates")
+    bank = data["bank"]
+    if not isinstance(bank, dict) or "embeddings" not in bank or "expression" not in bank:
+        raise _fail(path, "bank must hold 'embeddings' and 'expression'")
+    if bank["expression"].ndim != 2 or bank["expression"].shape[1] != len(genes):
+        raise _fail(path, f"bank expression has shape {tuple(bank['expression'].shape)}, expected (spots, {len(genes)})")
+    if bank["embeddings"].shape != (bank["expression"].shape[0], config.embed_dim):
+        raise _fail(path, f"bank embeddings have shape {tuple(bank['embeddings'].shape)}, expected "
+                          f"({bank['expression'].shape[0]}, {config.embed_dim})")
+    ridge = data.get("ridge")
+    if ridge is not None and tuple(ridge["weight"].shape) != (config.embed_dim, len(genes)):
+        raise _fail(path, f"ridge head has shape {tuple(ridge['weight'].shape)}, expected ({config.embed_dim}, {len(genes)})")
+    tensors = {f"state_dict.{k}": v for k, v in data["state_dict"].items()}
+    tensors.update({f"bank.{k}": v for k, v in bank.items()})
+    if ridge is not None:
+        tensors.update({"ridge.weight": ridge["weight"], "ridge.bias": ridge["bias"]})
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise _fail(path, f"{name} is not a tensor")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise _fail(path, f"{name} holds NaN or infinite values")
+    if not (isinstance(io.patch_um, (int, float)) and io.patch_um > 0 and math.isfinite(io.patch_um)):
+        raise _fail(path, f"io.patch_um must be a positive number, got {io.patch_um!r}")
+    data["model_config"], data["io"] = config, io
+    return data

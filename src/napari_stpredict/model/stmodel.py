@@ -1,0 +1,172 @@
+"""`STModel`: a trained model ready to predict, and `load_model`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, read_checkpoint
+from .cmrcnet import CMRCNet
+from .config import IOContract, ModelConfig
+from .predictor import ReferenceBank, RidgeHead, retrieve
+
+__all__ = ["STModel", "load_model", "default_model_path", "select_device"]
+
+DEFAULT_CHECKPOINT = "cmrcnet_her2st.pt"
+
+
+def default_model_path() -> Path:
+    """Path of the model shipped inside the package."""
+    return Path(__file__).resolve().parent / "weights" / DEFAULT_CHECKPOINT
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """CUDA if present, else Apple MPS, else CPU; or the device asked for (checked)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: no CUDA GPU is available here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r}: Apple MPS is not available here")
+    return dev
+
+
+class STModel:
+    """A trained CMRCNet with its IO contract, reference bank and ridge head.
+
+    Use `load_model` to get one. All inputs are RGB uint8 patches read at
+    ``io.patch_um`` µm per ``io.input_px`` pixels.
+    """
+
+    def __init__(
+        self,
+        network: CMRCNet,
+        io: IOContract,
+        bank: ReferenceBank,
+        ridge: RidgeHead | None = None,
+        *,
+        provenance: dict[str, Any] | None = None,
+        evaluation: dict[str, Any] | None = None,
+        source: str = "",
+        device: str | torch.device = "auto",
+    ) -> None:
+        self.network = network.eval()
+        self.io = io
+        self.bank = bank
+        self.ridge = ridge
+        self.provenance = provenance or {}
+        self.evaluation = evaluation or {}
+        self.source = source
+        self.device = torch.device("cpu")
+        self.to(device)
+
+    @property
+    def genes(self) -> list[str]:
+        """Predicted genes in output order."""
+        return list(self.io.genes)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.network.config
+
+    def to(self, device: str | torch.device) -> STModel:
+        """Move the network and bank to a device ("auto": CUDA > MPS > CPU)."""
+        self.device = select_device(device)
+        self.network.to(self.device)
+        self.bank = ReferenceBank(self.bank.embeddings.to(self.device), self.bank.expression.to(self.device))
+        if self.ridge is not None:
+            self.ridge = RidgeHead(self.ridge.weight.to(self.device), self.ridge.bias.to(self.device), self.ridge.alpha)
+        return self
+
+    def preprocess(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` patches -> normalised float ``(B, 3, H, W)`` on the device."""
+        x = torch.as_tensor(np.asarray(patches) if not isinstance(patches, torch.Tensor) else patches)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"patches must be (batch, height, width, 3) RGB, got shape {tuple(x.shape)}")
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.io.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.io.std, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.inference_mode()
+    def embed(self, patches: np.ndarray | torch.Tensor, *, amp: bool | None = None) -> torch.Tensor:
+        """Image embeddings ``(B, embed_dim)`` (float32) of uint8 patches."""
+        x = self.preprocess(patches)
+        use_amp = (self.device.type == "cuda") if amp is None else amp
+        with torch.autocast(device_type=self.device.type, enabled=use_amp and self.device.type == "cuda"):
+            emb = self.network.encode_image(x)
+        return emb.float()
+
+    @torch.inference_mode()
+    def predict_embeddings(
+        self, embeddings: torch.Tensor, *, method: str = "retrieval", top_k: int = 50
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expression ``(B, n_genes)`` and confidence ``(B,)`` from image embeddings.
+
+        Parameters
+        ----------
+        method : {"retrieval", "ridge"}
+            Mean of the ``top_k`` most similar reference spots (the paper), or the ridge
+            head fitted on the training embeddings. Confidence is always the retrieval
+            similarity to the bank.
+        """
+        retrieved, confidence = retrieve(embeddings, self.bank, top_k=top_k)
+        if method == "retrieval":
+            return retrieved, confidence
+        if method == "ridge":
+            if self.ridge is None:
+                raise ValueError(f"model {self.source}: has no ridge head; use method='retrieval'")
+            return self.ridge(embeddings), confidence
+        raise ValueError(f"method must be 'retrieval' or 'ridge', got {method!r}")
+
+    def predict(self, patches, *, method: str = "retrieval", top_k: int = 50) -> tuple[np.ndarray, np.ndarray]:
+        """Predict log-normalised expression of uint8 patches: ``(B, n_genes)``, confidence ``(B,)``."""
+        pred, conf = self.predict_embeddings(self.embed(patches), method=method, top_k=top_k)
+        return pred.cpu().numpy(), conf.cpu().numpy()
+
+    def __repr__(self) -> str:
+        return (f"<STModel {self.config.backbone}, {len(self.genes)} genes, bank {len(self.bank)} spots, "
+                f"{self.io.patch_um:g} µm / {self.io.input_px} px, on {self.device}>")
+
+
+def load_model(path: str | Path | None = None, *, device: str | torch.device = "auto") -> STModel:
+    """Load a checkpoint (default: the model shipped with the package).
+
+    Raises
+    ------
+    CheckpointError
+        When the file is missing or does not match (see `read_checkpoint`).
+    """
+    path = Path(path) if path is not None else default_model_path()
+    data = read_checkpoint(path)
+    config: ModelConfig = data["model_config"]
+    config.backbone_weights = None  # the checkpoint holds every weight already
+    network = CMRCNet(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise CheckpointError(f"checkpoint {path}: weights do not match a {config.backbone} CMRCNet: {first}") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not match a {config.backbone} CMRCNet "
+            f"(missing: {result.missing_keys[:5]}, unexpected: {result.unexpected_keys[:5]})"
+        )
+    bank = ReferenceBank(data["bank"]["embeddings"], data["bank"]["expression"])
+    ridge = None
+    if data.get("ridge"):
+        r = data["ridge"]
+        ridge = RidgeHead(r["weight"].float(), r["bias"].float(), float(r["alpha"]))
+    return STModel(network, data["io"], bank, ridge, provenance=data["provenance"], evaluation=data.get("evaluation"),
+                   source=path.name, device=device)

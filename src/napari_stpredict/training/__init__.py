@@ -1,0 +1,1 @@
+"""Training and evaluation: datasets, the train loop, metrics and the evaluation protocol."""

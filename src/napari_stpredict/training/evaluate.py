@@ -1,0 +1,291 @@
+"""`stpredict evaluate`: the DESIGN.md section 5 protocol on her2st sections with images.
+
+Two protocols, never mixed up:
+
+- ``patient``: patient-level folds (train on patient C, test on B4; train on B4, test on
+  C2-C6). Nothing of the held-out patient is in training, gene or marker choice, or the
+  bank. The honest headline.
+- ``loso_C``: leave one section of patient C out, train on the other sections with
+  images (adjacent slices of the same patient): optimistic, kept only to set figures
+  beside HisToGene/Hist2ST/mclSTExp.
+
+Every fold trains each model variant and scores it together with the baselines, writing
+one JSON per (protocol, fold, variant); reruns skip what exists (resumable), and any
+fold can be run on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import gene_gene_agreement, nanmean, pearson_per_gene, roc_auc, top_genes, tumor_score
+from .train import TrainConfig
+
+__all__ = ["EvalConfig", "PROTOCOLS", "iter_evaluate", "summarise", "markdown_table", "VARIANTS"]
+
+IMAGED_C = ["C2", "C3", "C4", "C5", "C6"]
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "patient": {
+        "label": "patient-level folds (headline)",
+        "folds": {
+            "test_B": {"train": list(IMAGED_C), "test": ["B4"], "patient": "B"},
+            "test_C": {"train": ["B4"], "test": list(IMAGED_C), "patient": "C"},
+        },
+    },
+    "loso_C": {
+        "label": "leave-one-section-out within patient C (optimistic: adjacent slices in training)",
+        "folds": {f"test_{s}": {"train": ["B4"] + [c for c in IMAGED_C if c != s], "test": [s], "patient": None}
+                  for s in IMAGED_C},
+    },
+}
+
+#: Trained variants (name -> reconstruction branch on/off) and baselines.
+VARIANTS = {"cmrcnet": True, "contrastive": False}
+BASELINES = ("ridge_features", "untrained")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings: the training recipe every fold uses, and what to run."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "evaluation/results"
+    run_dir: str = "runs/eval"
+    quick_epochs: int = 8
+    bank_other_patients: bool = True
+    n_genes_set: int = 50
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> EvalConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        train = TrainConfig.from_dict(data.pop("train", {}) or {})
+        known = set(cls.__dataclass_fields__) - {"train"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown evaluation config keys: {', '.join(unknown)}")
+        return cls(train=train, **data)
+
+
+def _fold_train_config(cfg: EvalConfig, protocol: str, fold: str, variant: str, quick: bool) -> TrainConfig:
+    from ..io.st_data import her2st_sections
+
+    spec = PROTOCOLS[protocol]["folds"][fold]
+    tc = copy.deepcopy(cfg.train)
+    tc.train_sections = list(spec["train"])
+    tc.model.reconstruction = VARIANTS.get(variant, True)
+    if quick:
+        tc.epochs = cfg.quick_epochs
+    # Count-only sections of patients other than the held-out one choose markers and join
+    # the bank; the held-out patient's (or, within C, the held-out section's) never do.
+    held_out_patient = spec["patient"]
+    held_out = set(spec["test"])
+    others = [s for s in her2st_sections(tc.her2st) if s not in held_out and s not in tc.train_sections
+              and (held_out_patient is None or s[0] != held_out_patient)]
+    tc.marker_sections = others
+    tc.bank_sections = others if cfg.bank_other_patients else []
+    return tc
+
+
+def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], sets: dict[str, list[str]],
+            tumor: np.ndarray, panel: list[str]) -> dict[str, Any]:
+    r = pearson_per_gene(pred, true)
+    out: dict[str, Any] = {}
+    for name, subset in sets.items():
+        idx = [genes.index(g) for g in subset]
+        out[f"r_{name}"] = nanmean(r[idx])
+    out["r_all"] = nanmean(r)
+    hvg = [genes.index(g) for g in sets["hvg50"]]
+    out["gene_gene"] = gene_gene_agreement(pred[:, hvg], true[:, hvg])
+    known = tumor >= 0
+    out["tumor_auc"] = roc_auc(tumor_score(pred[known], genes, panel), tumor[known] == 1) if known.any() else None
+    out["r_per_gene"] = {g: (None if not np.isfinite(v) else round(float(v), 4))
+                         for g, v in zip(genes, r) if g in set(sum(sets.values(), []))}
+    return out
+
+
+def _predict_sets(model, spots, top_k: int) -> dict[str, np.ndarray]:
+    import torch
+
+    embs = torch.cat([model.embed(spots.patches[i:i + 128]) for i in range(0, len(spots), 128)])
+    retrieval, _ = model.predict_embeddings(embs, method="retrieval", top_k=top_k)
+    ridge, _ = model.predict_embeddings(embs, method="ridge")
+    return {"retrieval": retrieval.cpu().numpy(), "ridge": ridge.cpu().numpy()}
+
+
+def _untrained_model(tc: TrainConfig, genes, bank_expression):
+    """The trivial baseline: a randomly initialised network with the same bank."""
+    import torch
+
+    from ..model import ReferenceBank, STModel, create_model
+
+    cfg = copy.deepcopy(tc.model)
+    cfg.n_genes = len(genes)
+    torch.manual_seed(tc.seed)
+    net = create_model(cfg).eval()
+    with torch.inference_mode():
+        emb = net.encode_expression(torch.from_numpy(bank_expression))
+    io = copy.deepcopy(tc.io)
+    io.genes = list(genes)
+    return STModel(net, io, ReferenceBank(emb, torch.from_numpy(bank_expression)), device="cpu")
+
+
+def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None, quick: bool = False
+                  ) -> Iterator[dict]:
+    """Run folds, yielding progress; write one JSON per (protocol, fold, variant) and skip existing ones."""
+    from ..model import load_model
+    from .data import SpotSet
+    from .features import patch_features
+    from .sections import section_spots
+    from .train import iter_train, resolve_genes
+    from ..model.predictor import fit_ridge
+
+    out_root = Path(cfg.out_dir) / ("quick" if quick else "full")
+    run_root = Path(cfg.run_dir) / ("quick" if quick else "full")
+    for protocol in protocols or list(PROTOCOLS):
+        for fold in folds or list(PROTOCOLS[protocol]["folds"]):
+            if fold not in PROTOCOLS[protocol]["folds"]:
+                continue
+            spec = PROTOCOLS[protocol]["folds"][fold]
+            todo = [v for v in (variants or list(VARIANTS) + list(BASELINES))
+                    if not (out_root / protocol / fold / f"{v}.json").exists()]
+            if not todo:
+                yield {"protocol": protocol, "fold": fold, "stage": "skip", "message": "results exist"}
+                continue
+            base_tc = _fold_train_config(cfg, protocol, fold, "cmrcnet", quick)
+            genes, markers = resolve_genes(copy.deepcopy(base_tc))
+            panel = markers["panel"]
+            cache = Path(base_tc.cache_dir)
+            kw = {"patch_um": base_tc.io.patch_um, "input_px": base_tc.io.input_px, "cache_dir": cache}
+            train = SpotSet.concat([section_spots(s, base_tc.her2st, genes, **kw) for s in spec["train"]])
+            tests = {s: section_spots(s, base_tc.her2st, genes, **kw) for s in spec["test"]}
+            sets = {"heg50": top_genes(train.expression, genes, cfg.n_genes_set, by="mean"),
+                    "hvg50": top_genes(train.expression, genes, cfg.n_genes_set, by="var"),
+                    "markers": [g for g in panel if g in genes]}
+            context = {"protocol": protocol, "protocol_label": PROTOCOLS[protocol]["label"], "fold": fold,
+                       "train_sections": spec["train"], "test_sections": spec["test"], "genes": len(genes),
+                       "marker_panel": markers, "gene_sets": sets, "quick": quick,
+                       "bank_sections": base_tc.bank_sections}
+            ceiling = {s: roc_auc(tumor_score(t.expression[t.tumor >= 0], genes, panel), t.tumor[t.tumor >= 0] == 1)
+                       for s, t in tests.items()}
+            for variant in todo:
+                yield {"protocol": protocol, "fold": fold, "variant": variant, "stage": "start"}
+                results: dict[str, dict] = {}
+                if variant in VARIANTS:
+                    tc = _fold_train_config(cfg, protocol, fold, variant, quick)
+                    tc.genes = genes  # the fold's gene list, chosen once on its training data
+                    run_dir = run_root / protocol / fold / variant
+                    gen = iter_train(tc, run_dir)
+                    while True:
+                        try:
+                            p = next(gen)
+                        except StopIteration as stop:
+                            ckpt = stop.value
+                            break
+                        yield {"protocol": protocol, "fold": fold, "variant": variant, **p}
+                    model = load_model(ckpt, device=tc.device)
+                    for s, t in tests.items():
+                        for method, pred in _predict_sets(model, t, tc.top_k).items():
+                            results.setdefault(method, {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
+                elif variant == "ridge_features":
+                    head = fit_ridge(patch_features(train.patches), train.expression)
+                    import torch
+
+                    for s, t in tests.items():
+                        pred = head(torch.from_numpy(patch_features(t.patches))).numpy()
+                        results.setdefault("ridge", {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
+                elif variant == "untrained":
+                    model = _untrained_model(base_tc, genes, train.expression)
+                    for s, t in tests.items():
+                        import torch
+
+                        embs = torch.cat([model.embed(t.patches[i:i + 128]) for i in range(0, len(t), 128)])
+                        pred, _ = model.predict_embeddings(embs, method="retrieval", top_k=base_tc.top_k)
+                        results.setdefault("retrieval", {})[s] = _scores(pred.numpy(), t.expression, genes, sets,
+                                                                         t.tumor, panel)
+                record = {**context, "variant": variant, "results": results,
+                          "tumor_auc_ceiling_measured": ceiling}
+                path = out_root / protocol / fold / f"{variant}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
+                yield {"protocol": protocol, "fold": fold, "variant": variant, "stage": "done", "path": str(path)}
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o))
+
+
+METRICS = ("r_heg50", "r_hvg50", "r_markers", "r_all", "gene_gene", "tumor_auc")
+
+
+def summarise(results_dir: str | Path) -> dict[str, Any]:
+    """Average every (variant, method) over the held-out sections of each protocol.
+
+    Each held-out section counts once (patient protocol: B4 and C2-C6; LOSO: C2-C6).
+    """
+    root = Path(results_dir)
+    summary: dict[str, Any] = {}
+    for protocol in PROTOCOLS:
+        rows: dict[str, dict[str, list]] = {}
+        ceilings = []
+        for path in sorted((root / protocol).glob("*/*.json")):
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            for method, per_section in rec["results"].items():
+                row = rows.setdefault(f"{rec['variant']}:{method}", {m: [] for m in METRICS} | {"sections": []})
+                for section, scores in per_section.items():
+                    row["sections"].append(section)
+                    for m in METRICS:
+                        row[m].append(scores.get(m))
+            if rec["variant"] == "untrained":
+                ceilings += [v for v in rec["tumor_auc_ceiling_measured"].values() if v is not None]
+        summary[protocol] = {
+            "label": PROTOCOLS[protocol]["label"],
+            "methods": {name: {m: nanmean([v for v in row[m] if v is not None]) for m in METRICS}
+                        | {"n_sections": len(row["sections"]), "sections": sorted(row["sections"])}
+                        for name, row in rows.items()},
+            "tumor_auc_ceiling_measured": nanmean(ceilings) if ceilings else None,
+        }
+    return summary
+
+
+_NAMES = {
+    "cmrcnet:retrieval": "CMRCNet, retrieval (paper)",
+    "cmrcnet:ridge": "CMRCNet, ridge head",
+    "contrastive:retrieval": "contrastive only (BLEEP), retrieval",
+    "contrastive:ridge": "contrastive only (BLEEP), ridge head",
+    "ridge_features:ridge": "ridge on colour/stain/texture statistics",
+    "untrained:retrieval": "untrained encoder, retrieval (trivial)",
+}
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The README table: one block per protocol, methods as rows."""
+    lines = []
+    for protocol, block in summary.items():
+        if not block["methods"]:
+            continue
+        lines.append(f"**{block['label']}** ({protocol})\n")
+        lines.append("| method | HEG50 r | HVG50 r | markers r | all genes r | gene-gene | tumour AUC |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for name in _NAMES:
+            if name not in block["methods"]:
+                continue
+            m = block["methods"][name]
+            cells = [f"{m[k]:.3f}" if m[k] is not None and np.isfinite(m[k]) else "-" for k in METRICS]
+            lines.append(f"| {_NAMES[name]} | " + " | ".join(cells) + " |")
+        ceiling = block.get("tumor_auc_ceiling_measured")
+        if ceiling is not None:
+            lines.append(f"| measured expression (ceiling) | | | | | | {ceiling:.3f} |")
+        n = next(iter(block["methods"].values()))["n_sections"]
+        lines.append(f"\nMean over {n} held-out sections.\n")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Choosing genes from training data only: the marker panel and the model's gene list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import log1p_cp10k, tumor_labels
+
+__all__ = ["HER2_AMPLICON", "benchmark_genes", "select_marker_panel", "model_gene_list", "common_genes"]
+
+#: Genes of the 17q12 HER2 amplicon, co-amplified with ERBB2 in HER2-positive tumours.
+HER2_AMPLICON = ("ERBB2", "GRB7", "STARD3", "PGAP3", "MIEN1")
+
+
+def benchmark_genes(path: str | Path) -> list[str]:
+    """The her2st benchmark gene list of HisToGene/Hist2ST (785 genes), from its .npy file."""
+    return [str(g) for g in np.load(path, allow_pickle=True)]
+
+
+def common_genes(adatas) -> list[str]:
+    """Genes present in every AnnData, in the order of the first."""
+    common = set(adatas[0].var_names)
+    for a in adatas[1:]:
+        common &= set(a.var_names)
+    return [g for g in adatas[0].var_names if g in common]
+
+
+def select_marker_panel(adatas, candidates: list[str], *, n_markers: int = 8, min_spots: int = 5,
+                        amplicon_min_effect: float = 0.3) -> dict:
+    """Choose tumour marker genes from labelled training sections.
+
+    For each section with at least ``min_spots`` cancer and non-cancer spots (the
+    authors' expression clusters named "cancer ..."), each gene's standardised mean
+    difference (cancer minus other, pooled SD) of log-normalised expression is computed;
+    effects are averaged over sections so that every section counts alike. The panel is
+    the ``n_markers`` genes with the largest mean effect, plus the HER2-amplicon genes
+    whose mean effect exceeds ``amplicon_min_effect`` (a HER2-positive cohort: the
+    amplicon marks tumour cells, but is kept only where the data agree).
+
+    Returns
+    -------
+    dict
+        ``panel`` (genes), ``effect`` (gene -> mean effect for the panel), ``sections``
+        used, and ``why`` (one sentence).
+    """
+    effects, used = [], []
+    for adata in adatas:
+        labels = tumor_labels(adata.obs)
+        cancer, other = labels == 1, labels == 0
+        if cancer.sum() < min_spots or other.sum() < min_spots:
+            continue
+        idx = [adata.var_names.get_loc(g) for g in candidates]
+        expr = log1p_cp10k(adata, idx)
+        a, b = expr[cancer], expr[other]
+        pooled = np.sqrt((a.var(0) * (len(a) - 1) + b.var(0) * (len(b) - 1)) / (len(a) + len(b) - 2))
+        effects.append((a.mean(0) - b.mean(0)) / np.maximum(pooled, 1e-3))
+        used.append(str(adata.obs["section"].iloc[0]))
+    if not effects:
+        raise ValueError("no training section has enough cancer and non-cancer labelled spots to choose markers")
+    mean_effect = np.mean(effects, axis=0)
+    order = np.argsort(-mean_effect)
+    panel = [candidates[i] for i in order[:n_markers]]
+    position = {g: i for i, g in enumerate(candidates)}
+    for gene in HER2_AMPLICON:
+        if gene in position and gene not in panel and mean_effect[position[gene]] > amplicon_min_effect:
+            panel.append(gene)
+    return {
+        "panel": panel,
+        "effect": {g: round(float(mean_effect[position[g]]), 3) for g in panel},
+        "sections": used,
+        "why": (f"top {n_markers} genes by standardised cancer-vs-other difference averaged over "
+                f"{len(used)} training sections, plus HER2-amplicon genes with mean effect > {amplicon_min_effect}"),
+    }
+
+
+def model_gene_list(benchmark: list[str], panel: list[str], available: set[str]) -> list[str]:
+    """Benchmark genes, then the HER2 amplicon and panel genes not already in it (all present in the data)."""
+    genes = [g for g in benchmark if g in available]
+    for g in list(HER2_AMPLICON) + list(panel):
+        if g in available and g not in genes:
+            genes.append(g)
+    return genes

@@ -1,0 +1,259 @@
+"""`stpredict train`: train a CMRCNet on ST sections, resumably, and write one checkpoint.
+
+Long work is a generator (`iter_train`) that yields progress dicts and returns the
+checkpoint path; the CLI shows it with a progress bar, tests drain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..model.config import IOContract, ModelConfig, from_dict, to_dict
+
+__all__ = ["TrainConfig", "iter_train", "train", "load_train_config"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved, resolved, beside its outputs).
+
+    Sections are her2st ids (with ``her2st`` set) or paths of ``.h5ad`` files in the
+    scanpy/squidpy layout whose ``uns["spatial"]`` names the full-resolution image.
+    """
+
+    train_sections: list[str] = field(default_factory=lambda: ["B4", "C3", "C4", "C5", "C6"])
+    bank_sections: list[str] = field(default_factory=list)
+    marker_sections: list[str] = field(default_factory=list)
+    her2st: str | None = "../shared/data/her2st"
+    benchmark_genes: str | None = "../shared/data/genelists/her_hvg_cut_1000.npy"
+    genes: list[str] = field(default_factory=list)
+    n_markers: int = 8
+    model: ModelConfig = field(default_factory=ModelConfig)
+    io: IOContract = field(default_factory=IOContract)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_min: float = 1e-5
+    weight_decay: float = 1e-3
+    hed_sigma: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    top_k: int = 50
+    out_dir: str = "runs/train"
+    cache_dir: str = "runs/cache"
+    half: bool = True
+    max_bank: int = 6000
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["model"] = to_dict(self.model)
+        out["io"] = to_dict(self.io)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        model = from_dict(ModelConfig, data.pop("model", {}) or {})
+        io = from_dict(IOContract, data.pop("io", {}) or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(model=model, io=io, **data)
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML training config (missing keys take defaults; unknown keys are errors)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    data.update(overrides or {})
+    try:
+        return TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _config_hash(cfg: TrainConfig) -> str:
+    relevant = cfg.to_dict()
+    for k in ("out_dir", "cache_dir", "device"):
+        relevant.pop(k, None)
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_genes(cfg: TrainConfig) -> tuple[list[str], dict]:
+    """The model's gene list: explicit ``genes``, or benchmark genes + HER2 amplicon + a marker
+    panel chosen on the training (and bank/marker) sections only."""
+    from .genes import benchmark_genes, model_gene_list, select_marker_panel
+    from .sections import available_genes, load_section
+
+    label_specs = list(dict.fromkeys(cfg.train_sections + cfg.bank_sections + cfg.marker_sections))
+    available = available_genes(label_specs, cfg.her2st)
+    if cfg.genes:
+        missing = [g for g in cfg.genes if g not in available]
+        if missing:
+            raise ValueError(f"genes not in every training section: {missing[:10]} ({len(missing)} in all)")
+        return list(cfg.genes), {"panel": [], "why": "genes given in the config"}
+    if cfg.benchmark_genes is None:
+        raise ValueError("set either genes or benchmark_genes in the training config")
+    candidates = sorted(available)
+    adatas = [load_section(s, cfg.her2st) for s in label_specs]
+    markers = select_marker_panel(adatas, candidates, n_markers=cfg.n_markers)
+    genes = model_gene_list(benchmark_genes(cfg.benchmark_genes), markers["panel"], available)
+    return genes, markers
+
+
+def _batches(n: int, batch_size: int, generator) -> list[np.ndarray]:
+    import torch
+
+    order = torch.randperm(n, generator=generator).numpy()
+    if n <= batch_size:
+        return [order]
+    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]  # drop last
+
+
+def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[dict]:
+    """Train; yield progress dicts; return the path of the written checkpoint.
+
+    Resumes from ``run_dir/state.pt`` when it was written by the same configuration.
+    """
+    import torch
+
+    from ..io.atomic import atomic_path
+    from ..model import create_model, fit_ridge, save_checkpoint, select_device
+    from .augment import augment_batch
+    from .data import SpotSet
+    from .sections import section_spots
+
+    run_dir = Path(run_dir or cfg.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    t_start = time.perf_counter()
+
+    yield {"stage": "data", "message": "choosing genes and reading patches"}
+    genes, markers = resolve_genes(cfg)
+    cfg.io.genes = genes
+    cfg.model.n_genes = len(genes)
+    cfg.model.img_size = cfg.io.input_px
+    cache = Path(cfg.cache_dir)
+    train = SpotSet.concat([section_spots(s, cfg.her2st, genes, patch_um=cfg.io.patch_um, input_px=cfg.io.input_px,
+                                          cache_dir=cache) for s in cfg.train_sections])
+    (run_dir / "config.yaml").write_text(_yaml(cfg.to_dict() | {"resolved": {"markers": markers}}), encoding="utf-8")
+
+    model = create_model(cfg.model).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(_batches(len(train), cfg.batch_size, torch.Generator().manual_seed(0)))
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.lr_min)
+    state_path = run_dir / "state.pt"
+    start_epoch, history = 0, []
+    config_hash = _config_hash(cfg)
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("config_hash") == config_hash:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, history = int(state["epoch"]), list(json.loads(state["history"]))
+            torch.set_rng_state(state["torch_rng"])
+            yield {"stage": "resume", "epoch": start_epoch}
+
+    images_u8 = torch.from_numpy(train.patches)  # (N, H, W, 3)
+    expression = torch.from_numpy(train.expression)
+    mean = torch.tensor(cfg.io.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.io.std).view(1, 3, 1, 1)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        losses = []
+        for step, idx in enumerate(_batches(len(train), cfg.batch_size, gen)):
+            x = images_u8[idx].permute(0, 3, 1, 2).float().div(255.0)
+            x = augment_batch(x, hed_sigma=cfg.hed_sigma, generator=gen)
+            x = ((x - mean) / std).to(device)
+            e = expression[idx].to(device)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                out = model(x, e)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out["loss"]).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(out["loss"].item())
+            yield {"stage": "train", "epoch": epoch + 1, "epochs": cfg.epochs, "step": step + 1,
+                   "steps": steps_per_epoch, "loss": losses[-1]}
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0]})
+        with atomic_path(state_path) as tmp:
+            torch.save({"config_hash": config_hash, "epoch": epoch + 1, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "history": json.dumps(history), "torch_rng": torch.get_rng_state()}, tmp)
+
+    yield {"stage": "bank", "message": "embedding the reference bank"}
+    model.eval()
+    bank_sets = [train] + [section_spots(s, cfg.her2st, genes) for s in cfg.bank_sections]
+    bank = SpotSet.concat([SpotSet(genes, s.expression, s.section, s.patient, s.tumor, s.xy) for s in bank_sets])
+    if len(bank) > cfg.max_bank:  # keep every training spot; subsample the extra sections
+        rng = np.random.default_rng(cfg.seed)
+        extra = np.arange(len(train), len(bank))
+        keep = np.concatenate([np.arange(len(train)), rng.choice(extra, cfg.max_bank - len(train), replace=False)])
+        bank = bank.subset(np.sort(keep))
+    with torch.inference_mode():
+        bank_emb = torch.cat([model.encode_expression(torch.from_numpy(bank.expression[i:i + 512]).to(device)).cpu()
+                              for i in range(0, len(bank), 512)])
+        train_emb = torch.cat([model.encode_image(((images_u8[i:i + 128].permute(0, 3, 1, 2).float() / 255 - mean)
+                                                   / std).to(device)).float().cpu()
+                               for i in range(0, len(train), 128)])
+    ridge = fit_ridge(train_emb.numpy(), train.expression)
+    provenance = {
+        "train_sections": cfg.train_sections, "bank_sections": cfg.bank_sections, "bank_spots": len(bank),
+        "train_spots": len(train), "patients": sorted(set(train.patient) | set(bank.patient)),
+        "markers": markers, "epochs": cfg.epochs, "seed": cfg.seed, "config_hash": config_hash,
+        "history": history, "seconds": round(time.perf_counter() - t_start, 1),
+        "data": "her2st (Andersson et al. 2021)" if cfg.her2st else "user data",
+    }
+    path = save_checkpoint(run_dir / "model.pt", model=model, io=cfg.io, bank_embeddings=bank_emb,
+                           bank_expression=torch.from_numpy(bank.expression), ridge=ridge,
+                           provenance=provenance, half=cfg.half)
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    yield {"stage": "done", "checkpoint": str(path)}
+    return path
+
+
+def train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Path:
+    """Run `iter_train` to the end and return the checkpoint path."""
+    gen = iter_train(cfg, run_dir)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)

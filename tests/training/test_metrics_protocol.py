@@ -1,0 +1,59 @@
+"""Metrics, and the evaluation protocol's rule that nothing of a held-out patient is used."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_stpredict.training.evaluate import PROTOCOLS, EvalConfig, _fold_train_config, markdown_table
+from napari_stpredict.training.metrics import (gene_gene_agreement, pearson_per_gene, roc_auc, top_genes,
+                                               tumor_score)
+
+
+def test_pearson_per_gene():
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(100, 3))
+    pred = np.stack([true[:, 0], -true[:, 1], np.ones(100)], 1)
+    r = pearson_per_gene(pred, true)
+    assert r[0] == pytest.approx(1) and r[1] == pytest.approx(-1) and np.isnan(r[2])
+
+
+def test_roc_auc_matches_definition():
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert roc_auc(np.array([1, 1, 1, 1.0]), np.array([0, 1, 0, 1])) == pytest.approx(0.5)
+    assert np.isnan(roc_auc(np.array([1.0, 2.0]), np.array([1, 1])))
+
+
+def test_gene_sets_and_scores():
+    expr = np.array([[1, 5, 0], [1, 7, 3], [1, 6, 9.0]])
+    assert top_genes(expr, ["a", "b", "c"], 1, by="mean") == ["b"]
+    assert top_genes(expr, ["a", "b", "c"], 1, by="var") == ["c"]
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(60, 4))
+    correlated = np.column_stack([base[:, 0], base[:, 0] + 0.1 * base[:, 1], base[:, 2], base[:, 2] - base[:, 3]])
+    assert gene_gene_agreement(correlated, correlated) == pytest.approx(1.0)
+    assert gene_gene_agreement(correlated, rng.normal(size=(60, 4))) < 0.9
+    score = tumor_score(expr, ["a", "b", "c"], ["b", "c"])
+    assert score.shape == (3,) and score[0] < score[2]
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_folds_keep_the_held_out_patient_out(her2st_dir, protocol):
+    cfg = EvalConfig()
+    cfg.train.her2st = str(her2st_dir)
+    for fold, spec in PROTOCOLS[protocol]["folds"].items():
+        tc = _fold_train_config(cfg, protocol, fold, "cmrcnet", quick=False)
+        used = set(tc.train_sections) | set(tc.bank_sections) | set(tc.marker_sections)
+        assert not used & set(spec["test"]), fold
+        if spec["patient"] is not None:  # patient-level: no section of that patient anywhere
+            assert not any(s.startswith(spec["patient"]) for s in used), fold
+
+
+def test_markdown_table_lists_methods_and_ceiling():
+    summary = {"patient": {"label": "patient-level folds (headline)", "tumor_auc_ceiling_measured": 0.9,
+                           "methods": {"cmrcnet:retrieval": {"r_heg50": 0.1, "r_hvg50": 0.2, "r_markers": 0.3,
+                                                             "r_all": 0.05, "gene_gene": 0.4, "tumor_auc": 0.7,
+                                                             "n_sections": 6, "sections": []}}}}
+    table = markdown_table(summary)
+    assert "CMRCNet, retrieval (paper) | 0.100 | 0.200 | 0.300 | 0.050 | 0.400 | 0.700" in table
+    assert "ceiling" in table and "6 held-out sections" in table

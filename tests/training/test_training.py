@@ -1,0 +1,96 @@
+"""Training on a small real her2st subset: loss falls, seeded determinism, resume, genes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_stpredict.model import ModelConfig, create_model, load_model
+from napari_stpredict.model.config import IOContract
+from napari_stpredict.training.data import SpotSet, attach_her2st_patches, her2st_section, spot_set
+from napari_stpredict.training.train import TrainConfig, iter_train, train
+
+GENES = ["ERBB2", "GRB7", "MUCL1", "SCD", "FASN", "GNAS", "MGP", "CD24", "IGKC", "COL1A1"]
+
+
+@pytest.fixture(scope="module")
+def small_set(her2st_dir, tmp_path_factory):
+    adata = her2st_section(str(her2st_dir), "C3")
+    spots = spot_set(adata, GENES)
+    spots = attach_her2st_patches(spots, her2st_dir, "C3", 112.0, 64, tmp_path_factory.mktemp("cache"))
+    return spots.subset(np.arange(len(spots)) < 64)
+
+
+def test_patches_are_read_at_spot_centres(small_set):
+    assert small_set.patches.shape == (64, 64, 64, 3) and small_set.patches.dtype == np.uint8
+    # spots lie on tissue: patches are stained, not glass
+    assert small_set.patches.reshape(64, -1).mean(1).max() < 235
+
+
+def test_loss_falls_over_a_few_steps(small_set):
+    torch.manual_seed(0)
+    model = create_model(ModelConfig(n_genes=len(GENES), img_size=64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.from_numpy(small_set.patches[:32]).permute(0, 3, 1, 2).float() / 255
+    e = torch.from_numpy(small_set.expression[:32])
+    losses = []
+    for _ in range(12):
+        out = model(x, e)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"]))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) * 0.9, losses
+
+
+def _cfg(her2st_dir, tmp_path, epochs=2):
+    return TrainConfig(train_sections=["C3"], her2st=str(her2st_dir), benchmark_genes=None, genes=GENES,
+                       model=ModelConfig(backbone="resnet10t"), io=IOContract(patch_um=112.0, input_px=48),
+                       epochs=epochs, batch_size=64, cache_dir=str(tmp_path / "cache"), device="cpu")
+
+
+def test_training_is_seeded_and_deterministic_on_cpu(her2st_dir, tmp_path):
+    a = load_model(train(_cfg(her2st_dir, tmp_path, 1), tmp_path / "a"), device="cpu")
+    b = load_model(train(_cfg(her2st_dir, tmp_path, 1), tmp_path / "b"), device="cpu")
+    for (k, va), vb in zip(a.network.state_dict().items(), b.network.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert (tmp_path / "a" / "config.yaml").exists()
+
+
+def test_training_resumes_after_an_interrupt(her2st_dir, tmp_path):
+    cfg = _cfg(her2st_dir, tmp_path, 2)
+    gen = iter_train(cfg, tmp_path / "run")
+    for progress in gen:  # stop ("interrupt") once the first epoch is saved
+        if progress["stage"] == "train" and progress["epoch"] == 2:
+            break
+    gen.close()
+    assert (tmp_path / "run" / "state.pt").exists() and not (tmp_path / "run" / "model.pt").exists()
+    stages = [p for p in iter_train(_cfg(her2st_dir, tmp_path, 2), tmp_path / "run")]
+    assert {"stage": "resume", "epoch": 1} in stages
+    assert all(p["epoch"] == 2 for p in stages if p["stage"] == "train")
+    uninterrupted = load_model(train(_cfg(her2st_dir, tmp_path, 2), tmp_path / "straight"), device="cpu")
+    resumed = load_model(tmp_path / "run" / "model.pt", device="cpu")
+    for (k, va), vb in zip(uninterrupted.network.state_dict().items(), resumed.network.state_dict().values()):
+        assert torch.allclose(va, vb, atol=1e-3), k
+
+
+def test_bad_training_config_names_the_key(tmp_path):
+    from napari_stpredict.training.train import load_train_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="cfg.yaml.*learning_rate"):
+        load_train_config(path)
+
+
+def test_marker_panel_from_real_labels(her2st_dir):
+    from napari_stpredict.training.genes import HER2_AMPLICON, select_marker_panel
+
+    adatas = [her2st_section(str(her2st_dir), s) for s in ("C3", "C4", "B1")]
+    candidates = sorted(set(adatas[0].var_names) & set(adatas[1].var_names) & set(adatas[2].var_names))
+    markers = select_marker_panel(adatas, candidates, n_markers=8)
+    assert len(markers["panel"]) >= 8 and markers["sections"] == ["C3", "C4", "B1"]
+    assert "ERBB2" in markers["panel"]  # HER2-positive tumour: the amplicon is enriched in cancer spots
+    assert all(markers["effect"][g] > 0.3 for g in markers["panel"])
+    assert set(HER2_AMPLICON) & set(markers["panel"])
