@@ -2,6 +2,9 @@
 
 Commands
 --------
+predict
+    Predict expression over slides: .h5ad table, GeoTIFF per gene, tumour mask
+    (GeoTIFF + GeoJSON), PNG overview and the resolved config.
 info
     Open slides (or the bundled sample), write a JSON summary and a thumbnail PNG with
     the detected tissue outlined.
@@ -85,6 +88,132 @@ def _outline(thumb, mask):
     edge = find_boundaries(mask, mode="outer")
     out[edge] = (0, 200, 0)
     return np.ascontiguousarray(out)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict gene expression over slides and export maps")
+    p.add_argument("slides", nargs="*", type=Path, help="slide files")
+    p.add_argument("--sample", action="store_true", help="also predict the bundled sample slide (her2st C2)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per slide)")
+    p.add_argument("--genes", nargs="*", default=None, help="genes to export as GeoTIFF (default: ERBB2)")
+    p.add_argument("--markers", nargs="*", default=None, help="tumour marker genes (default: the model's panel)")
+    p.add_argument("--threshold", type=float, default=None, help="tumour score threshold (default: automatic)")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--stride-um", type=float, default=None, help="spot spacing in µm (default: the patch size)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--method", choices=["retrieval", "ridge"], default="retrieval")
+    p.add_argument("--roi", default=None,
+                   help="region: x0,y0,x1,y1 in level-0 pixels, or a GeoJSON file of polygons (e.g. from QuPath)")
+    p.add_argument("--mpp", type=float, default=None, help="µm per pixel for slides that do not record it")
+    p.add_argument("--no-cache", action="store_true", help="always run the model")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _parse_roi(text: str | None):
+    if text is None:
+        return None
+    path = Path(text)
+    if path.suffix.lower() in (".json", ".geojson") and path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        features = data.get("features", [data]) if isinstance(data, dict) else data
+        polygons = []
+        for f in features:
+            geom = f.get("geometry", f)
+            if geom.get("type") == "Polygon":
+                polygons.append(geom["coordinates"][0])
+            elif geom.get("type") == "MultiPolygon":
+                polygons += [p[0] for p in geom["coordinates"]]
+        if not polygons:
+            raise ValueError(f"--roi {text}: no Polygon in the GeoJSON file")
+        return polygons
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ValueError(f"--roi must be x0,y0,x1,y1 or a GeoJSON file, got {text!r}") from exc
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise ValueError(f"--roi must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {text!r}")
+    return values
+
+
+def _cmd_predict(args) -> int:
+    import yaml
+    from tqdm import tqdm
+
+    from . import __version__
+    from .inference.cache import cached_predict_slide
+    from .inference.export import export_gene_geotiff, export_overview, export_tumor, safe_filename
+    from .inference.tumor import tumor_mask
+    from .io.slide import open_slide
+    from .model import default_model_path, load_model
+
+    slides = list(args.slides)
+    if args.sample:
+        from ._resources import SAMPLE_SLIDE, sample_data_dir
+
+        slides.append(sample_data_dir() / SAMPLE_SLIDE)
+    if not slides:
+        print("stpredict predict: give slide files or --sample", file=sys.stderr)
+        return 2
+    try:
+        roi = _parse_roi(args.roi)
+        model_path = args.model or default_model_path()
+        model = load_model(model_path, device=args.device)
+    except (StPredictError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    genes = args.genes or (["ERBB2"] if "ERBB2" in model.genes else model.genes[:1])
+    unknown = [g for g in genes if g.upper() not in {m.upper() for m in model.genes}]
+    if unknown:
+        print(f"error: the model does not predict {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in slides:
+        try:
+            with open_slide(path, mpp=args.mpp) as slide:
+                out = args.out / safe_filename(Path(slide.name).stem)
+                out.mkdir(parents=True, exist_ok=True)
+                params = {"stride_um": args.stride_um, "roi": roi, "batch_size": args.batch_size,
+                          "method": args.method}
+                bar = tqdm(total=0, unit="spot", desc=slide.name, dynamic_ncols=True)
+                gen = cached_predict_slide(slide, model, model_path=model_path, use_cache=not args.no_cache,
+                                           **params)
+                while True:
+                    try:
+                        progress = next(gen)
+                    except StopIteration as stop:
+                        prediction = stop.value
+                        break
+                    if progress.get("total"):
+                        bar.total = progress["total"]
+                        bar.n = progress["done"]
+                        bar.refresh()
+                bar.close()
+                prediction.save(out / "prediction.h5ad")
+                for gene in genes:
+                    export_gene_geotiff(prediction, gene, out / f"{safe_filename(gene)}.tif")
+                mask = tumor_mask(prediction, args.markers, threshold=args.threshold)
+                if mask.missing:
+                    print(f"{slide.name}: markers not predicted by the model: {', '.join(mask.missing)}",
+                          file=sys.stderr)
+                export_tumor(prediction, mask, out / "tumor_mask.tif", out / "tumor.geojson")
+                export_overview(slide, prediction, genes[0], mask, out / "overview.png")
+                config = {"napari_stpredict": __version__, "slide": slide.name, "model": str(model_path.name),
+                          "device": str(model.device), "genes": genes, "markers": mask.markers,
+                          "threshold": mask.threshold, "threshold_automatic": mask.automatic,
+                          "stride_um": prediction.meta["stride_um"], "patch_um": prediction.meta["patch_um"],
+                          "batch_size": args.batch_size, "method": args.method, "roi": roi,
+                          "mpp": [slide.mpp_x, slide.mpp_y], "spots": len(prediction),
+                          "cache": prediction.meta.get("cache")}
+                (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+                tumour_share = float(mask.raster.sum() / max(1, mask.tissue.sum()))
+                print(f"{slide.name}: {len(prediction)} spots, tumour {tumour_share:.0%} of tissue "
+                      f"({'cached' if prediction.meta.get('cache') == 'hit' else 'predicted'}) -> {out}")
+        except (StPredictError, ValueError, OSError) as exc:
+            print(f"error: {exc}" if str(path) in str(exc) else f"error: {path}: {exc}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
 
 
 def _add_convert(sub) -> None:
@@ -230,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"napari-stpredict {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_predict(sub)
     _add_info(sub)
     _add_convert(sub)
     _add_train(sub)

@@ -20,14 +20,23 @@ __all__ = ["TiffSlide", "check_tiff_complete", "tiff_level_count"]
 
 
 def _open_tiff(path: Path):
+    import logging
+
     import tifffile
 
+    # tifffile logs structural problems as warnings before failing or degrading; our
+    # own error (raised below or by check_tiff_complete) says it clearly instead.
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         return tifffile.TiffFile(str(path))
     except Exception as exc:  # tifffile raises many types for broken headers
         raise SlideReadError(
             f"{path}: the TIFF structure cannot be parsed ({exc}); the file is truncated or corrupt"
         ) from exc
+    finally:
+        logger.setLevel(level)
 
 
 def check_tiff_complete(path: Path) -> None:

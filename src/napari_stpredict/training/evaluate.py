@@ -112,13 +112,22 @@ def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], sets: dict[str
     return out
 
 
-def _predict_sets(model, spots, top_k: int) -> dict[str, np.ndarray]:
+def _predict_sets(model, spots, top_k: int, train_expression: np.ndarray) -> dict[str, np.ndarray]:
+    """Predictions of a trained model: retrieval over its bank, over the training spots
+    only (to measure what the extra bank sections add), and its ridge head."""
     import torch
+
+    from ..model import ReferenceBank, retrieve
 
     embs = torch.cat([model.embed(spots.patches[i:i + 128]) for i in range(0, len(spots), 128)])
     retrieval, _ = model.predict_embeddings(embs, method="retrieval", top_k=top_k)
     ridge, _ = model.predict_embeddings(embs, method="ridge")
-    return {"retrieval": retrieval.cpu().numpy(), "ridge": ridge.cpu().numpy()}
+    with torch.inference_mode():
+        train_expr = torch.from_numpy(train_expression).to(model.device)
+        train_bank = ReferenceBank(model.network.encode_expression(train_expr), train_expr)
+    retrieval_train, _ = retrieve(embs, train_bank, top_k=top_k)
+    return {"retrieval": retrieval.cpu().numpy(), "ridge": ridge.cpu().numpy(),
+            "retrieval_train_bank": retrieval_train.cpu().numpy()}
 
 
 def _untrained_model(tc: TrainConfig, genes, bank_expression):
@@ -193,7 +202,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                         yield {"protocol": protocol, "fold": fold, "variant": variant, **p}
                     model = load_model(ckpt, device=tc.device)
                     for s, t in tests.items():
-                        for method, pred in _predict_sets(model, t, tc.top_k).items():
+                        for method, pred in _predict_sets(model, t, tc.top_k, train.expression).items():
                             results.setdefault(method, {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
                 elif variant == "ridge_features":
                     head = fit_ridge(patch_features(train.patches), train.expression)
@@ -260,9 +269,11 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
 
 _NAMES = {
     "cmrcnet:retrieval": "CMRCNet, retrieval (paper)",
+    "cmrcnet:retrieval_train_bank": "CMRCNet, retrieval, bank = training spots only",
     "cmrcnet:ridge": "CMRCNet, ridge head",
     "contrastive:retrieval": "contrastive only (BLEEP), retrieval",
     "contrastive:ridge": "contrastive only (BLEEP), ridge head",
+    "contrastive:retrieval_train_bank": "contrastive only (BLEEP), retrieval, bank = training spots only",
     "ridge_features:ridge": "ridge on colour/stain/texture statistics",
     "untrained:retrieval": "untrained encoder, retrieval (trivial)",
 }

@@ -1,0 +1,44 @@
+"""Copy a trained checkpoint into the package as the default model, with its evaluation.
+
+The evaluation summary (evaluation/results/full/summary.json, made by
+``stpredict evaluate``) is stored inside the checkpoint, so the model carries the
+figures it was shipped with. Refuses a checkpoint trained on section C2 (the sample).
+
+Usage: python scripts/ship_model.py runs/default_model/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from napari_stpredict.model import default_model_path, read_checkpoint
+from napari_stpredict.io.atomic import atomic_path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--summary", type=Path, default=Path("evaluation/results/full/summary.json"))
+    args = parser.parse_args()
+    checked = read_checkpoint(args.checkpoint)  # validates
+    prov = checked["provenance"]
+    if "C2" in prov.get("train_sections", []) or "C2" in prov.get("bank_sections", []):
+        raise SystemExit("refusing to ship: section C2 (the sample slide) is in the training data or bank")
+    data = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    if args.summary.exists():
+        data["evaluation"] = json.loads(args.summary.read_text(encoding="utf-8"))
+        data["evaluation"]["source"] = "stpredict evaluate --config evaluation/config.yaml"
+    target = default_model_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        torch.save(data, tmp)
+    read_checkpoint(target)
+    print(f"shipped {args.checkpoint} -> {target} ({target.stat().st_size / 2**20:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""`Prediction`: predicted expression of every spot of a slide, AnnData-backed.
+
+``obs`` holds the spot centres in level-0 pixels (``x``, ``y``), grid indices
+(``grid_row``, ``grid_col``), ``confidence`` and ``tissue_fraction``; ``X`` the
+predicted log1p(CP10k) expression of all model genes; ``uns["stpredict"]`` the model,
+mpp, patch and stride, grid geometry and the slide summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Prediction", "Heatmap"]
+
+UNITS = "log1p(counts per 10,000)"
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """A raster on the spot grid and where it sits on the slide.
+
+    ``raster[row, col]`` is the value of the spot centred at level-0
+    ``origin + (col, row) * stride``. In napari world coordinates (µm when the slide
+    mpp is known, else level-0 pixels) the layer takes ``scale`` and ``translate``.
+    """
+
+    raster: np.ndarray
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    l0_origin: tuple[float, float]
+    l0_stride: tuple[float, float]
+    name: str
+    units: str = UNITS
+
+    def l0_of(self, row: float, col: float) -> tuple[float, float]:
+        """Level-0 ``(x, y)`` of the centre of grid pixel ``(row, col)``."""
+        return (self.l0_origin[0] + col * self.l0_stride[0], self.l0_origin[1] + row * self.l0_stride[1])
+
+
+class Prediction:
+    """Predicted expression of a slide's spots; choose genes without re-running the model."""
+
+    def __init__(self, adata) -> None:
+        self.adata = adata
+
+    # --- access ------------------------------------------------------------------
+    @property
+    def genes(self) -> list[str]:
+        return list(self.adata.var_names)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.adata.uns["stpredict"]
+
+    @property
+    def l0_centres(self) -> np.ndarray:
+        return self.adata.obs[["x", "y"]].to_numpy(float)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.adata.obs["confidence"].to_numpy(np.float32)
+
+    def expression(self, gene: str) -> np.ndarray:
+        """Predicted expression of one gene per spot (case-insensitive name)."""
+        return np.asarray(self.adata.X[:, self._gene_index(gene)], np.float32).ravel()
+
+    def _gene_index(self, gene: str) -> int:
+        lookup = {g.upper(): i for i, g in enumerate(self.adata.var_names)}
+        idx = lookup.get(str(gene).upper())
+        if idx is None:
+            raise KeyError(f"gene {gene!r} is not predicted by model {self.meta.get('model', {}).get('name', '?')}; "
+                           f"it predicts {len(lookup)} genes, e.g. {', '.join(self.genes[:5])}")
+        return idx
+
+    # --- rasters on the grid -------------------------------------------------------
+    def _placement(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """napari scale and translate of grid rasters (world units: µm if mpp known)."""
+        meta = self.meta
+        sx, sy = meta["grid_stride_l0"]
+        ox, oy = meta["grid_origin_l0"]
+        mpp_x, mpp_y = meta.get("mpp_x"), meta.get("mpp_y")
+        unit_x, unit_y = (mpp_x, mpp_y) if mpp_x and mpp_y else (1.0, 1.0)
+        # napari puts the centre of data pixel (i, j) at translate + scale * (i, j), so the
+        # slide's level-0 pixel x (spanning [x, x + 1)) is centred at world x * mpp, and a
+        # continuous level-0 coordinate x sits at world (x - 0.5) * mpp. Grid cell (0, 0)
+        # is centred at the continuous coordinate origin.
+        return (sy * unit_y, sx * unit_x), ((oy - 0.5) * unit_y, (ox - 0.5) * unit_x)
+
+    def raster(self, values: np.ndarray, name: str, fill: float = np.nan, units: str = UNITS) -> Heatmap:
+        """Any per-spot values as a `Heatmap` on the grid."""
+        rows, cols = self.meta["grid_shape"]
+        out = np.full((rows, cols), fill, np.float32)
+        out[self.adata.obs["grid_row"].to_numpy(int), self.adata.obs["grid_col"].to_numpy(int)] = values
+        scale, translate = self._placement()
+        return Heatmap(out, scale, translate, tuple(self.meta["grid_origin_l0"]), tuple(self.meta["grid_stride_l0"]),
+                       name, units)
+
+    def heatmap(self, gene: str) -> Heatmap:
+        """Predicted expression of ``gene`` as a raster on the spot grid (NaN off tissue)."""
+        return self.raster(self.expression(gene), self.genes[self._gene_index(gene)])
+
+    # --- persistence -----------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write as ``.h5ad`` (atomically)."""
+        from ..io.atomic import atomic_path
+
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            self.adata.write_h5ad(tmp, compression="gzip")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Prediction:
+        """Read a prediction written by `save`."""
+        import anndata as ad
+
+        adata = ad.read_h5ad(path)
+        if "stpredict" not in adata.uns:
+            raise ValueError(f"{path}: not a napari-stpredict prediction (no uns['stpredict'])")
+        return cls(adata)
+
+    def __len__(self) -> int:
+        return self.adata.n_obs
+
+    def __repr__(self) -> str:
+        return (f"<Prediction {self.meta.get('slide', {}).get('name', '?')}: {self.adata.n_obs} spots x "
+                f"{self.adata.n_vars} genes, stride {self.meta['stride_um']:g} µm>")

@@ -1,0 +1,59 @@
+"""`stpredict predict`: outputs for a good slide, a clear error and non-zero exit for a bad one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import yaml
+
+
+def test_corrupt_slide_among_good_ones(sample_slide_path, tiny_model_path, tmp_path, capsys, monkeypatch):
+    from napari_stpredict.cli import main
+
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 100)
+    out = tmp_path / "out"
+    rc = main(["predict", str(bad), str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(out),
+               "--genes", "ERBB2", "grb7", "--device", "cpu", "--batch-size", "48"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "broken.svs" in err and "truncated" in err
+    folder = out / "her2st_C2"
+    for name in ("prediction.h5ad", "ERBB2.tif", "grb7.tif", "tumor_mask.tif", "tumor.geojson", "overview.png",
+                 "config.yaml"):
+        assert (folder / name).exists(), name
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["genes"] == ["ERBB2", "grb7"] and config["threshold_automatic"] and config["spots"] > 300
+    assert json.loads((folder / "tumor.geojson").read_text())["type"] == "FeatureCollection"
+    assert not list(out.rglob("*.part"))
+    from PIL import Image
+
+    assert max(Image.open(folder / "overview.png").size) == 1024
+
+
+def test_predict_rejects_unknown_genes_and_bad_roi(sample_slide_path, tiny_model_path, tmp_path, capsys):
+    from napari_stpredict.cli import main
+
+    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path),
+                 "--genes", "NOTAGENE"]) == 2
+    assert "NOTAGENE" in capsys.readouterr().err
+    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path),
+                 "--roi", "5,5,1"]) == 2
+    assert "--roi" in capsys.readouterr().err
+
+
+def test_roi_from_geojson(sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
+    from napari_stpredict.cli import main
+    from napari_stpredict.inference import Prediction
+
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    poly = [[2000, 2000], [5000, 2000], [5000, 5000], [2000, 5000], [2000, 2000]]
+    roi = tmp_path / "roi.geojson"
+    roi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [poly]}, "properties": {}}]}))
+    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "o"),
+                 "--roi", str(roi), "--device", "cpu"]) == 0
+    p = Prediction.load(tmp_path / "o" / "her2st_C2" / "prediction.h5ad")
+    assert (p.l0_centres >= 2000).all() and (p.l0_centres <= 5000).all()

@@ -1,0 +1,40 @@
+"""The shipped model: loads offline, meets its budgets, and predicts ERBB2 on the held-out sample."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_stpredict.model import default_model_path, load_model
+
+
+def test_default_model_loads_and_fits_the_budget():
+    model = load_model(device="cpu")
+    assert default_model_path().stat().st_size <= 30 * 2**20
+    assert "ERBB2" in model.genes and len(model.genes) >= 785
+    prov = model.provenance
+    assert "C2" not in prov["train_sections"] and "C2" not in prov["bank_sections"]  # the sample is held out
+    assert model.evaluation, "the shipped model carries its evaluation figures"
+
+
+def test_predicted_erbb2_map_follows_measured_erbb2_on_the_sample(sample_slide_path, sample_spots_path):
+    import anndata as ad
+
+    from napari_stpredict.inference import run_prediction
+    from napari_stpredict.io.slide import open_slide
+    from napari_stpredict.training.data import log1p_cp10k
+
+    spots = ad.read_h5ad(sample_spots_path)
+    measured = log1p_cp10k(spots, [spots.var_names.get_loc("ERBB2")]).ravel()
+    with open_slide(sample_slide_path) as slide:
+        prediction = run_prediction(slide, load_model(device="cpu"))
+    heat = prediction.heatmap("ERBB2")
+    xy = spots.obsm["spatial"]
+    cols = np.round((xy[:, 0] - heat.l0_origin[0]) / heat.l0_stride[0]).astype(int)
+    rows = np.round((xy[:, 1] - heat.l0_origin[1]) / heat.l0_stride[1]).astype(int)
+    inside = (rows >= 0) & (rows < heat.raster.shape[0]) & (cols >= 0) & (cols < heat.raster.shape[1])
+    values = np.full(len(xy), np.nan)
+    values[inside] = heat.raster[rows[inside], cols[inside]]
+    ok = np.isfinite(values)
+    assert ok.mean() > 0.9
+    r = np.corrcoef(values[ok], measured[ok])[0, 1]
+    assert r > 0.2, f"predicted vs measured ERBB2 on the held-out sample: r = {r:.2f}"
