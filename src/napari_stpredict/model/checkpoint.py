@@ -95,7 +95,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds here
-        raise _fail(path, f"not a readable napari-stpredict checkpoint ({type(exc).__name__}: {exc})") from exc
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
+            reason = ("it is not a torch file, or it holds pickled Python objects, which are refused for "
+                      "safety (a napari-stpredict checkpoint holds only tensors and plain values)")
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        raise _fail(path, f"not a readable napari-stpredict checkpoint: {reason}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise _fail(path, f"not a napari-stpredict checkpoint (no format tag {FORMAT!r})")
     version = data.get("format_version")

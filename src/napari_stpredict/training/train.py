@@ -228,12 +228,14 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
                                                    / std).to(device)).float().cpu()
                                for i in range(0, len(train), 128)])
     ridge = fit_ridge(train_emb.numpy(), train.expression)
+    confidence_reference = _confidence_reference(train_emb, bank_emb, cfg.top_k)
     provenance = {
         "train_sections": cfg.train_sections, "bank_sections": cfg.bank_sections, "bank_spots": len(bank),
         "train_spots": len(train), "patients": sorted(set(train.patient) | set(bank.patient)),
         "markers": markers, "epochs": cfg.epochs, "seed": cfg.seed, "config_hash": config_hash,
         "history": history, "seconds": round(time.perf_counter() - t_start, 1),
         "data": "her2st (Andersson et al. 2021)" if cfg.her2st else "user data",
+        "confidence_reference": confidence_reference,
     }
     path = save_checkpoint(run_dir / "model.pt", model=model, io=cfg.io, bank_embeddings=bank_emb,
                            bank_expression=torch.from_numpy(bank.expression), ridge=ridge,
@@ -241,6 +243,25 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     yield {"stage": "done", "checkpoint": str(path)}
     return path
+
+
+def _confidence_reference(train_emb, bank_emb, top_k: int) -> dict[str, float]:
+    """How similar training images are to the bank, leaving each spot's own entry out.
+
+    The bank starts with the training spots in order, so spot i's own expression is bank
+    entry i. A slide whose spots fall below the 5th percentile is unlike the training data.
+    """
+    import torch
+
+    q = torch.nn.functional.normalize(train_emb.float(), dim=1)
+    b = torch.nn.functional.normalize(bank_emb.float(), dim=1)
+    sims = q @ b.T
+    n = len(q)
+    sims[torch.arange(n), torch.arange(n)] = -float("inf")
+    k = max(1, min(top_k, sims.shape[1] - 1))
+    mean_topk = torch.topk(sims, k, dim=1).values.mean(1).numpy()
+    return {"q05": float(np.percentile(mean_topk, 5)), "q50": float(np.percentile(mean_topk, 50)),
+            "measure": f"mean cosine similarity of the top {k} bank spots, own spot left out"}
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Path:

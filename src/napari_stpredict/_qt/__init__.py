@@ -1,0 +1,1 @@
+"""Qt dock widgets: the only place that imports qtpy or napari.qt."""

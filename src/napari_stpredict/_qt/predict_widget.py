@@ -1,0 +1,666 @@
+"""The prediction dock widget: choose a slide and model, run, then explore genes and tumour.
+
+Thin by design: it gathers inputs, runs `cached_predict_slide` in a background worker
+with a progress bar and a Cancel button, and turns the cached `Prediction` into layers
+(`napari_stpredict.layers`). Choosing other genes or another threshold never re-runs
+the model. Errors become napari notifications.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QSettings, Qt
+from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QDoubleSpinBox, QFileDialog, QFormLayout,
+                            QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
+                            QPushButton, QScrollArea, QSlider, QVBoxLayout, QWidget)
+
+from ..errors import StPredictError
+
+BUNDLED = "Bundled model (her2st breast cancer)"
+FROM_FILE = "Checkpoint file..."
+WHOLE_TISSUE = "(whole tissue)"
+DISCLAIMER = "Research use only. Not for diagnosis."
+
+
+def _notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def _notify_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+class PredictWidget(QWidget):
+    """Dock widget: predict spatial gene expression on a slide layer."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.prediction = None
+        self.model = None
+        self._model_key: str | None = None
+        self._model_path: Path | None = None
+        self.worker = None
+        self._cancel = threading.Event()
+        self._progress = None
+        self.tumor = None
+        self.spots = None
+        self.last_r: float | None = None
+        self._settings = QSettings("napari-stpredict", "predict-widget")
+        self._build()
+        self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
+        self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
+        self._refresh_layer_choices()
+
+    # --- UI ----------------------------------------------------------------------
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        content = QWidget()
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
+        disclaimer = QLabel(f"<b>{DISCLAIMER}</b>")
+        layout.addWidget(disclaimer)
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        layout.addWidget(self.model_info)
+
+        form = QFormLayout()
+        self.slide_combo = QComboBox()
+        self.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
+        form.addRow("Slide layer", self.slide_combo)
+        self.mpp_spin = QDoubleSpinBox()
+        self.mpp_spin.setRange(0.0, 50.0)
+        self.mpp_spin.setDecimals(4)
+        self.mpp_spin.setSuffix(" µm/px")
+        self.mpp_spin.setToolTip("Resolution of the slide layer; needed when the file does not record it")
+        form.addRow("Resolution", self.mpp_spin)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems([BUNDLED, FROM_FILE])
+        self.model_combo.activated.connect(self._on_model_choice)
+        form.addRow("Model", self.model_combo)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(self._devices())
+        form.addRow("Device", self.device_combo)
+        self.stride_spin = QDoubleSpinBox()
+        self.stride_spin.setRange(14.0, 1000.0)
+        self.stride_spin.setValue(112.0)
+        self.stride_spin.setSuffix(" µm")
+        self.stride_spin.setToolTip("Distance between predicted spots; smaller gives smoother maps and takes longer")
+        form.addRow("Stride", self.stride_spin)
+        self.region_combo = QComboBox()
+        self.region_combo.setToolTip("Predict only inside the polygons of a Shapes layer")
+        form.addRow("Region", self.region_combo)
+        layout.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run prediction")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+
+        genes_box = QGroupBox("Genes")
+        g = QVBoxLayout(genes_box)
+        self.gene_search = QLineEdit()
+        self.gene_search.setPlaceholderText("type to search genes...")
+        self.gene_search.textChanged.connect(self._filter_genes)
+        self.gene_search.returnPressed.connect(self._select_typed_gene)
+        g.addWidget(self.gene_search)
+        self.gene_list = QListWidget()
+        self.gene_list.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        self.gene_list.setMaximumHeight(160)
+        g.addWidget(self.gene_list)
+        row = QHBoxLayout()
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(["Presets...", "Marker panel", "HER2 amplicon"])
+        self.preset_combo.activated.connect(self._apply_preset)
+        self.show_genes_button = QPushButton("Show selected genes")
+        self.show_genes_button.clicked.connect(self.show_selected_genes)
+        row.addWidget(self.preset_combo)
+        row.addWidget(self.show_genes_button)
+        g.addLayout(row)
+        layout.addWidget(genes_box)
+
+        tumor_box = QGroupBox("Tumour")
+        t = QFormLayout(tumor_box)
+        self.markers_edit = QLineEdit()
+        self.markers_edit.setToolTip("Marker genes, separated by commas; the score is their mean z-score")
+        self.markers_edit.editingFinished.connect(self._on_markers_edited)
+        t.addRow("Markers", self.markers_edit)
+        slider_row = QHBoxLayout()
+        self.threshold_slider = QSlider(Qt.Horizontal)
+        self.threshold_slider.setRange(0, 1000)
+        self.threshold_slider.valueChanged.connect(self._on_threshold_slider)
+        self.threshold_label = QLabel("-")
+        self.auto_button = QPushButton("Auto")
+        self.auto_button.clicked.connect(self.reset_threshold)
+        slider_row.addWidget(self.threshold_slider)
+        slider_row.addWidget(self.threshold_label)
+        slider_row.addWidget(self.auto_button)
+        t.addRow("Threshold", slider_row)
+        layout.addWidget(tumor_box)
+
+        measured_box = QGroupBox("Measured spots (optional)")
+        m = QVBoxLayout(measured_box)
+        self.load_spots_button = QPushButton("Load measured spots (.h5ad)...")
+        self.load_spots_button.clicked.connect(self._choose_spots_file)
+        self.r_label = QLabel("")
+        self.r_label.setWordWrap(True)
+        m.addWidget(self.load_spots_button)
+        m.addWidget(self.r_label)
+        layout.addWidget(measured_box)
+
+        export_box = QGroupBox("Export")
+        e = QHBoxLayout(export_box)
+        self.save_table_button = QPushButton("Spot table...")
+        self.save_table_button.clicked.connect(self._choose_table_file)
+        self.save_geojson_button = QPushButton("Tumour GeoJSON...")
+        self.save_geojson_button.clicked.connect(self._choose_geojson_file)
+        e.addWidget(self.save_table_button)
+        e.addWidget(self.save_geojson_button)
+        layout.addWidget(export_box)
+        hint = QLabel("Heatmaps and the mask: File > Save Selected Layers as .tif (GeoTIFF).")
+        hint.setWordWrap(True)
+        layout.addWidget(hint)
+        layout.addStretch(1)
+        self._set_result_controls(False)
+
+    @staticmethod
+    def _devices() -> list[str]:
+        import importlib.util
+
+        devices = ["auto", "cpu"]
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                devices.append("cuda")
+            if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+                devices.append("mps")
+        return devices
+
+    def _set_result_controls(self, enabled: bool) -> None:
+        for w in (self.gene_search, self.gene_list, self.preset_combo, self.show_genes_button, self.markers_edit,
+                  self.threshold_slider, self.auto_button, self.load_spots_button, self.save_table_button,
+                  self.save_geojson_button):
+            w.setEnabled(enabled)
+
+    # --- layer choices -------------------------------------------------------------
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image) and layer.rgb]
+
+    def _refresh_layer_choices(self, *_: Any) -> None:
+        from napari.layers import Shapes
+
+        current = self.slide_combo.currentText()
+        self.slide_combo.blockSignals(True)
+        self.slide_combo.clear()
+        self.slide_combo.addItems([layer.name for layer in self._image_layers()])
+        if current in [layer.name for layer in self._image_layers()]:
+            self.slide_combo.setCurrentText(current)
+        self.slide_combo.blockSignals(False)
+        region = self.region_combo.currentText()
+        self.region_combo.clear()
+        self.region_combo.addItems([WHOLE_TISSUE] + [l.name for l in self.viewer.layers if isinstance(l, Shapes)
+                                                     and not l.name.startswith("tumour contour")])
+        if region:
+            self.region_combo.setCurrentText(region)
+        self._on_slide_changed()
+
+    def _selected_slide_layer(self):
+        name = self.slide_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def _on_slide_changed(self, *_: Any) -> None:
+        from .._reader import slide_of_layer
+
+        layer = self._selected_slide_layer()
+        slide = slide_of_layer(layer) if layer is not None else None
+        known = slide is not None and slide.mpp_x is not None
+        self.mpp_spin.setEnabled(not known)
+        if known:
+            self.mpp_spin.setValue(slide.mpp_x)
+
+    def _on_model_choice(self, index: int) -> None:
+        if self.model_combo.itemText(index) != FROM_FILE:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a napari-stpredict checkpoint", self._last_dir(),
+                                              "Checkpoints (*.pt *.ckpt);;All files (*)")
+        if path:
+            self.set_model_path(path)
+        else:
+            self.model_combo.setCurrentText(BUNDLED)
+
+    def set_model_path(self, path: str | Path | None) -> None:
+        """Use a checkpoint file (None: the bundled model)."""
+        if path is None:
+            self.model_combo.setCurrentText(BUNDLED)
+            self._model_path = None
+            return
+        path = Path(path)
+        self._remember_dir(path)
+        label = f"File: {path.name}"
+        if self.model_combo.findText(label) < 0:
+            self.model_combo.insertItem(1, label)
+        self.model_combo.setCurrentText(label)
+        self._model_path = path
+
+    def _last_dir(self) -> str:
+        return str(self._settings.value("last_dir", str(Path.home())))
+
+    def _remember_dir(self, path: Path) -> None:
+        self._settings.setValue("last_dir", str(Path(path).parent))
+
+    # --- running ---------------------------------------------------------------------
+    def _slide_for_layer(self, layer):
+        from .._reader import slide_of_layer
+        from ..io.slide import ArraySlide
+
+        slide = slide_of_layer(layer)
+        mpp = self.mpp_spin.value() or None
+        if slide is not None:
+            if slide.mpp_x is None:
+                if mpp is None:
+                    raise StPredictError(f"{slide.name}: the slide does not record its resolution; enter it "
+                                         "(µm per pixel) in the Resolution field")
+                slide._fallback_mpp = (mpp, mpp)
+            return slide
+        if mpp is None:
+            raise StPredictError(f"layer {layer.name!r}: enter its resolution (µm per pixel) to predict on it")
+        data = layer.data[0] if layer.multiscale else layer.data
+        return ArraySlide(np.asarray(data)[..., :3].astype(np.uint8), mpp=mpp, name=layer.name)
+
+    def _region(self):
+        name = self.region_combo.currentText()
+        if not name or name == WHOLE_TISSUE or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        slide_layer = self._selected_slide_layer()
+        sy, sx = slide_layer.scale[-2:]
+        ty, tx = slide_layer.translate[-2:]
+        polygons = []
+        for shape, kind in zip(layer.data, layer.shape_type):
+            world = np.asarray(layer.data_to_world(shape) if hasattr(layer, "data_to_world") else shape)[:, -2:]
+            # world (y, x) -> level-0 (x, y): inverse of the slide layer's placement
+            polygons.append(np.column_stack([(world[:, 1] - tx) / sx + 0.5, (world[:, 0] - ty) / sy + 0.5]))
+        if not polygons:
+            raise StPredictError(f"region layer {name!r} has no shapes; draw polygons or choose {WHOLE_TISSUE}")
+        return polygons
+
+    def run(self) -> None:
+        """Start a prediction in a background worker."""
+        from napari.qt.threading import create_worker
+
+        layer = self._selected_slide_layer()
+        if layer is None:
+            _notify_error("Open a slide first (File > Open, or File > Open Sample > ST Predict)")
+            return
+        try:
+            slide = self._slide_for_layer(layer)
+            roi = self._region()
+        except StPredictError as exc:
+            _notify_error(str(exc))
+            return
+        self._cancel = threading.Event()
+        params = {"stride_um": self.stride_spin.value(), "roi": roi, "cancel_event": self._cancel}
+        # _ignore_errors: _on_error turns them into one clear notification (no re-raise, no traceback popup)
+        self.worker = create_worker(self._work, slide, params, _start_thread=False, _ignore_errors=True)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._on_result)
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText("starting...")
+        self.worker.start()
+
+    def _work(self, slide, params):
+        """Runs in the worker thread: load the model (once), then predict with the cache."""
+        from ..inference.cache import cached_predict_slide
+        from ..model import default_model_path, load_model
+
+        path = self._model_path or default_model_path()
+        device = self.device_combo.currentText()
+        key = f"{path}|{device}"
+        if self.model is None or self._model_key != key:
+            yield {"stage": "model", "done": 0, "total": 0, "message": f"loading model {path.name}"}
+            self.model = load_model(path, device=device)
+            self._model_key = key
+        prediction = yield from cached_predict_slide(slide, self.model, model_path=path, **params)
+        return prediction
+
+    def cancel(self) -> None:
+        """Stop the running prediction between batches; nothing is added or written."""
+        self._cancel.set()
+        if self.worker is not None:
+            self.worker.quit()
+        self.status.setText("cancelling...")
+
+    def _on_progress(self, progress: dict) -> None:
+        total, done = progress.get("total", 0), progress.get("done", 0)
+        self.progress_bar.setRange(0, max(total, 1) if total else 0)
+        self.progress_bar.setValue(done)
+        if progress.get("stage") == "predict":
+            self.status.setText(f"predicting: {done} / {total} spots")
+        else:
+            self.status.setText(progress.get("message", progress.get("stage", "")))
+        if total and self._progress is None:
+            from napari.utils import progress as napari_progress
+
+            self._progress = napari_progress(total=total, desc="ST prediction")
+        if self._progress is not None and total:
+            self._progress.n = done
+            self._progress.refresh()
+
+    def _on_error(self, exc: Exception) -> None:
+        from ..inference.predict import PredictionCancelled
+
+        if isinstance(exc, PredictionCancelled):
+            self.status.setText("cancelled")
+            return
+        self.status.setText(f"failed: {exc}")
+        _notify_error(f"Prediction failed: {exc}")
+
+    def _on_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        if self._cancel.is_set() and self.prediction is None:
+            self.status.setText("cancelled")
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setRange(0, 1)
+        self.worker = None
+
+    def _on_result(self, prediction) -> None:
+        if prediction is None:
+            return
+        self.set_prediction(prediction)
+
+    # --- results -----------------------------------------------------------------------
+    def set_prediction(self, prediction) -> None:
+        """Show a prediction: genes to choose from, first gene, tumour mask, confidence."""
+        from ..layers import confidence_layer, low_confidence_warning
+
+        self.prediction = prediction
+        self.tumor = None
+        genes = prediction.genes
+        self.gene_list.clear()
+        self.gene_list.addItems(genes)
+        completer = QCompleter(genes, self)
+        completer.setCaseSensitivity(Qt.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchContains)
+        self.gene_search.setCompleter(completer)
+        meta = prediction.meta
+        trained = ", ".join(meta["model"].get("trained_on", [])) or "unknown sections"
+        self.model_info.setText(f"Model {meta['model']['name']}: trained on her2st sections {trained}; "
+                                f"{len(genes)} genes, units {meta['units']}.")
+        self.markers_edit.setText(", ".join(self._panel()))
+        self._set_result_controls(True)
+        cached = " (from cache)" if meta.get("cache") == "hit" else ""
+        self.status.setText(f"{len(prediction)} spots predicted{cached}")
+        self._upsert(*confidence_layer(prediction))
+        warning = low_confidence_warning(prediction)
+        if warning:
+            _notify_warning(warning)
+            self.status.setText(self.status.text() + " - " + warning)
+        first = "ERBB2" if "ERBB2" in genes else genes[0]
+        self.show_genes([first])
+        self.update_tumor(threshold=None)
+        self._maybe_load_sample_spots()
+
+    def _panel(self) -> list[str]:
+        from ..inference.tumor import model_panel
+
+        return model_panel(self.prediction)
+
+    def _upsert(self, data, kwargs, layer_type):
+        """Add a layer, or replace the data of the layer with the same name."""
+        name = kwargs["name"]
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            for key in ("scale", "translate", "contrast_limits", "metadata"):
+                if key in kwargs:
+                    setattr(layer, key, kwargs[key])
+            return layer
+        add = getattr(self.viewer, f"add_{layer_type}")
+        return add(data, **kwargs)
+
+    def show_genes(self, genes: list[str]) -> None:
+        """Add (or refresh) a heatmap layer per gene, from the cached prediction."""
+        from ..layers import heatmap_layer
+
+        if self.prediction is None:
+            return
+        shown = None
+        for gene in genes:
+            try:
+                shown = self._upsert(*heatmap_layer(self.prediction, gene))
+            except KeyError as exc:
+                _notify_error(str(exc).strip("'\""))
+        if shown is not None:
+            # One colour bar at a time (the last gene shown), captioned with gene and units.
+            for layer in self.viewer.layers:
+                if layer.metadata.get("stpredict", {}).get("kind") == "heatmap":
+                    layer.colorbar.visible = layer.name == shown.name  # plugin viewers hand out proxies: no `is`
+            info = shown.metadata["stpredict"]
+            self.viewer.text_overlay.text = f"{info['gene']}: predicted {info['units']}"
+            self.viewer.text_overlay.visible = True
+        self._update_measured(genes[0] if genes else None)
+
+    def show_selected_genes(self) -> None:
+        genes = [item.text() for item in self.gene_list.selectedItems()]
+        if not genes:
+            _notify_warning("Select genes in the list first (type to search)")
+            return
+        self.show_genes(genes)
+
+    def _filter_genes(self, text: str) -> None:
+        text = text.strip().upper()
+        for i in range(self.gene_list.count()):
+            item = self.gene_list.item(i)
+            item.setHidden(bool(text) and text not in item.text().upper())
+
+    def _select_typed_gene(self) -> None:
+        text = self.gene_search.text().strip().upper()
+        for i in range(self.gene_list.count()):
+            item = self.gene_list.item(i)
+            if item.text().upper() == text:
+                item.setSelected(True)
+                self.show_genes([item.text()])
+                return
+
+    def _apply_preset(self, index: int) -> None:
+        from ..training.genes import HER2_AMPLICON
+
+        name = self.preset_combo.itemText(index)
+        genes = self._panel() if name == "Marker panel" else list(HER2_AMPLICON) if name == "HER2 amplicon" else []
+        self.gene_list.clearSelection()
+        for i in range(self.gene_list.count()):
+            if self.gene_list.item(i).text() in genes:
+                self.gene_list.item(i).setSelected(True)
+        self.preset_combo.setCurrentIndex(0)
+
+    # --- tumour ------------------------------------------------------------------------
+    def _markers(self) -> list[str]:
+        return [m.strip() for m in self.markers_edit.text().replace(";", ",").split(",") if m.strip()]
+
+    def _on_markers_edited(self) -> None:
+        self.update_tumor(threshold=None)
+
+    def update_tumor(self, threshold: float | None = None) -> None:
+        """Recompute the tumour mask (automatic threshold when None) and update its layers."""
+        from ..inference.tumor import tumor_mask
+        from ..layers import tumor_contour_layer, tumor_labels_layer
+
+        if self.prediction is None:
+            return
+        try:
+            mask = tumor_mask(self.prediction, self._markers() or None, threshold=threshold)
+        except ValueError as exc:
+            _notify_error(str(exc))
+            return
+        if mask.missing:
+            _notify_warning(f"markers not predicted by this model: {', '.join(mask.missing)}")
+        self.tumor = mask
+        self._upsert(*tumor_labels_layer(self.prediction, mask))
+        self._upsert(*tumor_contour_layer(self.prediction, mask))
+        if threshold is None:
+            lo, hi = float(mask.score.min()), float(mask.score.max())
+            self._score_range = (lo, hi)
+            self.threshold_slider.blockSignals(True)
+            self.threshold_slider.setValue(int(round((mask.threshold - lo) / max(hi - lo, 1e-9) * 1000)))
+            self.threshold_slider.blockSignals(False)
+        share = mask.raster.sum() / max(1, mask.tissue.sum())
+        self.threshold_label.setText(f"{mask.threshold:.2f} ({'auto' if mask.automatic else 'manual'}, "
+                                     f"{share:.0%} of tissue)")
+
+    def _on_threshold_slider(self, value: int) -> None:
+        if self.prediction is None or not hasattr(self, "_score_range"):
+            return
+        lo, hi = self._score_range
+        self.update_tumor(threshold=lo + (hi - lo) * value / 1000)
+
+    def set_threshold(self, threshold: float) -> None:
+        """Set a manual tumour threshold (as the slider does)."""
+        lo, hi = self._score_range
+        self.threshold_slider.setValue(int(round((threshold - lo) / max(hi - lo, 1e-9) * 1000)))
+
+    def reset_threshold(self) -> None:
+        self.update_tumor(threshold=None)
+
+    # --- measured spots --------------------------------------------------------------------
+    def _maybe_load_sample_spots(self) -> None:
+        from .._resources import SAMPLE_SPOTS, sample_data_dir
+
+        if self.prediction is None or self.spots is not None:
+            return
+        if self.prediction.meta["slide"]["name"] == "her2st_C2.tiff":
+            try:
+                self.load_spots(sample_data_dir() / SAMPLE_SPOTS)
+            except (OSError, StPredictError, ValueError) as exc:
+                _notify_warning(f"could not load the sample's measured spots: {exc}")
+
+    def _choose_spots_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Measured spots (scanpy/squidpy .h5ad)", self._last_dir(),
+                                              "AnnData (*.h5ad)")
+        if path:
+            self._remember_dir(Path(path))
+            try:
+                self.load_spots(path)
+            except (OSError, StPredictError, ValueError, KeyError) as exc:
+                _notify_error(f"{Path(path).name}: {exc}")
+
+    def load_spots(self, path: str | Path) -> None:
+        """Use measured spots (``obsm["spatial"]`` in level-0 pixels of this slide) for comparison."""
+        from ..io.st_data import read_st_h5ad
+
+        self.spots = read_st_h5ad(path)
+        gene = next((l.metadata.get("stpredict", {}).get("gene") for l in reversed(list(self.viewer.layers))
+                     if l.metadata.get("stpredict", {}).get("kind") == "heatmap"), None)
+        self._update_measured(gene)
+
+    def _update_measured(self, gene: str | None) -> None:
+        from ..layers import measured_points_layer
+
+        if self.spots is None or self.prediction is None or gene is None:
+            return
+        try:
+            data, kwargs, kind = measured_points_layer(self.spots, gene, mpp=(self.prediction.meta["mpp_x"],
+                                                                               self.prediction.meta["mpp_y"]))
+        except KeyError as exc:
+            self.r_label.setText(str(exc).strip("'\""))
+            return
+        for layer in [l for l in self.viewer.layers if l.metadata.get("stpredict", {}).get("kind") == "measured"]:
+            self.viewer.layers.remove(layer)
+        self.viewer.add_points(data, **kwargs)
+        self.last_r = self._pearson_at_spots(gene, kwargs["features"]["expression"])
+        self.r_label.setText(f"{gene}: predicted vs measured at {self.spots.n_obs} spots, "
+                             f"Pearson r = {self.last_r:.2f}")
+
+    def _pearson_at_spots(self, gene: str, measured: np.ndarray) -> float:
+        heat = self.prediction.heatmap(gene)
+        xy = np.asarray(self.spots.obsm["spatial"], float)
+        cols = np.round((xy[:, 0] - heat.l0_origin[0]) / heat.l0_stride[0]).astype(int)
+        rows = np.round((xy[:, 1] - heat.l0_origin[1]) / heat.l0_stride[1]).astype(int)
+        ok = (rows >= 0) & (rows < heat.raster.shape[0]) & (cols >= 0) & (cols < heat.raster.shape[1])
+        values = np.full(len(xy), np.nan)
+        values[ok] = heat.raster[rows[ok], cols[ok]]
+        good = np.isfinite(values)
+        if good.sum() < 3 or np.std(values[good]) == 0 or np.std(measured[good]) == 0:
+            return float("nan")
+        return float(np.corrcoef(values[good], measured[good])[0, 1])
+
+    # --- export ----------------------------------------------------------------------------
+    def _choose_table_file(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save spot table", self._last_dir(),
+                                              "AnnData (*.h5ad);;CSV (*.csv)")
+        if path:
+            self._remember_dir(Path(path))
+            self._guarded(self.save_table, path)
+
+    def _choose_geojson_file(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save tumour contours", self._last_dir(), "GeoJSON (*.geojson)")
+        if path:
+            self._remember_dir(Path(path))
+            self._guarded(self.save_geojson, path)
+
+    def _guarded(self, func, path) -> None:
+        try:
+            func(path)
+            self.status.setText(f"saved {Path(path).name}")
+        except (OSError, StPredictError, ValueError) as exc:
+            _notify_error(f"could not save {Path(path).name}: {exc}")
+
+    def save_table(self, path: str | Path) -> Path:
+        """Spot table: ``.h5ad`` (full prediction) or ``.csv`` (spot centres, confidence, all genes)."""
+        import pandas as pd
+
+        from ..io.atomic import atomic_path
+
+        path = Path(path)
+        if path.suffix.lower() == ".csv":
+            obs = self.prediction.adata.obs
+            table = pd.concat([obs, pd.DataFrame(np.asarray(self.prediction.adata.X), index=obs.index,
+                                                 columns=self.prediction.genes)], axis=1)
+            with atomic_path(path) as tmp:
+                table.to_csv(tmp, index_label="spot")
+            return path
+        return self.prediction.save(path if path.suffix.lower() == ".h5ad" else path.with_suffix(".h5ad"))
+
+    def save_geojson(self, path: str | Path) -> Path:
+        """Tumour contours as a GeoJSON FeatureCollection (level-0 pixels; QuPath imports it)."""
+        from ..inference.tumor import mask_polygons, polygons_geojson
+        from ..io.geotiff import write_geojson
+
+        if self.tumor is None:
+            raise StPredictError("no tumour mask yet: run a prediction first")
+        meta = self.prediction.meta
+        polygons = mask_polygons(self.tumor.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"]))
+        return write_geojson(Path(path), polygons_geojson(polygons, properties={
+            "markers": self.tumor.markers, "threshold": self.tumor.threshold}))

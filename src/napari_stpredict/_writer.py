@@ -1,0 +1,59 @@
+"""npe2 writer contributions: prediction layers to GeoTIFF (File > Save Layers).
+
+Only layers made by napari-stpredict can be written: their metadata carries the grid
+placement on the slide that the GeoTIFF georeferencing needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StPredictError
+
+__all__ = ["write_heatmap_geotiff", "write_mask_geotiff"]
+
+
+def _placement(meta: dict[str, Any], what: str):
+    info = (meta or {}).get("metadata", {}).get("stpredict") or (meta or {}).get("stpredict")
+    if not info or "l0_origin" not in info:
+        raise StPredictError(f"only napari-stpredict {what} layers can be saved as GeoTIFF by this writer "
+                             "(the layer has no slide placement in its metadata)")
+    return info
+
+
+def _tags(info: dict[str, Any]) -> dict[str, Any]:
+    return {"SLIDE": info.get("slide"), "MODEL": info.get("model"), "MPP_X": info["mpp"][0],
+            "MPP_Y": info["mpp"][1], "PATCH_UM": info.get("patch_um"), "STRIDE_UM": info.get("stride_um"),
+            "COORDINATES": "level-0 slide pixels (x right, y down); multiply by MPP for micrometres",
+            "SOFTWARE": "napari-stpredict", "NOTE": "Research use only; not for diagnosis."}
+
+
+def write_heatmap_geotiff(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a heatmap (or confidence) Image layer as a float32 GeoTIFF."""
+    from .io.geotiff import write_geotiff
+
+    info = _placement(meta, "heatmap")
+    tags = _tags(info) | {"GENE": info.get("gene", ""), "UNITS": info.get("units", "")}
+    out = write_geotiff(_tif(path), np.asarray(data, np.float32), l0_origin=tuple(info["l0_origin"]),
+                        l0_stride=tuple(info["l0_stride"]), metadata=tags, nodata=np.nan)
+    return [str(out)]
+
+
+def write_mask_geotiff(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a tumour-mask Labels layer as a uint8 GeoTIFF."""
+    from .io.geotiff import write_geotiff
+
+    info = _placement(meta, "tumour mask")
+    tags = _tags(info) | {"MARKERS": ",".join(info.get("markers", [])), "THRESHOLD": info.get("threshold"),
+                          "VALUES": "1 = predicted tumour, 0 = other or no tissue"}
+    out = write_geotiff(_tif(path), np.asarray(data).astype(np.uint8), l0_origin=tuple(info["l0_origin"]),
+                        l0_stride=tuple(info["l0_stride"]), metadata=tags)
+    return [str(out)]
+
+
+def _tif(path: str) -> Path:
+    p = Path(path)
+    return p if p.suffix.lower() in (".tif", ".tiff") else p.with_suffix(".tif")

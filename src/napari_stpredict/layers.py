@@ -1,0 +1,142 @@
+"""napari layer data for predictions, without Qt: ``(data, kwargs, layer_type)`` tuples.
+
+World coordinates are those of the slide layer: µm when the slide's mpp is known
+(scale = mpp), level-0 pixels otherwise. Rasters on the spot grid are placed with
+scale/translate, never upsampled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .inference.prediction import UNITS, Prediction
+from .inference.tumor import TumorMask, mask_polygons
+
+__all__ = ["heatmap_layer", "confidence_layer", "tumor_labels_layer", "tumor_contour_layer",
+           "measured_points_layer", "world_per_l0", "low_confidence_warning"]
+
+
+def world_per_l0(prediction: Prediction) -> tuple[float, float]:
+    """World units per level-0 pixel along (y, x)."""
+    mx, my = prediction.meta.get("mpp_x"), prediction.meta.get("mpp_y")
+    return (my, mx) if mx and my else (1.0, 1.0)
+
+
+def _units(mpp_known: bool) -> dict[str, Any]:
+    # The slide layer is in µm when its mpp is known; layers on it must say so too.
+    return {"units": ("µm", "µm")} if mpp_known else {}
+
+
+def _mpp_known(prediction: Prediction) -> bool:
+    return bool(prediction.meta.get("mpp_x") and prediction.meta.get("mpp_y"))
+
+
+def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
+    meta = prediction.meta
+    return {"stpredict": {
+        "kind": extra.pop("kind"),
+        "model": meta["model"]["name"], "trained_on": list(meta["model"].get("trained_on", [])),
+        "slide": meta["slide"]["name"], "patch_um": meta["patch_um"], "stride_um": meta["stride_um"],
+        "l0_origin": [float(v) for v in meta["grid_origin_l0"]],
+        "l0_stride": [float(v) for v in meta["grid_stride_l0"]],
+        "mpp": [meta.get("mpp_x"), meta.get("mpp_y")],
+        "note": "Research use only; not for diagnosis.", **extra}}
+
+
+def heatmap_layer(prediction: Prediction, gene: str, *, opacity: float = 0.65) -> tuple:
+    """Image layer of one gene's predicted expression (viridis, 2-98th percentile limits)."""
+    heat = prediction.heatmap(gene)
+    finite = heat.raster[np.isfinite(heat.raster)]
+    lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+    if hi <= lo:
+        hi = lo + 1e-3
+    kwargs = {
+        "name": f"{heat.name} (predicted)", "scale": heat.scale, "translate": heat.translate,
+        "colormap": "viridis", "contrast_limits": (float(lo), float(hi)), "opacity": opacity,
+        "blending": "translucent", "interpolation2d": "nearest",
+        "metadata": _provenance(prediction, kind="heatmap", gene=heat.name, units=UNITS),
+        **_units(_mpp_known(prediction)),
+    }
+    return heat.raster, kwargs, "image"
+
+
+def confidence_layer(prediction: Prediction) -> tuple:
+    """Image layer of each spot's similarity to the reference bank (low = unlike the training data).
+
+    Contrast runs from the 5th to the 50th percentile of the training spots' own
+    similarity, so dark means "less like the training data than 95 % of it".
+    """
+    heat = prediction.raster(prediction.confidence, "confidence", units="cosine similarity to the reference bank")
+    ref = prediction.meta["model"].get("confidence_reference") or {}
+    finite = heat.raster[np.isfinite(heat.raster)]
+    lo = float(ref.get("q05", finite.min() if finite.size else 0.0))
+    hi = float(ref.get("q50", finite.max() if finite.size else 1.0))
+    kwargs = {"name": "confidence (similarity to training data)", "scale": heat.scale, "translate": heat.translate,
+              "colormap": "magma", "contrast_limits": (lo, max(hi, lo + 1e-3)), "opacity": 0.6, "visible": False,
+              "interpolation2d": "nearest", "metadata": _provenance(prediction, kind="confidence", units=heat.units),
+              **_units(_mpp_known(prediction))}
+    return heat.raster, kwargs, "image"
+
+
+def low_confidence_warning(prediction: Prediction, *, max_fraction: float = 0.5) -> str | None:
+    """A warning when most spots are less similar to the reference bank than 95 % of the
+    training spots were (the model's calibration), else None (also without calibration)."""
+    q05 = (prediction.meta["model"].get("confidence_reference") or {}).get("q05")
+    if q05 is None:
+        return None
+    low = float((prediction.confidence < q05).mean())
+    if low > max_fraction:
+        return (f"{low:.0%} of the spots look unlike the model's training data (less similar to it than 95% of "
+                "the training spots); treat this prediction with extra caution")
+    return None
+
+
+def tumor_labels_layer(prediction: Prediction, mask: TumorMask) -> tuple:
+    """Labels layer of the tumour mask on the spot grid (1 = tumour)."""
+    scale, translate = prediction._placement()
+    kwargs = {"name": "tumour mask (predicted)", "scale": scale, "translate": translate, "opacity": 0.45,
+              "metadata": _provenance(prediction, kind="tumor_mask", markers=list(mask.markers),
+                                      threshold=mask.threshold, automatic=mask.automatic),
+              **_units(_mpp_known(prediction))}
+    return mask.raster.astype(np.uint8), kwargs, "labels"
+
+
+def tumor_contour_layer(prediction: Prediction, mask: TumorMask) -> tuple:
+    """Shapes layer of the tumour contours (outer rings and holes) in world coordinates."""
+    meta = prediction.meta
+    wy, wx = world_per_l0(prediction)
+    shapes = []
+    for rings in mask_polygons(mask.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"])):
+        for ring in rings:
+            shapes.append(np.column_stack([(ring[:, 1] - 0.5) * wy, (ring[:, 0] - 0.5) * wx]))
+    kwargs = {"name": "tumour contour (predicted)", "shape_type": "polygon", "edge_color": "red",
+              "face_color": "transparent", "edge_width": 3 * wx,
+              "metadata": _provenance(prediction, kind="tumor_contour", markers=list(mask.markers)),
+              **_units(_mpp_known(prediction))}
+    return shapes, kwargs, "shapes"
+
+
+def measured_points_layer(spots, gene: str, *, mpp: tuple[float | None, float | None],
+                          diameter_um: float = 100.0) -> tuple:
+    """Points layer of measured expression at measured spot centres (scanpy/squidpy AnnData).
+
+    ``obsm["spatial"]`` must be in level-0 pixels of the slide shown.
+    """
+    from .io.st_data import match_genes
+    from .training.data import log1p_cp10k
+
+    idx, found, missing = match_genes(spots.var, [gene])
+    if missing:
+        raise KeyError(f"gene {gene!r} is not in the measured spots")
+    values = log1p_cp10k(spots, idx).ravel()
+    mx, my = mpp
+    wy, wx = (my, mx) if mx and my else (1.0, 1.0)
+    xy = np.asarray(spots.obsm["spatial"], float)
+    coords = np.column_stack([(xy[:, 1] - 0.5) * wy, (xy[:, 0] - 0.5) * wx])
+    kwargs = {"name": f"{found[0]} (measured)", "features": {"expression": values},
+              "face_color": "expression", "face_colormap": "viridis", "border_width": 0,
+              "size": diameter_um if mx else diameter_um / 0.5, "opacity": 0.9,
+              "metadata": {"stpredict": {"kind": "measured", "gene": found[0], "units": UNITS}}, **_units(bool(mx))}
+    return coords, kwargs, "points"

@@ -1,0 +1,207 @@
+"""The prediction dock widget in a real napari viewer under Xvfb."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.viewer
+
+
+def _open_widget(viewer, path):
+    viewer.open(str(path), plugin="napari-stpredict")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-stpredict", "Predict gene expression")
+    return widget
+
+
+def _run(qtbot, widget, timeout=180_000):
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def _kinds(viewer):
+    return {layer.metadata.get("stpredict", {}).get("kind"): layer for layer in viewer.layers
+            if layer.metadata.get("stpredict")}
+
+
+@pytest.fixture
+def predicted(make_napari_viewer, qtbot, sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, sample_slide_path)
+    widget.set_model_path(tiny_model_path)
+    widget.device_combo.setCurrentText("cpu")
+    _run(qtbot, widget)
+    assert widget.prediction is not None, widget.status.text()
+    return viewer, widget
+
+
+def test_prediction_adds_layers_aligned_with_the_slide(predicted):
+    viewer, widget = predicted
+    kinds = _kinds(viewer)
+    assert {"heatmap", "tumor_mask", "tumor_contour", "confidence", "measured"} <= set(kinds)
+    heat, slide_layer = kinds["heatmap"], viewer.layers["her2st_C2"]
+    assert heat.name == "ERBB2 (predicted)" and heat.colormap.name == "viridis" and heat.colorbar.visible
+    assert "log1p" in viewer.text_overlay.text
+    obs = widget.prediction.adata.obs
+    for i in (0, len(obs) // 2, len(obs) - 1):  # a known spot: same world point in both layers
+        x, y = obs["x"].iloc[i], obs["y"].iloc[i]
+        slide_world = slide_layer.data_to_world((y - 0.5, x - 0.5))
+        heat_world = heat.data_to_world((obs["grid_row"].iloc[i], obs["grid_col"].iloc[i]))
+        assert np.allclose(slide_world, heat_world, atol=1e-6)
+    mask_world = kinds["tumor_mask"].data_to_world((obs["grid_row"].iloc[0], obs["grid_col"].iloc[0]))
+    assert np.allclose(mask_world, heat.data_to_world((obs["grid_row"].iloc[0], obs["grid_col"].iloc[0])))
+    assert any("Research use only" in label.text() for label in widget.findChildren(type(widget.status)))
+    assert "trained on" in widget.model_info.text()
+    assert np.isfinite(widget.last_r)  # measured spots of the sample were loaded for comparison
+
+
+def test_screenshot_shows_heatmap_colours(predicted):
+    viewer, widget = predicted
+    viewer.reset_view()
+    with_heat = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    for layer in list(viewer.layers):
+        layer.visible = layer.name == "her2st_C2"
+    slide_only = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+
+    def viridis_like(img):  # green above red: viridis, never H&E (where green is the lowest channel)
+        return ((img[..., 1] > img[..., 0] + 30) & (img[..., 1] > 60)).mean()
+
+    assert viridis_like(with_heat) > 0.05 and viridis_like(slide_only) < 0.005
+
+
+def test_switching_genes_does_not_rerun_the_model(predicted):
+    viewer, widget = predicted
+    calls = []
+    original = widget.model.embed
+    widget.model.embed = lambda *a, **k: calls.append(1) or original(*a, **k)
+    widget.gene_search.setText("grb")
+    visible = [widget.gene_list.item(i).text() for i in range(widget.gene_list.count())
+               if not widget.gene_list.item(i).isHidden()]
+    assert visible == ["GRB7"]
+    from qtpy.QtCore import Qt
+
+    widget.gene_list.findItems("GRB7", Qt.MatchExactly)[0].setSelected(True)
+    widget.show_selected_genes()
+    assert "GRB7 (predicted)" in viewer.layers and calls == []
+    assert viewer.layers["GRB7 (predicted)"].colorbar.visible and not viewer.layers["ERBB2 (predicted)"].colorbar.visible
+
+
+def test_threshold_slider_changes_the_mask(predicted):
+    viewer, widget = predicted
+    labels = _kinds(viewer)["tumor_mask"]
+    auto = int(labels.data.sum())
+    widget.set_threshold(float(widget.tumor.score.max()) - 1e-3)
+    high = int(labels.data.sum())
+    widget.set_threshold(float(widget.tumor.score.min()))
+    low = int(labels.data.sum())
+    assert low > auto > high
+    assert "manual" in widget.threshold_label.text()
+    widget.reset_threshold()
+    assert int(labels.data.sum()) == auto and "auto" in widget.threshold_label.text()
+
+
+def test_exports_read_back(predicted, tmp_path):
+    import anndata as ad
+    import pandas as pd
+    import rasterio
+
+    viewer, widget = predicted
+    widget.save_table(tmp_path / "spots.h5ad")
+    assert ad.read_h5ad(tmp_path / "spots.h5ad").n_obs == len(widget.prediction)
+    widget.save_table(tmp_path / "spots.csv")
+    table = pd.read_csv(tmp_path / "spots.csv")
+    assert {"x", "y", "confidence", "ERBB2"} <= set(table.columns) and len(table) == len(widget.prediction)
+    widget.save_geojson(tmp_path / "tumour.geojson")
+    assert json.loads((tmp_path / "tumour.geojson").read_text())["features"]
+    kinds = _kinds(viewer)
+    viewer.layers.selection = {kinds["heatmap"]}
+    viewer.layers.save(str(tmp_path / "erbb2.tif"), selected=True, plugin="napari-stpredict")
+    with rasterio.open(tmp_path / "erbb2.tif") as ds:
+        band = ds.read(1)
+        assert ds.tags()["GENE"] == "ERBB2" and np.allclose(band, kinds["heatmap"].data, equal_nan=True)
+    viewer.layers.selection = {kinds["tumor_mask"]}
+    viewer.layers.save(str(tmp_path / "mask.tif"), selected=True, plugin="napari-stpredict")
+    with rasterio.open(tmp_path / "mask.tif") as ds:
+        assert np.array_equal(ds.read(1), kinds["tumor_mask"].data)
+
+
+def test_cancel_mid_run_leaves_a_usable_viewer(make_napari_viewer, qtbot, sample_slide_path, tiny_model_path,
+                                               tmp_path, monkeypatch):
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, sample_slide_path)
+    widget.set_model_path(tiny_model_path)
+    widget.stride_spin.setValue(20.0)  # thousands of spots: long enough to cancel
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress_bar.value() > 0, timeout=120_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.prediction is None and "cancel" in widget.status.text()
+    assert not list((tmp_path / "cache").glob("*.h5ad")) if (tmp_path / "cache").exists() else True
+    assert widget.run_button.isEnabled()
+    widget.stride_spin.setValue(112.0)  # the viewer and the widget still work
+    _run(qtbot, widget)
+    assert widget.prediction is not None
+
+
+def _errors():
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [str(n.message) for n in notification_manager.records if n.severity == NotificationSeverity.ERROR]
+
+
+def test_corrupt_slide_data_and_bad_checkpoint_give_notifications(make_napari_viewer, qtbot, sample_slide_path,
+                                                                   tiny_model_path, tmp_path, monkeypatch):
+    import tifffile
+
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    corrupt = tmp_path / "corrupt.tiff"
+    shutil.copy(sample_slide_path, corrupt)
+    spans = []
+    with tifffile.TiffFile(corrupt) as tif:  # zero out the middle tiles of levels 0-2 (thumbnails stay intact)
+        for page in tif.pages[:3]:
+            per_row = -(-page.imagewidth // page.tilewidth)
+            n_rows = -(-page.imagelength // page.tilelength)
+            spans += [(page.dataoffsets[r * per_row + c], page.databytecounts[r * per_row + c])
+                      for r in range(n_rows // 3, 2 * n_rows // 3 + 1) for c in range(per_row // 3, 2 * per_row // 3 + 1)]
+    with open(corrupt, "r+b") as fh:
+        for offset, count in spans:
+            fh.seek(offset)
+            fh.write(b"\0" * count)
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, corrupt)
+    widget.set_model_path(tiny_model_path)
+    before = len(_errors())
+    _run(qtbot, widget)
+    errors = _errors()[before:]
+    assert widget.prediction is None and any("corrupt.tiff" in e and "corrupt" in e for e in errors), errors
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a model")
+    widget.set_model_path(bad)
+    _run(qtbot, widget)
+    assert any("bad.pt" in e for e in _errors()[before:])
+    viewer.layers["corrupt"].visible = False  # still responsive
+    assert len(viewer.layers) == 1
+
+
+def test_corrupt_file_reaches_napari_as_a_clear_reader_error(make_napari_viewer, tmp_path, monkeypatch):
+    """With ST Predict as the preferred reader for .svs (napari asks once, "remember my
+    choice"), File > Open on a broken file hands napari our clear error, which its reader
+    dialog shows; nothing crashes and no layer is added."""
+    import napari._qt.qt_viewer as qt_viewer_module
+    from napari.settings import get_settings
+
+    seen = []
+    monkeypatch.setattr(qt_viewer_module, "handle_gui_reading",
+                        lambda filenames, qt_viewer, stack, plugin=None, error=None, **kw: seen.append(str(error)))
+    bad = tmp_path / "scan.svs"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 64)
+    viewer = make_napari_viewer(show=True)
+    monkeypatch.setattr(get_settings().plugins, "extension2reader", {"*.svs": "napari-stpredict"})
+    viewer.window._qt_viewer._qt_open([str(bad)], stack=False)  # what File > Open does
+    assert seen and "scan.svs" in seen[0] and "truncated" in seen[0]
+    assert len(viewer.layers) == 0
