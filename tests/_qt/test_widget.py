@@ -205,3 +205,40 @@ def test_corrupt_file_reaches_napari_as_a_clear_reader_error(make_napari_viewer,
     viewer.window._qt_viewer._qt_open([str(bad)], stack=False)  # what File > Open does
     assert seen and "scan.svs" in seen[0] and "truncated" in seen[0]
     assert len(viewer.layers) == 0
+
+
+_REAL_ORDER = r"""
+import sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+assert "timm" not in sys.modules and "torchvision" not in sys.modules
+viewer = napari.Viewer(show=True)                      # the viewer exists first ...
+viewer.open(sys.argv[1], plugin="napari-stpredict")
+_, widget = viewer.window.add_plugin_dock_widget("napari-stpredict", "Predict gene expression")
+widget.set_model_path(sys.argv[2])
+widget.run()                                           # ... then the widget imports timm and loads the model
+t0 = time.time()
+while (widget.worker is not None or widget.prediction is None) and time.time() - t0 < 120:
+    QApplication.processEvents()
+    time.sleep(0.05)
+assert widget.prediction is not None, widget.status.text()
+assert sys.modules.get("triton", "absent") is None     # triton was blocked before torchvision/timm loaded
+viewer.reset_view()
+viewer.screenshot(canvas_only=True, flash=False)       # and OpenGL still renders
+print("OK", len(widget.prediction))
+viewer.close()
+"""
+
+
+def test_viewer_first_then_widget_loads_the_model_in_a_fresh_process(sample_slide_path, tiny_model_path, tmp_path):
+    """The order napari uses (viewer, then plugin widget importing timm/torchvision) must not
+    crash under software OpenGL (Mesa llvmpipe, as here under Xvfb)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, STPREDICT_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", _REAL_ORDER, str(sample_slide_path), str(tiny_model_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
