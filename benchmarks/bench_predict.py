@@ -34,7 +34,7 @@ from napari_stpredict.inference import run_prediction
 from napari_stpredict.inference.predict import _tissue_thumbnail_size
 from napari_stpredict.tiling import spot_grid
 from napari_stpredict.tissue import slide_tissue_mask
-from napari_stpredict.training.data import read_patches
+from napari_stpredict.io.patches import read_patches
 from concurrent.futures import ThreadPoolExecutor
 
 slide_path, model_path, device, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -38,16 +38,22 @@ def _add_info(sub) -> None:
     p.set_defaults(func=_cmd_info)
 
 
-def _cmd_info(args) -> int:
-    from .io.atomic import atomic_path
-    from .io.slide import open_slide
-    from .tissue import slide_tissue_mask
-
+def _slide_paths(args) -> list[Path]:
+    """The slides named on the command line, plus the bundled sample with --sample."""
     slides = list(args.slides)
     if args.sample:
         from ._resources import SAMPLE_SLIDE, sample_data_dir
 
         slides.append(sample_data_dir() / SAMPLE_SLIDE)
+    return slides
+
+
+def _cmd_info(args) -> int:
+    from .io.atomic import atomic_path
+    from .io.slide import open_slide
+    from .tissue import slide_tissue_mask
+
+    slides = _slide_paths(args)
     if not slides:
         print("stpredict info: give slide files or --sample", file=sys.stderr)
         return 2
@@ -147,11 +153,7 @@ def _cmd_predict(args) -> int:
     from .io.slide import open_slide
     from .model import default_model_path, load_model
 
-    slides = list(args.slides)
-    if args.sample:
-        from ._resources import SAMPLE_SLIDE, sample_data_dir
-
-        slides.append(sample_data_dir() / SAMPLE_SLIDE)
+    slides = _slide_paths(args)
     if not slides:
         print("stpredict predict: give slide files or --sample", file=sys.stderr)
         return 2

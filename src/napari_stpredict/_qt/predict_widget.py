@@ -604,13 +604,7 @@ class PredictWidget(QWidget):
                              f"Pearson r = {self.last_r:.2f}")
 
     def _pearson_at_spots(self, gene: str, measured: np.ndarray) -> float:
-        heat = self.prediction.heatmap(gene)
-        xy = np.asarray(self.spots.obsm["spatial"], float)
-        cols = np.round((xy[:, 0] - heat.l0_origin[0]) / heat.l0_stride[0]).astype(int)
-        rows = np.round((xy[:, 1] - heat.l0_origin[1]) / heat.l0_stride[1]).astype(int)
-        ok = (rows >= 0) & (rows < heat.raster.shape[0]) & (cols >= 0) & (cols < heat.raster.shape[1])
-        values = np.full(len(xy), np.nan)
-        values[ok] = heat.raster[rows[ok], cols[ok]]
+        values = self.prediction.heatmap(gene).sample(self.spots.obsm["spatial"])
         good = np.isfinite(values)
         if good.sum() < 3 or np.std(values[good]) == 0 or np.std(measured[good]) == 0:
             return float("nan")

@@ -27,22 +27,19 @@ def overview_image(slide, heatmap, tumor_raster: np.ndarray | None = None, *, ma
 
     thumb = slide.thumbnail(max_size).astype(np.float32)
     h, w = thumb.shape[:2]
-    l0_x = (np.arange(w) + 0.5) * slide.dimensions[0] / w
-    l0_y = (np.arange(h) + 0.5) * slide.dimensions[1] / h
-    cols = np.floor((l0_x - heatmap.l0_origin[0]) / heatmap.l0_stride[0] + 0.5).astype(int)
-    rows = np.floor((l0_y - heatmap.l0_origin[1]) / heatmap.l0_stride[1] + 0.5).astype(int)
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    inside = (rr >= 0) & (rr < heatmap.raster.shape[0]) & (cc >= 0) & (cc < heatmap.raster.shape[1])
-    values = np.full((h, w), np.nan, np.float32)
-    values[inside] = heatmap.raster[rr[inside], cc[inside]]
+    yy, xx = np.mgrid[0:h, 0:w]
+    l0 = np.column_stack([(xx.ravel() + 0.5) * slide.dimensions[0] / w, (yy.ravel() + 0.5) * slide.dimensions[1] / h])
+    values = heatmap.sample(l0).reshape(h, w)
     valid = ~np.isnan(values)
     if valid.any():
         lo, hi = np.nanpercentile(values, [2, 98])
         thumb[valid] = (1 - alpha) * thumb[valid] + alpha * colormap(values[valid], lo, hi)
     out = thumb.astype(np.uint8)
     if tumor_raster is not None:
-        mask = np.zeros((h, w), bool)
-        mask[inside] = tumor_raster[rr[inside], cc[inside]] > 0
+        from dataclasses import replace
+
+        tumour = replace(heatmap, raster=tumor_raster.astype(np.float32))
+        mask = np.nan_to_num(tumour.sample(l0).reshape(h, w)) > 0
         edge = find_boundaries(mask, mode="inner")
         out[edge] = (230, 0, 0)
     return out

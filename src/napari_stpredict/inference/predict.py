@@ -91,7 +91,7 @@ def predict_slide(
 
     from ..tiling import roi_mask, spot_grid
     from ..tissue import slide_tissue_mask
-    from ..training.data import read_patches
+    from ..io.patches import read_patches
 
     if slide.mpp_x is None or slide.mpp_y is None:
         from ..errors import SlideFormatError

@@ -40,6 +40,16 @@ class Heatmap:
         """Level-0 ``(x, y)`` of the centre of grid pixel ``(row, col)``."""
         return (self.l0_origin[0] + col * self.l0_stride[0], self.l0_origin[1] + row * self.l0_stride[1])
 
+    def sample(self, l0_xy: np.ndarray) -> np.ndarray:
+        """Values at level-0 ``(x, y)`` points (the grid cell each falls in; NaN off the grid)."""
+        xy = np.atleast_2d(np.asarray(l0_xy, float))
+        cols = np.floor((xy[:, 0] - self.l0_origin[0]) / self.l0_stride[0] + 0.5).astype(int)
+        rows = np.floor((xy[:, 1] - self.l0_origin[1]) / self.l0_stride[1] + 0.5).astype(int)
+        inside = (rows >= 0) & (rows < self.raster.shape[0]) & (cols >= 0) & (cols < self.raster.shape[1])
+        out = np.full(len(xy), np.nan, np.float32)
+        out[inside] = self.raster[rows[inside], cols[inside]]
+        return out
+
 
 class Prediction:
     """Predicted expression of a slide's spots; choose genes without re-running the model."""

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.slide import Slide, open_slide
+from ..io.patches import read_patches
+from ..io.slide import open_slide
 from ..io.st_data import HER2ST_MPP, read_her2st_section
 
 __all__ = [
@@ -18,7 +19,6 @@ __all__ = [
     "tumor_labels",
     "her2st_section",
     "spot_set",
-    "read_patches",
     "attach_her2st_patches",
 ]
 
@@ -110,23 +110,6 @@ def spot_set(adata, genes: list[str]) -> SpotSet:
         tumor=tumor_labels(adata.obs),
         xy=np.asarray(adata.obsm["spatial"], np.float64),
     )
-
-
-def read_patches(slide: Slide, l0_centres: np.ndarray, patch_um: float, input_px: int) -> np.ndarray:
-    """Read square patches of ``patch_um`` centred on level-0 points, resampled to ``input_px``.
-
-    Returns ``(n, input_px, input_px, 3)`` uint8.
-    """
-    mpp_x, mpp_y = slide.mpp
-    if mpp_x is None:
-        raise ValueError(f"{slide.name}: its resolution (mpp) is unknown; pass mpp when opening it")
-    half_x, half_y = patch_um / 2 / mpp_x, patch_um / 2 / mpp_y
-    out = np.empty((len(l0_centres), input_px, input_px, 3), np.uint8)
-    target_mpp = patch_um / input_px
-    for i, (cx, cy) in enumerate(np.asarray(l0_centres, float)):
-        out[i] = slide.read_region_at_mpp((int(round(cx - half_x)), int(round(cy - half_y))),
-                                          (input_px, input_px), target_mpp)
-    return out
 
 
 def attach_her2st_patches(spots: SpotSet, root: str | Path, section: str, patch_um: float, input_px: int,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SpotSet, attach_her2st_patches, her2st_section, read_patches, spot_set
+from ..io.patches import read_patches
+from .data import SpotSet, attach_her2st_patches, her2st_section, spot_set
 
 __all__ = ["load_section", "section_spots"]
 
