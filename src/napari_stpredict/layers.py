@@ -135,8 +135,10 @@ def measured_points_layer(spots, gene: str, *, mpp: tuple[float | None, float | 
     wy, wx = (my, mx) if mx and my else (1.0, 1.0)
     xy = np.asarray(spots.obsm["spatial"], float)
     coords = np.column_stack([(xy[:, 1] - 0.5) * wy, (xy[:, 0] - 0.5) * wx])
+    lo, hi = np.percentile(values, [2, 98]) if len(values) else (0.0, 1.0)
     kwargs = {"name": f"{found[0]} (measured)", "features": {"expression": values},
               "face_color": "expression", "face_colormap": "viridis", "border_width": 0,
+              "face_contrast_limits": (float(lo), float(max(hi, lo + 1e-3))),
               "size": diameter_um if mx else diameter_um / 0.5, "opacity": 0.9,
               "metadata": {"stpredict": {"kind": "measured", "gene": found[0], "units": UNITS}}, **_units(bool(mx))}
     return coords, kwargs, "points"

@@ -66,6 +66,8 @@ class PredictWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.setMinimumWidth(400)
         scroll.setFrameShape(QFrame.NoFrame)
         content = QWidget()
         scroll.setWidget(content)
