@@ -62,13 +62,19 @@ def test_prediction_adds_layers_aligned_with_the_slide(predicted):
 def test_screenshot_shows_heatmap_colours(predicted):
     viewer, widget = predicted
     viewer.reset_view()
-    with_heat = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    heat = _kinds(viewer)["heatmap"]
     for layer in list(viewer.layers):
-        layer.visible = layer.name == "her2st_C2"
+        layer.visible = layer.name in ("her2st_C2", heat.name)
+    heat.opacity = 1.0
+    with_heat = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    heat.visible = False
     slide_only = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
 
     def viridis_like(img):  # green above red: viridis, never H&E (where green is the lowest channel)
-        return ((img[..., 1] > img[..., 0] + 30) & (img[..., 1] > 60)).mean()
+        covered = img.sum(-1) > 30  # the slide's area on the canvas (the rest is black)
+        rows, cols = np.where(covered.any(1))[0], np.where(covered.any(0))[0]
+        box = img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        return ((box[..., 1] > box[..., 0] + 30) & (box[..., 1] > 60)).mean()
 
     assert viridis_like(with_heat) > 0.05 and viridis_like(slide_only) < 0.005
 
@@ -242,3 +248,35 @@ def test_viewer_first_then_widget_loads_the_model_in_a_fresh_process(sample_slid
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
+
+
+def test_default_model_in_the_widget(make_napari_viewer, qtbot, sample_slide_path, tmp_path, monkeypatch):
+    """The bundled model, as a user runs it: ERBB2 map, and measured vs predicted on the held-out sample."""
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, sample_slide_path)
+    widget.device_combo.setCurrentText("cpu")
+    _run(qtbot, widget)
+    assert widget.prediction is not None, widget.status.text()
+    assert widget.prediction.meta["model"]["name"] == "cmrcnet_her2st.pt"
+    assert "ERBB2 (predicted)" in viewer.layers and "B4, C3, C4, C5, C6" in widget.model_info.text()
+    assert widget.last_r > 0.2, widget.r_label.text()  # predicted vs measured ERBB2 at the sample's spots
+    assert "ERBB2" in widget.markers_edit.text()
+
+
+def test_region_from_a_shapes_layer(make_napari_viewer, qtbot, sample_slide_path, tiny_model_path, tmp_path,
+                                    monkeypatch):
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, sample_slide_path)
+    widget.set_model_path(tiny_model_path)
+    # a rectangle in world coordinates (µm), as a user draws it over the tissue
+    y0, x0, y1, x1 = 1500.0, 2000.0, 3000.0, 3500.0
+    viewer.add_shapes([np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])], shape_type="polygon", name="region",
+                      units=("µm", "µm"))
+    widget.region_combo.setCurrentText("region")
+    _run(qtbot, widget)
+    xy_um = widget.prediction.l0_centres * 0.688
+    assert len(xy_um) > 10
+    assert (xy_um[:, 0] >= x0 - 1).all() and (xy_um[:, 0] <= x1 + 1).all()
+    assert (xy_um[:, 1] >= y0 - 1).all() and (xy_um[:, 1] <= y1 + 1).all()

@@ -305,8 +305,9 @@ class PredictWidget(QWidget):
         sy, sx = slide_layer.scale[-2:]
         ty, tx = slide_layer.translate[-2:]
         polygons = []
-        for shape, kind in zip(layer.data, layer.shape_type):
-            world = np.asarray(layer.data_to_world(shape) if hasattr(layer, "data_to_world") else shape)[:, -2:]
+        region_scale, region_translate = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
+        for shape in layer.data:
+            world = np.asarray(shape, float)[:, -2:] * region_scale + region_translate
             # world (y, x) -> level-0 (x, y): inverse of the slide layer's placement
             polygons.append(np.column_stack([(world[:, 1] - tx) / sx + 0.5, (world[:, 0] - ty) / sy + 0.5]))
         if not polygons:
