@@ -55,5 +55,5 @@ def test_markdown_table_lists_methods_and_ceiling():
                                                              "r_all": 0.05, "gene_gene": 0.4, "tumor_auc": 0.7,
                                                              "n_sections": 6, "sections": []}}}}
     table = markdown_table(summary)
-    assert "CMRCNet, retrieval (paper) | 0.100 | 0.200 | 0.300 | 0.050 | 0.400 | 0.700" in table
+    assert "CMRCNet, retrieval, bank + other patients' count-only spots | 0.100 | 0.200 | 0.300 | 0.050 | 0.400 | 0.700" in table
     assert "ceiling" in table and "6 held-out sections" in table

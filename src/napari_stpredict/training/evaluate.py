@@ -268,12 +268,12 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
 
 
 _NAMES = {
-    "cmrcnet:retrieval": "CMRCNet, retrieval (paper)",
-    "cmrcnet:retrieval_train_bank": "CMRCNet, retrieval, bank = training spots only",
+    "cmrcnet:retrieval_train_bank": "CMRCNet, retrieval over the training spots (the paper's setting)",
+    "cmrcnet:retrieval": "CMRCNet, retrieval, bank + other patients' count-only spots",
     "cmrcnet:ridge": "CMRCNet, ridge head",
-    "contrastive:retrieval": "contrastive only (BLEEP), retrieval",
+    "contrastive:retrieval_train_bank": "contrastive only (BLEEP), retrieval over the training spots",
+    "contrastive:retrieval": "contrastive only (BLEEP), retrieval, bank + other patients' spots",
     "contrastive:ridge": "contrastive only (BLEEP), ridge head",
-    "contrastive:retrieval_train_bank": "contrastive only (BLEEP), retrieval, bank = training spots only",
     "ridge_features:ridge": "ridge on colour/stain/texture statistics",
     "untrained:retrieval": "untrained encoder, retrieval (trivial)",
 }
