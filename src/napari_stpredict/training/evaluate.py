@@ -112,6 +112,12 @@ def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], sets: dict[str
     return out
 
 
+def _embed_all(model, patches: np.ndarray, batch: int = 128):
+    import torch
+
+    return torch.cat([model.embed(patches[i:i + batch]) for i in range(0, len(patches), batch)])
+
+
 def _predict_sets(model, spots, top_k: int, train_expression: np.ndarray) -> dict[str, np.ndarray]:
     """Predictions of a trained model: retrieval over its bank, over the training spots
     only (to measure what the extra bank sections add), and its ridge head."""
@@ -119,7 +125,7 @@ def _predict_sets(model, spots, top_k: int, train_expression: np.ndarray) -> dic
 
     from ..model import ReferenceBank, retrieve
 
-    embs = torch.cat([model.embed(spots.patches[i:i + 128]) for i in range(0, len(spots), 128)])
+    embs = _embed_all(model, spots.patches)
     retrieval, _ = model.predict_embeddings(embs, method="retrieval", top_k=top_k)
     ridge, _ = model.predict_embeddings(embs, method="ridge")
     with torch.inference_mode():
@@ -150,12 +156,13 @@ def _untrained_model(tc: TrainConfig, genes, bank_expression):
 def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None, quick: bool = False
                   ) -> Iterator[dict]:
     """Run folds, yielding progress; write one JSON per (protocol, fold, variant) and skip existing ones."""
-    from ..model import load_model
+    import torch
+
+    from ..model import fit_ridge, load_model
     from .data import SpotSet
     from .features import patch_features
     from .sections import section_spots
     from .train import iter_train, resolve_genes
-    from ..model.predictor import fit_ridge
 
     out_root = Path(cfg.out_dir) / ("quick" if quick else "full")
     run_root = Path(cfg.run_dir) / ("quick" if quick else "full")
@@ -206,18 +213,14 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                             results.setdefault(method, {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
                 elif variant == "ridge_features":
                     head = fit_ridge(patch_features(train.patches), train.expression)
-                    import torch
-
                     for s, t in tests.items():
                         pred = head(torch.from_numpy(patch_features(t.patches))).numpy()
                         results.setdefault("ridge", {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
                 elif variant == "untrained":
                     model = _untrained_model(base_tc, genes, train.expression)
                     for s, t in tests.items():
-                        import torch
-
-                        embs = torch.cat([model.embed(t.patches[i:i + 128]) for i in range(0, len(t), 128)])
-                        pred, _ = model.predict_embeddings(embs, method="retrieval", top_k=base_tc.top_k)
+                        pred, _ = model.predict_embeddings(_embed_all(model, t.patches), method="retrieval",
+                                                           top_k=base_tc.top_k)
                         results.setdefault("retrieval", {})[s] = _scores(pred.numpy(), t.expression, genes, sets,
                                                                          t.tumor, panel)
                 record = {**context, "variant": variant, "results": results,
