@@ -268,6 +268,9 @@ def _add_train(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (default: out_dir of the config)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--rebuild-bank", type=Path, default=None, metavar="CHECKPOINT",
+                   help="do not train: write CHECKPOINT with its bank rebuilt from the config's training and "
+                        "bank_sections (to --out, default: CHECKPOINT with suffix .bank.pt)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -300,6 +303,14 @@ def _cmd_train(args) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.rebuild_bank is not None:
+        from .training.bank import rebuild_bank
+
+        out = args.out or args.rebuild_bank.with_suffix(".bank.pt")
+        path = rebuild_bank(args.rebuild_bank, out, bank_sections=cfg.bank_sections, her2st=cfg.her2st,
+                            max_bank=cfg.max_bank, seed=cfg.seed)
+        print(f"checkpoint with rebuilt bank: {path}")
+        return 0
     run_dir = args.out or Path(cfg.out_dir)
 
     def describe(p):

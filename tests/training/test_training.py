@@ -94,3 +94,16 @@ def test_marker_panel_from_real_labels(her2st_dir):
     assert "ERBB2" in markers["panel"]  # HER2-positive tumour: the amplicon is enriched in cancer spots
     assert all(markers["effect"][g] > 0.3 for g in markers["panel"])
     assert set(HER2_AMPLICON) & set(markers["panel"])
+
+
+def test_rebuild_bank_keeps_weights_and_changes_only_the_bank(her2st_dir, tmp_path):
+    from napari_stpredict.training.bank import rebuild_bank
+
+    ckpt = train(_cfg(her2st_dir, tmp_path, 1), tmp_path / "run")
+    before = load_model(ckpt, device="cpu")
+    out = rebuild_bank(ckpt, tmp_path / "rebuilt.pt", bank_sections=["C4"], her2st=str(her2st_dir))
+    after = load_model(out, device="cpu")
+    assert len(after.bank) > len(before.bank) and after.provenance["bank_sections"] == ["C4"]
+    for (k, a), b in zip(before.network.state_dict().items(), after.network.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.allclose(after.bank.expression[: len(before.bank)], before.bank.expression, atol=1e-2)

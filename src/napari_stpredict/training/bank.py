@@ -1,0 +1,50 @@
+"""Rebuild a checkpoint's reference bank without retraining.
+
+The bank (expression embeddings + expression of reference spots) does not change the
+trained weights, so it can be swapped: e.g. keep only the training spots (the paper's
+setting), or add your own measured spots as references.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["rebuild_bank"]
+
+
+def rebuild_bank(checkpoint: str | Path, out: str | Path, *, bank_sections: list[str], her2st: str | None,
+                 max_bank: int = 6000, seed: int = 0) -> Path:
+    """Write a copy of ``checkpoint`` whose bank is its training spots plus ``bank_sections``.
+
+    The confidence calibration is recomputed against the new bank (it needs the training
+    sections' images). Weights, ridge head, genes and contract are unchanged.
+    """
+    import torch
+
+    from ..model import load_model, save_checkpoint
+    from .data import SpotSet
+    from .sections import section_spots
+    from .train import _confidence_reference
+
+    model = load_model(checkpoint, device="cpu")
+    prov = dict(model.provenance)
+    genes, io = model.genes, model.io
+    train = SpotSet.concat([section_spots(s, her2st, genes, patch_um=io.patch_um, input_px=io.input_px,
+                                          cache_dir=Path("runs/cache")) for s in prov["train_sections"]])
+    extra = [section_spots(s, her2st, genes) for s in bank_sections]
+    expression = np.concatenate([train.expression] + [e.expression for e in extra])
+    if len(expression) > max_bank:
+        rng = np.random.default_rng(seed)
+        keep = np.concatenate([np.arange(len(train)),
+                               rng.choice(np.arange(len(train), len(expression)), max_bank - len(train), replace=False)])
+        expression = expression[np.sort(keep)]
+    with torch.inference_mode():
+        bank_emb = model.network.encode_expression(torch.from_numpy(expression))
+        train_emb = torch.cat([model.embed(train.patches[i:i + 128]) for i in range(0, len(train), 128)])
+    prov.update(bank_sections=list(bank_sections), bank_spots=int(len(expression)),
+                confidence_reference=_confidence_reference(train_emb, bank_emb, 50))
+    return save_checkpoint(out, model=model.network, io=io, bank_embeddings=bank_emb,
+                           bank_expression=torch.from_numpy(expression), ridge=model.ridge, provenance=prov,
+                           evaluation=model.evaluation)
