@@ -111,3 +111,12 @@ def test_slide_of_layer_finds_the_open_slide(sample_slide_path):
         metadata = kwargs["metadata"]
 
     assert slide_of_layer(FakeLayer()) is slide
+
+
+def test_pyramid_chunks_are_exact_on_levels_with_fractional_downsample(wsi_dir):
+    """TCGA level 1 has downsample 2.0005: chunk reads must not drift by a pixel."""
+    with open_slide(wsi_dir / "tcga-cr-7395-01a-01-ts1.svs", backend="tifffile") as slide:
+        level1 = slide_pyramid(slide)[1]
+        for y0, x0 in [(0, 0), (1024, 512), (1500, 2000)]:
+            expected = slide.read_level_region(1, (x0, y0), (100, 100))
+            assert np.array_equal(np.asarray(level1[y0:y0 + 100, x0:x0 + 100]), expected)

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import SlideFormatError, SlideReadError
 from .slide import Slide, paste_region, plausible_mpp
 
-__all__ = ["TiffSlide", "check_tiff_complete", "tiff_level_count"]
+__all__ = ["TiffSlide", "check_tiff_complete"]
 
 
 def _open_tiff(path: Path):
@@ -39,11 +39,16 @@ def _open_tiff(path: Path):
         logger.setLevel(level)
 
 
-def check_tiff_complete(path: Path) -> None:
+def check_tiff_complete(path: Path) -> int:
     """Raise `SlideReadError` if a TIFF's tiles or strips point past the end of the file.
 
     A partial download or copy usually keeps a valid header; OpenSlide would open it and
     fail (or show white) only when the missing tiles are read.
+
+    Returns
+    -------
+    int
+        Pyramid levels tifffile finds in the first image series (parsed once, here).
     """
     size = path.stat().st_size
     with _open_tiff(path) as tif:
@@ -56,6 +61,7 @@ def check_tiff_complete(path: Path) -> None:
                 )
             # SubIFD levels (OME pyramids) are not top-level pages: reach them through the series.
             level_pages = [lvl.pages[0] for s in tif.series for lvl in s.levels if lvl.pages]
+            n_levels = len(tif.series[0].levels) if tif.series else 0
             end = 0
             for page in {id(p): p for p in pages + level_pages}.values():
                 offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.int64)
@@ -73,12 +79,7 @@ def check_tiff_complete(path: Path) -> None:
             f"{path}: the file is truncated: it is {size:,} bytes but its image data extends to "
             f"{end:,} bytes (an incomplete download or copy?)"
         )
-
-
-def tiff_level_count(path: Path) -> int:
-    """Number of pyramid levels tifffile finds in the first image series of a TIFF."""
-    with _open_tiff(path) as tif:
-        return len(tif.series[0].levels) if tif.series else 0
+    return n_levels
 
 
 def _mpp_from_tiff(tif, page) -> tuple[float | None, float | None]:

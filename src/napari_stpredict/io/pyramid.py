@@ -51,9 +51,7 @@ class _LevelView:
         x0, x1, _ = xs.indices(self.shape[1])
         if y1 <= y0 or x1 <= x0:
             return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)[:, :, cs]
-        ds = self._slide.level_downsamples[self._level]
-        l0 = (int(round(x0 * ds)), int(round(y0 * ds)))
-        region = self._slide.read_region(l0, self._level, (x1 - x0, y1 - y0))
+        region = self._slide.read_level_region(self._level, (x0, y0), (x1 - x0, y1 - y0))
         return region[:, :, cs]
 
 

@@ -191,8 +191,19 @@ class Slide(ABC):
             raise ValueError(f"{self.name}: size must be positive (width, height), got {size}")
         ds = self.level_downsamples[level]
         x0, y0 = (int(v) for v in l0_location)
-        level_xy = (int(math.floor(x0 / ds)), int(math.floor(y0 / ds)))
-        region = self._read_level(level, level_xy, (width, height))
+        return self.read_level_region(level, (int(math.floor(x0 / ds)), int(math.floor(y0 / ds))), (width, height))
+
+    def read_level_region(self, level: int, level_xy: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        """Read ``size`` pixels of ``level`` whose top-left is ``level_xy`` in that level's own pixels.
+
+        Exact for any downsample; `read_region` (level-0 location) goes through it.
+        """
+        if not 0 <= level < self.level_count:
+            raise ValueError(f"{self.name}: level must be in 0..{self.level_count - 1}, got {level}")
+        width, height = (int(v) for v in size)
+        if width <= 0 or height <= 0:
+            raise ValueError(f"{self.name}: size must be positive (width, height), got {size}")
+        region = self._read_level(level, (int(level_xy[0]), int(level_xy[1])), (width, height))
         assert region.shape == (height, width, 3) and region.dtype == np.uint8, region.shape
         return region
 
@@ -462,16 +473,16 @@ def _open_auto(path: Path, content: str) -> Slide:
     from ._openslide_backend import OpenSlideSlide, openslide_format
 
     if content == "tiff":
-        from ._tiff_backend import TiffSlide, check_tiff_complete, tiff_level_count
+        from ._tiff_backend import TiffSlide, check_tiff_complete
 
-        check_tiff_complete(path)
+        tiff_levels = check_tiff_complete(path)
         vendor = openslide_format(path)
         if vendor is None:
             return TiffSlide(path)
         slide = OpenSlideSlide(path)
         # OpenSlide sees only top-level pages of a generic TIFF: a SubIFD (OME) pyramid
         # looks like one huge level to it. tifffile then gives the whole pyramid.
-        if vendor == "generic-tiff" and tiff_level_count(path) > slide.level_count:
+        if vendor == "generic-tiff" and tiff_levels > slide.level_count:
             slide.close()
             return TiffSlide(path)
         return slide
