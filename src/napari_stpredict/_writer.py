@@ -25,10 +25,10 @@ def _placement(meta: dict[str, Any], what: str):
 
 
 def _tags(info: dict[str, Any]) -> dict[str, Any]:
-    return {"SLIDE": info.get("slide"), "MODEL": info.get("model"), "MPP_X": info["mpp"][0],
-            "MPP_Y": info["mpp"][1], "PATCH_UM": info.get("patch_um"), "STRIDE_UM": info.get("stride_um"),
-            "COORDINATES": "level-0 slide pixels (x right, y down); multiply by MPP for micrometres",
-            "SOFTWARE": "napari-stpredict", "NOTE": "Research use only; not for diagnosis."}
+    from .io.geotiff import provenance_tags
+
+    return provenance_tags(slide=info.get("slide"), model=info.get("model"), mpp=info["mpp"],
+                           patch_um=info.get("patch_um"), stride_um=info.get("stride_um"))
 
 
 def write_heatmap_geotiff(path: str, data: Any, meta: dict) -> list[str]:

@@ -652,12 +652,8 @@ class PredictWidget(QWidget):
 
     def save_geojson(self, path: str | Path) -> Path:
         """Tumour contours as a GeoJSON FeatureCollection (level-0 pixels; QuPath imports it)."""
-        from ..inference.tumor import mask_polygons, polygons_geojson
-        from ..io.geotiff import write_geojson
+        from ..inference.export import export_tumor_geojson
 
         if self.tumor is None:
             raise StPredictError("no tumour mask yet: run a prediction first")
-        meta = self.prediction.meta
-        polygons = mask_polygons(self.tumor.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"]))
-        return write_geojson(Path(path), polygons_geojson(polygons, properties={
-            "markers": self.tumor.markers, "threshold": self.tumor.threshold}))
+        return export_tumor_geojson(self.prediction, self.tumor, path)

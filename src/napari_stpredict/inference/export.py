@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import atomic_path
-from ..io.geotiff import write_geojson, write_geotiff
+from ..io.geotiff import provenance_tags, write_geojson, write_geotiff
 from .prediction import UNITS, Prediction
 from .tumor import TumorMask, mask_polygons, polygons_geojson
 
-__all__ = ["export_gene_geotiff", "export_tumor", "export_overview", "safe_filename"]
+__all__ = ["export_gene_geotiff", "export_tumor", "export_tumor_geojson", "export_overview", "safe_filename"]
 
 
 def safe_filename(name: str) -> str:
@@ -22,13 +22,9 @@ def safe_filename(name: str) -> str:
 
 def _common_tags(prediction: Prediction) -> dict[str, Any]:
     meta = prediction.meta
-    return {
-        "SLIDE": meta["slide"]["name"],
-        "MPP_X": meta.get("mpp_x"), "MPP_Y": meta.get("mpp_y"),
-        "COORDINATES": "level-0 slide pixels (x right, y down); multiply by MPP for micrometres",
-        "MODEL": meta["model"]["name"], "PATCH_UM": meta["patch_um"], "STRIDE_UM": meta["stride_um"],
-        "SOFTWARE": "napari-stpredict", "NOTE": "Research use only; not for diagnosis.",
-    }
+    return provenance_tags(slide=meta["slide"]["name"], model=meta["model"]["name"],
+                           mpp=(meta.get("mpp_x"), meta.get("mpp_y")), patch_um=meta["patch_um"],
+                           stride_um=meta["stride_um"])
 
 
 def export_gene_geotiff(prediction: Prediction, gene: str, path: Path) -> Path:
@@ -47,9 +43,15 @@ def export_tumor(prediction: Prediction, mask: TumorMask, tif_path: Path, geojso
                                        "THRESHOLD_AUTOMATIC": mask.automatic,
                                        "VALUES": "1 = predicted tumour, 0 = other or no tissue"}
     write_geotiff(tif_path, mask.raster, l0_origin=origin, l0_stride=stride, metadata=tags)
-    polygons = mask_polygons(mask.raster, origin, stride)
-    write_geojson(geojson_path, polygons_geojson(polygons, properties={"markers": mask.markers,
-                                                                       "threshold": mask.threshold}))
+    export_tumor_geojson(prediction, mask, geojson_path)
+
+
+def export_tumor_geojson(prediction: Prediction, mask: TumorMask, path: Path) -> Path:
+    """Tumour contours (with holes) as a GeoJSON FeatureCollection in level-0 pixels (QuPath imports it)."""
+    meta = prediction.meta
+    polygons = mask_polygons(mask.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"]))
+    return write_geojson(Path(path), polygons_geojson(polygons, properties={"markers": mask.markers,
+                                                                            "threshold": mask.threshold}))
 
 
 def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | None, path: Path) -> Path:

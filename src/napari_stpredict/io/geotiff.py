@@ -18,7 +18,7 @@ import numpy as np
 
 from .atomic import atomic_path
 
-__all__ = ["write_geotiff", "write_geojson", "geotiff_transform"]
+__all__ = ["write_geotiff", "write_geojson", "geotiff_transform", "provenance_tags"]
 
 _MODEL_TRANSFORMATION = 34264
 _GEO_KEY_DIRECTORY = 34735
@@ -32,6 +32,14 @@ def geotiff_transform(l0_origin: tuple[float, float], l0_stride: tuple[float, fl
     x0 = l0_origin[0] - sx / 2  # corner of pixel (0, 0)
     y0 = l0_origin[1] - sy / 2
     return [sx, 0.0, 0.0, x0, 0.0, sy, 0.0, y0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def provenance_tags(*, slide, model, mpp, patch_um, stride_um) -> dict[str, Any]:
+    """GDAL metadata items every exported raster carries (no folder path, no label)."""
+    return {"SLIDE": slide, "MODEL": model, "MPP_X": mpp[0], "MPP_Y": mpp[1], "PATCH_UM": patch_um,
+            "STRIDE_UM": stride_um,
+            "COORDINATES": "level-0 slide pixels (x right, y down); multiply by MPP for micrometres",
+            "SOFTWARE": "napari-stpredict", "NOTE": "Research use only; not for diagnosis."}
 
 
 def _gdal_metadata(items: dict[str, Any]) -> str:

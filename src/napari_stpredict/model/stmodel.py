@@ -107,6 +107,10 @@ class STModel:
             emb = self.network.encode_image(x)
         return emb.float()
 
+    def embed_many(self, patches: np.ndarray, *, batch_size: int = 128) -> torch.Tensor:
+        """Image embeddings of any number of uint8 patches, computed in batches."""
+        return torch.cat([self.embed(patches[i:i + batch_size]) for i in range(0, len(patches), batch_size)])
+
     @torch.inference_mode()
     def predict_embeddings(
         self, embeddings: torch.Tensor, *, method: str = "retrieval", top_k: int = 50

@@ -42,7 +42,7 @@ def rebuild_bank(checkpoint: str | Path, out: str | Path, *, bank_sections: list
         expression = expression[np.sort(keep)]
     with torch.inference_mode():
         bank_emb = model.network.encode_expression(torch.from_numpy(expression))
-        train_emb = torch.cat([model.embed(train.patches[i:i + 128]) for i in range(0, len(train), 128)])
+        train_emb = model.embed_many(train.patches)
     prov.update(bank_sections=list(bank_sections), bank_spots=int(len(expression)),
                 confidence_reference=_confidence_reference(train_emb, bank_emb, 50))
     return save_checkpoint(out, model=model.network, io=io, bank_embeddings=bank_emb,

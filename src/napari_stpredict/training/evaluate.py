@@ -112,12 +112,6 @@ def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], sets: dict[str
     return out
 
 
-def _embed_all(model, patches: np.ndarray, batch: int = 128):
-    import torch
-
-    return torch.cat([model.embed(patches[i:i + batch]) for i in range(0, len(patches), batch)])
-
-
 def _predict_sets(model, spots, top_k: int, train_expression: np.ndarray) -> dict[str, np.ndarray]:
     """Predictions of a trained model: retrieval over its bank, over the training spots
     only (to measure what the extra bank sections add), and its ridge head."""
@@ -125,7 +119,7 @@ def _predict_sets(model, spots, top_k: int, train_expression: np.ndarray) -> dic
 
     from ..model import ReferenceBank, retrieve
 
-    embs = _embed_all(model, spots.patches)
+    embs = model.embed_many(spots.patches)
     retrieval, _ = model.predict_embeddings(embs, method="retrieval", top_k=top_k)
     ridge, _ = model.predict_embeddings(embs, method="ridge")
     with torch.inference_mode():
@@ -219,7 +213,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                 elif variant == "untrained":
                     model = _untrained_model(base_tc, genes, train.expression)
                     for s, t in tests.items():
-                        pred, _ = model.predict_embeddings(_embed_all(model, t.patches), method="retrieval",
+                        pred, _ = model.predict_embeddings(model.embed_many(t.patches), method="retrieval",
                                                            top_k=base_tc.top_k)
                         results.setdefault("retrieval", {})[s] = _scores(pred.numpy(), t.expression, genes, sets,
                                                                          t.tumor, panel)
