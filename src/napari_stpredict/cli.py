@@ -267,6 +267,8 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: out_dir of the config)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--steps", type=int, default=None,
+                   help="override the training length in optimizer steps (replaces epochs)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--rebuild-bank", type=Path, default=None, metavar="CHECKPOINT",
                    help="do not train: write CHECKPOINT with its bank rebuilt from the config's training and "
@@ -297,7 +299,8 @@ def _drain_with_bar(gen, describe):
 def _cmd_train(args) -> int:
     from .training.train import iter_train, load_train_config
 
-    overrides = {k: v for k, v in {"epochs": args.epochs, "device": args.device}.items() if v is not None}
+    given = {"epochs": args.epochs, "steps": args.steps, "device": args.device}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         cfg = load_train_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as exc:
@@ -315,7 +318,7 @@ def _cmd_train(args) -> int:
 
     def describe(p):
         if p["stage"] == "train":
-            return f"epoch {p['epoch']}/{p['epochs']} loss {p['loss']:.3f}"
+            return f"step {p['global_step']}/{p['total_steps']} loss {p['loss']:.3f}"
         return p.get("message") or p["stage"]
 
     path = _drain_with_bar(iter_train(cfg, run_dir), describe)
@@ -330,7 +333,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--fold", nargs="*", default=None, help="e.g. test_B test_C3 (default: all)")
     p.add_argument("--variant", nargs="*", default=None,
                    help="cmrcnet contrastive ridge_features untrained (default: all)")
-    p.add_argument("--quick", action="store_true", help="fewer epochs: the table's shape within an hour on a CPU")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer training steps (quick_steps): the table within an hour on a CPU")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -338,7 +342,7 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     import json as _json
 
-    from .training.evaluate import EvalConfig, iter_evaluate, markdown_table, summarise
+    from .training.evaluate import EvalConfig, agreement_table, iter_evaluate, markdown_table, summarise
 
     cfg = EvalConfig.from_yaml(args.config)
     if args.device:
@@ -347,7 +351,7 @@ def _cmd_evaluate(args) -> int:
     def describe(p):
         where = f"{p.get('protocol')}/{p.get('fold')}/{p.get('variant', '')}"
         if p.get("stage") == "train":
-            return f"{where} epoch {p['epoch']}/{p['epochs']} loss {p['loss']:.3f}"
+            return f"{where} step {p['global_step']}/{p['total_steps']} loss {p['loss']:.3f}"
         return f"{where} {p.get('stage')}"
 
     _drain_with_bar(iter_evaluate(cfg, protocols=args.protocol, folds=args.fold, variants=args.variant,
@@ -358,6 +362,11 @@ def _cmd_evaluate(args) -> int:
     table = markdown_table(summary)
     (results / "table.md").write_text(table, encoding="utf-8")
     print(table)
+    full_summary = Path(cfg.out_dir) / "full" / "summary.json"
+    if args.quick and full_summary.exists():  # how well the quick setting stands in for the full one
+        agreement = agreement_table(summary, _json.loads(full_summary.read_text(encoding="utf-8")))
+        (results / "agreement.md").write_text(agreement, encoding="utf-8")
+        print(agreement)
     print(f"results: {results}")
     return 0
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_stpredict.training.evaluate import PROTOCOLS, EvalConfig, _fold_train_config, markdown_table
+from napari_stpredict.training.evaluate import (PROTOCOLS, EvalConfig, _fold_train_config, agreement_table,
+                                               markdown_table)
 from napari_stpredict.training.metrics import (gene_gene_agreement, pearson_per_gene, roc_auc, top_genes,
                                                tumor_score)
 
@@ -57,3 +58,24 @@ def test_markdown_table_lists_methods_and_ceiling():
     table = markdown_table(summary)
     assert "CMRCNet, retrieval, bank + other patients' count-only spots | 0.100 | 0.200 | 0.300 | 0.050 | 0.400 | 0.700" in table
     assert "ceiling" in table and "6 held-out sections" in table
+
+
+def _summary(heg50: float, auc: float) -> dict:
+    row = {"r_heg50": heg50, "r_hvg50": 0.2, "r_markers": 0.3, "r_all": 0.05, "gene_gene": 0.4, "tumor_auc": auc,
+           "n_sections": 6, "sections": []}
+    return {"patient": {"label": "patient-level folds (headline)", "methods": {"cmrcnet:retrieval": row}}}
+
+
+def test_agreement_table_reports_the_largest_difference():
+    close = agreement_table(_summary(0.12, 0.75), _summary(0.10, 0.76))
+    assert "| +0.020 | +0.000 | +0.000 | +0.000 | +0.000 | -0.010 |" in close
+    assert "Largest absolute difference: 0.020 (within ±0.03)" in close
+    far = agreement_table(_summary(0.12, 0.70), _summary(0.10, 0.76))
+    assert "0.060 (NOT within ±0.03)" in far
+
+
+def test_quick_setting_sets_the_step_budget():
+    cfg = EvalConfig(quick_steps=123)
+    cfg.train.steps = 450
+    assert _fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=True).steps == 123
+    assert _fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False).steps == 450

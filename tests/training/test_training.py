@@ -107,3 +107,24 @@ def test_rebuild_bank_keeps_weights_and_changes_only_the_bank(her2st_dir, tmp_pa
     for (k, a), b in zip(before.network.state_dict().items(), after.network.state_dict().values()):
         assert torch.equal(a, b), k
     assert torch.allclose(after.bank.expression[: len(before.bank)], before.bank.expression, atol=1e-2)
+
+
+def test_training_length_counts_steps_not_epochs():
+    from napari_stpredict.training.train import training_length
+
+    # 450 steps: 30 passes over ~1,000 spots (15 batches), 113 over one 283-spot section (4)
+    assert training_length(TrainConfig(steps=450), 15) == (450, 30)
+    assert training_length(TrainConfig(steps=450), 4) == (450, 113)
+    assert training_length(TrainConfig(epochs=30), 4) == (120, 30)
+    with pytest.raises(ValueError, match="steps"):
+        training_length(TrainConfig(steps=0), 4)
+
+
+def test_a_step_budget_ends_mid_epoch(her2st_dir, tmp_path):
+    cfg = _cfg(her2st_dir, tmp_path, epochs=99)
+    cfg.steps = 3  # C3 has 180 spots: 2 batches of 64 a pass, so step 3 is the first of pass 2
+    progress = [p for p in iter_train(cfg, tmp_path / "run") if p["stage"] == "train"]
+    assert [p["global_step"] for p in progress] == [1, 2, 3]
+    assert [p["epoch"] for p in progress] == [1, 1, 2] and progress[-1]["total_steps"] == 3
+    model = load_model(tmp_path / "run" / "model.pt", device="cpu")
+    assert model.provenance["steps"] == 3 and model.provenance["epochs"] == 2

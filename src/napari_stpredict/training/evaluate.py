@@ -58,7 +58,8 @@ class EvalConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "evaluation/results"
     run_dir: str = "runs/eval"
-    quick_epochs: int = 8
+    #: Optimizer steps per training in ``--quick`` (the full run uses ``train.steps``).
+    quick_steps: int = 300
     bank_other_patients: bool = True
     n_genes_set: int = 50
 
@@ -83,7 +84,7 @@ def _fold_train_config(cfg: EvalConfig, protocol: str, fold: str, variant: str, 
     tc.train_sections = list(spec["train"])
     tc.model.reconstruction = VARIANTS.get(variant, True)
     if quick:
-        tc.epochs = cfg.quick_epochs
+        tc.steps = cfg.quick_steps
     # Count-only sections of patients other than the held-out one choose markers and join
     # the bank; the held-out patient's (or, within C, the held-out section's) never do.
     held_out_patient = spec["patient"]
@@ -183,6 +184,8 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
             context = {"protocol": protocol, "protocol_label": PROTOCOLS[protocol]["label"], "fold": fold,
                        "train_sections": spec["train"], "test_sections": spec["test"], "genes": len(genes),
                        "marker_panel": markers, "gene_sets": sets, "quick": quick,
+                       "training_length": {"steps": base_tc.steps,
+                                           "epochs": None if base_tc.steps else base_tc.epochs},
                        "bank_sections": base_tc.bank_sections}
             ceiling = {s: roc_auc(tumor_score(t.expression[t.tumor >= 0], genes, panel), t.tumor[t.tumor >= 0] == 1)
                        for s, t in tests.items()}
@@ -297,3 +300,39 @@ def markdown_table(summary: dict[str, Any]) -> str:
         n = next(iter(block["methods"].values()))["n_sections"]
         lines.append(f"\nMean over {n} held-out sections.\n")
     return "\n".join(lines)
+
+
+def agreement_table(quick: dict[str, Any], full: dict[str, Any], tolerance: float = 0.03) -> str:
+    """How far the ``--quick`` summary is from the full one, cell by cell.
+
+    Parameters
+    ----------
+    quick, full : dict
+        Outputs of `summarise` for the quick and the full results.
+    tolerance : float
+        The agreement asked of the quick setting (absolute difference).
+
+    Returns
+    -------
+    str
+        Markdown: per protocol, quick minus full for every method and metric both hold,
+        the largest absolute difference, and whether every cell is within ``tolerance``.
+    """
+    lines = [f"Quick minus full, per cell (agreement asked: within ±{tolerance:.2f}).\n"]
+    worst_all = 0.0
+    for protocol, block in quick.items():
+        other = full.get(protocol, {}).get("methods", {})
+        names = [n for n in _NAMES if n in block.get("methods", {}) and n in other]
+        if not names:
+            continue
+        lines.append(f"**{block['label']}** ({protocol})\n")
+        lines.append("| method | HEG50 r | HVG50 r | markers r | all genes r | gene-gene | tumour AUC |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for name in names:
+            diffs = [block["methods"][name][k] - other[name][k] for k in METRICS]
+            worst_all = max([worst_all] + [abs(d) for d in diffs if np.isfinite(d)])
+            lines.append(f"| {_NAMES[name]} | " + " | ".join(f"{d:+.3f}" for d in diffs) + " |")
+        lines.append("")
+    verdict = "within" if worst_all <= tolerance else "NOT within"
+    lines.append(f"Largest absolute difference: {worst_all:.3f} ({verdict} ±{tolerance:.2f}).")
+    return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..model.config import IOContract, ModelConfig, from_dict, to_dict
 
-__all__ = ["TrainConfig", "iter_train", "train", "load_train_config"]
+__all__ = ["TrainConfig", "iter_train", "train", "load_train_config", "training_length"]
 
 
 @dataclass
@@ -40,6 +40,10 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     io: IOContract = field(default_factory=IOContract)
     epochs: int = 30
+    #: Total optimizer steps; when set it replaces ``epochs``, so that folds with few
+    #: training spots get as much training as folds with many (an epoch of 283 spots is
+    #: 4 steps, of 1,000 spots 15).
+    steps: int | None = None
     batch_size: int = 64
     lr: float = 1e-4
     lr_min: float = 1e-5
@@ -166,7 +170,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     model = create_model(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(_batches(len(train), cfg.batch_size, torch.Generator().manual_seed(0)))
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    total_steps, n_epochs = training_length(cfg, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.lr_min)
     state_path = run_dir / "state.pt"
     start_epoch, history = 0, []
@@ -187,11 +191,13 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     std = torch.tensor(cfg.io.std).view(1, 3, 1, 1)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, n_epochs):
         model.train()
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         losses = []
         for step, idx in enumerate(_batches(len(train), cfg.batch_size, gen)):
+            if epoch * steps_per_epoch + step >= total_steps:  # a step budget may end mid-epoch
+                break
             x = images_u8[idx].permute(0, 3, 1, 2).float().div(255.0)
             x = augment_batch(x, hed_sigma=cfg.hed_sigma, generator=gen)
             x = ((x - mean) / std).to(device)
@@ -204,8 +210,9 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
             scaler.update()
             scheduler.step()
             losses.append(out["loss"].item())
-            yield {"stage": "train", "epoch": epoch + 1, "epochs": cfg.epochs, "step": step + 1,
-                   "steps": steps_per_epoch, "loss": losses[-1]}
+            yield {"stage": "train", "epoch": epoch + 1, "epochs": n_epochs, "step": step + 1,
+                   "steps": steps_per_epoch, "global_step": epoch * steps_per_epoch + step + 1,
+                   "total_steps": total_steps, "loss": losses[-1]}
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0]})
         with atomic_path(state_path) as tmp:
             torch.save({"config_hash": config_hash, "epoch": epoch + 1, "model": model.state_dict(),
@@ -232,7 +239,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     provenance = {
         "train_sections": cfg.train_sections, "bank_sections": cfg.bank_sections, "bank_spots": len(bank),
         "train_spots": len(train), "patients": sorted(set(train.patient) | set(bank.patient)),
-        "markers": markers, "epochs": cfg.epochs, "seed": cfg.seed, "config_hash": config_hash,
+        "markers": markers, "epochs": n_epochs, "steps": total_steps, "seed": cfg.seed, "config_hash": config_hash,
         "history": history, "seconds": round(time.perf_counter() - t_start, 1),
         "data": "her2st (Andersson et al. 2021)" if cfg.her2st else "user data",
         "confidence_reference": confidence_reference,
@@ -243,6 +250,31 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     yield {"stage": "done", "checkpoint": str(path)}
     return path
+
+
+def training_length(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """Total optimizer steps and the number of (possibly partial) epochs they span.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        ``steps`` when set, else ``epochs`` full passes.
+    steps_per_epoch : int
+        Batches per pass over the training spots (the last partial batch is dropped).
+
+    Returns
+    -------
+    tuple of int
+        ``(total_steps, epochs)``.
+    """
+    steps_per_epoch = max(1, steps_per_epoch)
+    if cfg.steps is not None:
+        if cfg.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {cfg.steps}")
+        return cfg.steps, -(-cfg.steps // steps_per_epoch)
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {cfg.epochs}")
+    return cfg.epochs * steps_per_epoch, cfg.epochs
 
 
 def _confidence_reference(train_emb, bank_emb, top_k: int) -> dict[str, float]:
