@@ -302,7 +302,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def agreement_table(quick: dict[str, Any], full: dict[str, Any], tolerance: float = 0.03) -> str:
+def agreement_table(quick: dict[str, Any], full: dict[str, Any], tolerance: float = 0.03,
+                    heading: str = "Quick minus full") -> str:
     """How far the ``--quick`` summary is from the full one, cell by cell.
 
     Parameters
@@ -311,6 +312,8 @@ def agreement_table(quick: dict[str, Any], full: dict[str, Any], tolerance: floa
         Outputs of `summarise` for the quick and the full results.
     tolerance : float
         The agreement asked of the quick setting (absolute difference).
+    heading : str
+        What is subtracted from what (the first words of the text).
 
     Returns
     -------
@@ -318,7 +321,7 @@ def agreement_table(quick: dict[str, Any], full: dict[str, Any], tolerance: floa
         Markdown: per protocol, quick minus full for every method and metric both hold,
         the largest absolute difference, and whether every cell is within ``tolerance``.
     """
-    lines = [f"Quick minus full, per cell (agreement asked: within ±{tolerance:.2f}).\n"]
+    lines = [f"{heading}, per cell (agreement asked: within ±{tolerance:.2f}).\n"]
     worst_all = 0.0
     for protocol, block in quick.items():
         other = full.get(protocol, {}).get("methods", {})
