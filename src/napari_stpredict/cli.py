@@ -296,11 +296,19 @@ def _drain_with_bar(gen, describe):
         bar.close()
 
 
+def _train_overrides(args) -> dict:
+    """Config values given on the command line; ``--epochs`` alone clears a step budget."""
+    given = {"epochs": args.epochs, "steps": args.steps, "device": args.device}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if args.epochs is not None and args.steps is None:
+        overrides["steps"] = None  # otherwise a config's steps would silently win over --epochs
+    return overrides
+
+
 def _cmd_train(args) -> int:
     from .training.train import iter_train, load_train_config
 
-    given = {"epochs": args.epochs, "steps": args.steps, "device": args.device}
-    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides = _train_overrides(args)
     try:
         cfg = load_train_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as exc:

@@ -128,3 +128,18 @@ def test_a_step_budget_ends_mid_epoch(her2st_dir, tmp_path):
     assert [p["epoch"] for p in progress] == [1, 1, 2] and progress[-1]["total_steps"] == 3
     model = load_model(tmp_path / "run" / "model.pt", device="cpu")
     assert model.provenance["steps"] == 3 and model.provenance["epochs"] == 2
+
+
+def test_command_line_epochs_replace_a_configured_step_budget(tmp_path):
+    from napari_stpredict.cli import _train_overrides, build_parser
+    from napari_stpredict.training.train import load_train_config, training_length
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text("steps: 450\n")
+    parse = build_parser().parse_args
+    by_epochs = load_train_config(path, _train_overrides(parse(["train", "--config", str(path), "--epochs", "3"])))
+    assert training_length(by_epochs, 15) == (45, 3)
+    by_steps = load_train_config(path, _train_overrides(parse(["train", "--config", str(path), "--steps", "7"])))
+    assert training_length(by_steps, 15) == (7, 1)
+    assert training_length(load_train_config(path, _train_overrides(parse(["train", "--config", str(path)]))),
+                           15) == (450, 30)
