@@ -10,19 +10,14 @@ runs/ is gone). Scores the mean of the three models' predictions exactly as
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
 
 from napari_stpredict.model import load_model
-from napari_stpredict.training.data import SpotSet
-from napari_stpredict.training.evaluate import (METRICS, PROTOCOLS, EvalConfig, _fold_train_config,
-                                               _predict_sets, _scores)
-from napari_stpredict.training.metrics import nanmean, top_genes
-from napari_stpredict.training.sections import section_spots
-from napari_stpredict.training.train import resolve_genes
+from napari_stpredict.training.evaluate import METRICS, PROTOCOLS, EvalConfig, _predict_sets, _scores, fold_data
+from napari_stpredict.training.metrics import nanmean
 
 RUNS = {0: Path("runs/eval/full"), 1: Path("runs/experiments/seed1/full"), 2: Path("runs/experiments/seed2/full")}
 HERE = Path(__file__).parent
@@ -31,22 +26,14 @@ HERE = Path(__file__).parent
 def main() -> None:
     cfg = EvalConfig.from_yaml("evaluation/config.yaml")
     per_section: dict[str, dict[str, dict]] = {}
-    for fold, spec in PROTOCOLS["patient"]["folds"].items():
-        tc = _fold_train_config(cfg, "patient", fold, "cmrcnet", quick=False)
-        genes, markers = resolve_genes(copy.deepcopy(tc))
-        panel = markers["panel"]
-        kw = {"patch_um": tc.io.patch_um, "input_px": tc.io.input_px, "cache_dir": Path(tc.cache_dir)}
-        train = SpotSet.concat([section_spots(s, tc.her2st, genes, **kw) for s in spec["train"]])
-        sets = {"heg50": top_genes(train.expression, genes, cfg.n_genes_set, by="mean"),
-                "hvg50": top_genes(train.expression, genes, cfg.n_genes_set, by="var"),
-                "markers": [g for g in panel if g in genes]}
+    for fold in PROTOCOLS["patient"]["folds"]:
+        fd = fold_data(cfg, "patient", fold)
         models = [load_model(root / "patient" / fold / "cmrcnet" / "model.pt", device="cpu") for root in RUNS.values()]
-        for s in spec["test"]:
-            t = section_spots(s, tc.her2st, genes, **kw)
-            preds = [_predict_sets(m, t, tc.top_k, train.expression) for m in models]
+        for s, t in fd.tests.items():
+            preds = [_predict_sets(m, t, fd.train_config.top_k, fd.train.expression) for m in models]
             for method in preds[0]:
                 mean_pred = np.mean([p[method] for p in preds], axis=0)
-                scores = _scores(mean_pred, t.expression, genes, sets, t.tumor, panel)
+                scores = _scores(mean_pred, t.expression, fd.genes, fd.sets, t.tumor, fd.panel)
                 per_section.setdefault(method, {})[s] = {k: scores[k] for k in METRICS}
     summary = {method: {k: nanmean([v[k] for v in rows.values()]) for k in METRICS} | {"sections": sorted(rows)}
                for method, rows in per_section.items()}

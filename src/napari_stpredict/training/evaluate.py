@@ -148,16 +148,60 @@ def _untrained_model(tc: TrainConfig, genes, bank_expression):
     return STModel(net, io, ReferenceBank(emb, torch.from_numpy(bank_expression)), device="cpu")
 
 
+@dataclass
+class FoldData:
+    """What every variant of one fold shares: genes, panel, spots and gene sets."""
+
+    train_config: TrainConfig
+    genes: list[str]
+    markers: dict[str, Any]
+    panel: list[str]
+    train: Any  # SpotSet of the training sections
+    tests: dict[str, Any]  # held-out section -> SpotSet
+    sets: dict[str, list[str]]  # heg50, hvg50, markers: chosen on the training sections only
+
+
+def fold_data(cfg: EvalConfig, protocol: str, fold: str, quick: bool = False) -> FoldData:
+    """Choose a fold's genes and marker panel on its training data and read its spots.
+
+    Parameters
+    ----------
+    cfg : EvalConfig
+        The evaluation recipe.
+    protocol, fold : str
+        Keys of `PROTOCOLS`.
+    quick : bool
+        Whether the ``--quick`` training length applies (to the returned train config).
+
+    Returns
+    -------
+    FoldData
+    """
+    from .data import SpotSet
+    from .sections import section_spots
+    from .train import resolve_genes
+
+    spec = PROTOCOLS[protocol]["folds"][fold]
+    tc = _fold_train_config(cfg, protocol, fold, "cmrcnet", quick)
+    genes, markers = resolve_genes(copy.deepcopy(tc))
+    panel = markers["panel"]
+    kw = {"patch_um": tc.io.patch_um, "input_px": tc.io.input_px, "cache_dir": Path(tc.cache_dir)}
+    train = SpotSet.concat([section_spots(s, tc.her2st, genes, **kw) for s in spec["train"]])
+    tests = {s: section_spots(s, tc.her2st, genes, **kw) for s in spec["test"]}
+    sets = {"heg50": top_genes(train.expression, genes, cfg.n_genes_set, by="mean"),
+            "hvg50": top_genes(train.expression, genes, cfg.n_genes_set, by="var"),
+            "markers": [g for g in panel if g in genes]}
+    return FoldData(tc, genes, markers, panel, train, tests, sets)
+
+
 def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None, quick: bool = False
                   ) -> Iterator[dict]:
     """Run folds, yielding progress; write one JSON per (protocol, fold, variant) and skip existing ones."""
     import torch
 
     from ..model import fit_ridge, load_model
-    from .data import SpotSet
     from .features import patch_features
-    from .sections import section_spots
-    from .train import iter_train, resolve_genes
+    from .train import iter_train
 
     out_root = Path(cfg.out_dir) / ("quick" if quick else "full")
     run_root = Path(cfg.run_dir) / ("quick" if quick else "full")
@@ -171,16 +215,9 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
             if not todo:
                 yield {"protocol": protocol, "fold": fold, "stage": "skip", "message": "results exist"}
                 continue
-            base_tc = _fold_train_config(cfg, protocol, fold, "cmrcnet", quick)
-            genes, markers = resolve_genes(copy.deepcopy(base_tc))
-            panel = markers["panel"]
-            cache = Path(base_tc.cache_dir)
-            kw = {"patch_um": base_tc.io.patch_um, "input_px": base_tc.io.input_px, "cache_dir": cache}
-            train = SpotSet.concat([section_spots(s, base_tc.her2st, genes, **kw) for s in spec["train"]])
-            tests = {s: section_spots(s, base_tc.her2st, genes, **kw) for s in spec["test"]}
-            sets = {"heg50": top_genes(train.expression, genes, cfg.n_genes_set, by="mean"),
-                    "hvg50": top_genes(train.expression, genes, cfg.n_genes_set, by="var"),
-                    "markers": [g for g in panel if g in genes]}
+            fd = fold_data(cfg, protocol, fold, quick)
+            base_tc, genes, markers, panel = fd.train_config, fd.genes, fd.markers, fd.panel
+            train, tests, sets = fd.train, fd.tests, fd.sets
             context = {"protocol": protocol, "protocol_label": PROTOCOLS[protocol]["label"], "fold": fold,
                        "train_sections": spec["train"], "test_sections": spec["test"], "genes": len(genes),
                        "marker_panel": markers, "gene_sets": sets, "quick": quick,
