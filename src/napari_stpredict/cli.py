@@ -352,7 +352,11 @@ def _cmd_evaluate(args) -> int:
 
     from .training.evaluate import EvalConfig, agreement_table, iter_evaluate, markdown_table, summarise
 
-    cfg = EvalConfig.from_yaml(args.config)
+    try:
+        cfg = EvalConfig.from_yaml(args.config)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 2
     if args.device:
         cfg.train.device = args.device
 
@@ -362,8 +366,12 @@ def _cmd_evaluate(args) -> int:
             return f"{where} step {p['global_step']}/{p['total_steps']} loss {p['loss']:.3f}"
         return f"{where} {p.get('stage')}"
 
-    _drain_with_bar(iter_evaluate(cfg, protocols=args.protocol, folds=args.fold, variants=args.variant,
-                                  quick=args.quick), describe)
+    try:
+        _drain_with_bar(iter_evaluate(cfg, protocols=args.protocol, folds=args.fold, variants=args.variant,
+                                      quick=args.quick), describe)
+    except (ValueError, FileNotFoundError) as exc:  # e.g. results of another recipe in the way
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     results = Path(cfg.out_dir) / ("quick" if args.quick else "full")
     summary = summarise(results)
     (results / "summary.json").write_text(_json.dumps(summary, indent=1), encoding="utf-8")

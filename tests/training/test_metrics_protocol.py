@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from napari_stpredict.training.evaluate import (PROTOCOLS, EvalConfig, _fold_train_config, agreement_table,
-                                               markdown_table)
+                                                fold_recipe, markdown_table, result_is_current)
 from napari_stpredict.training.metrics import (gene_gene_agreement, pearson_per_gene, roc_auc, top_genes,
                                                tumor_score)
 
@@ -79,3 +81,53 @@ def test_quick_setting_sets_the_step_budget():
     cfg.train.steps = 450
     assert _fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=True).steps == 123
     assert _fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False).steps == 450
+
+
+def test_results_of_another_recipe_are_neither_reused_nor_overwritten(tmp_path):
+    cfg = EvalConfig(quick_steps=123)
+    cfg.train.steps = 450
+    full = fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False)
+    quick = fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=True)
+    assert full == fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False)
+    assert len({full, quick, fold_recipe(cfg, "patient", "test_C", "contrastive", quick=False),
+                fold_recipe(cfg, "patient", "test_B", "cmrcnet", quick=False)}) == 4
+    cfg.train.out_dir = "elsewhere"  # where outputs go is not part of the recipe
+    assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) == full
+    cfg.train.seed = 1
+    assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) != full
+
+    path = tmp_path / "cmrcnet.json"
+    assert not result_is_current(path, full)
+    path.write_text(json.dumps({"recipe": full, "results": {}}), encoding="utf-8")
+    assert result_is_current(path, full)
+    with pytest.raises(ValueError, match="another training recipe") as err:
+        result_is_current(path, quick)
+    assert str(path) in str(err.value)
+    assert json.loads(path.read_text(encoding="utf-8"))["recipe"] == full  # left as it was
+    path.write_text(json.dumps({"results": {}}), encoding="utf-8")  # written before recipes were recorded
+    assert result_is_current(path, quick, steps=123)
+    path.write_text(json.dumps({"training_length": {"steps": 300}}), encoding="utf-8")  # ... but with a step count
+    assert result_is_current(path, quick, steps=300)
+    with pytest.raises(ValueError, match="300 steps, now 123 steps"):
+        result_is_current(path, quick, steps=123)
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="unreadable"):
+        result_is_current(path, full)
+
+
+def test_evaluate_refuses_to_mix_in_results_of_another_step_budget(her2st_dir, tmp_path, capsys):
+    from napari_stpredict.cli import main
+
+    out = tmp_path / "results"
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"out_dir: {out.as_posix()}\nrun_dir: {(tmp_path / 'runs').as_posix()}\nquick_steps: 400\n"
+                      f"train:\n  her2st: {her2st_dir.as_posix()}\n  steps: 450\n", encoding="utf-8")
+    stale = out / "quick" / "patient" / "test_B" / "untrained.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"training_length": {"steps": 300}, "results": {}}), encoding="utf-8")
+    code = main(["evaluate", "--config", str(config), "--quick", "--protocol", "patient", "--fold", "test_B",
+                 "--variant", "untrained"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "untrained.json" in err and "300 steps, now 400 steps" in err
+    assert json.loads(stale.read_text(encoding="utf-8"))["training_length"]["steps"] == 300

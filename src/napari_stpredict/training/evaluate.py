@@ -17,6 +17,7 @@ fold can be run on its own.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ class EvalConfig:
     out_dir: str = "evaluation/results"
     run_dir: str = "runs/eval"
     #: Optimizer steps per training in ``--quick`` (the full run uses ``train.steps``).
-    quick_steps: int = 300
+    quick_steps: int = 400
     bank_other_patients: bool = True
     n_genes_set: int = 50
 
@@ -94,6 +95,70 @@ def _fold_train_config(cfg: EvalConfig, protocol: str, fold: str, variant: str, 
     tc.marker_sections = others
     tc.bank_sections = others if cfg.bank_other_patients else []
     return tc
+
+
+def fold_recipe(cfg: EvalConfig, protocol: str, fold: str, variant: str, quick: bool) -> str:
+    """A short fingerprint of everything a fold result depends on in the configuration.
+
+    Parameters
+    ----------
+    cfg : EvalConfig
+        The evaluation settings.
+    protocol, fold, variant : str
+        Which result.
+    quick : bool
+        Whether the ``--quick`` step budget applies.
+
+    Returns
+    -------
+    str
+        16 hex digits; equal for two runs exactly when their training recipes are equal
+        (output and cache folders and the device do not count).
+    """
+    tc = _fold_train_config(cfg, protocol, fold, variant, quick).to_dict()
+    for key in ("out_dir", "cache_dir", "device"):
+        tc.pop(key, None)
+    relevant = {"train": tc, "variant": variant, "bank_other_patients": cfg.bank_other_patients,
+                "n_genes_set": cfg.n_genes_set}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def result_is_current(path: Path, recipe: str, steps: int | None = None) -> bool:
+    """Whether a fold result exists and was computed with this recipe (so it can be skipped).
+
+    Parameters
+    ----------
+    path : Path
+        The fold result (JSON).
+    recipe : str
+        `fold_recipe` of the configuration now asked for.
+    steps : int, optional
+        Its step budget: checked instead for results written before recipes were
+        recorded (those carry only ``training_length``; the oldest carry neither).
+
+    Raises
+    ------
+    ValueError
+        When ``path`` holds a result of another recipe (say, another step budget or
+        seed): it is neither reused nor overwritten; the message says what to do.
+    """
+    if not path.exists():
+        return False
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        stored = record.get("recipe")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable fold result ({exc}); delete it to recompute that fold") from exc
+    if stored is None:  # written before recipes were recorded
+        stored_steps = (record.get("training_length") or {}).get("steps")
+        if stored_steps is None or steps is None or stored_steps == steps:
+            return True
+        stored, recipe = f"{stored_steps} steps", f"{steps} steps"
+    if stored != recipe:
+        raise ValueError(f"{path}: computed with another training recipe than this configuration's "
+                         f"({stored}, now {recipe}); move that results folder aside or set another "
+                         "out_dir, so results of two recipes are never averaged together")
+    return True
 
 
 def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], sets: dict[str, list[str]],
@@ -210,8 +275,11 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
             if fold not in PROTOCOLS[protocol]["folds"]:
                 continue
             spec = PROTOCOLS[protocol]["folds"][fold]
-            todo = [v for v in (variants or list(VARIANTS) + list(BASELINES))
-                    if not (out_root / protocol / fold / f"{v}.json").exists()]
+            steps = _fold_train_config(cfg, protocol, fold, "cmrcnet", quick).steps
+            recipes = {v: fold_recipe(cfg, protocol, fold, v, quick)
+                       for v in (variants or list(VARIANTS) + list(BASELINES))}
+            todo = [v for v, recipe in recipes.items()
+                    if not result_is_current(out_root / protocol / fold / f"{v}.json", recipe, steps)]
             if not todo:
                 yield {"protocol": protocol, "fold": fold, "stage": "skip", "message": "results exist"}
                 continue
@@ -257,7 +325,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                                                            top_k=base_tc.top_k)
                         results.setdefault("retrieval", {})[s] = _scores(pred.numpy(), t.expression, genes, sets,
                                                                          t.tumor, panel)
-                record = {**context, "variant": variant, "results": results,
+                record = {**context, "variant": variant, "recipe": recipes[variant], "results": results,
                           "tumor_auc_ceiling_measured": ceiling}
                 path = out_root / protocol / fold / f"{variant}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
