@@ -57,3 +57,20 @@ def test_roi_from_geojson(sample_slide_path, tiny_model_path, tmp_path, monkeypa
                  "--roi", str(roi), "--device", "cpu"]) == 0
     p = Prediction.load(tmp_path / "o" / "her2st_C2" / "prediction.h5ad")
     assert (p.l0_centres >= 2000).all() and (p.l0_centres <= 5000).all()
+
+
+def test_second_run_from_the_cache_writes_the_same_outputs(sample_slide_path, tiny_model_path, tmp_path,
+                                                             capsys, monkeypatch):
+    """The README's main command run twice: the rerun loads the cached prediction."""
+    from napari_stpredict.cli import main
+
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "first")]) == 0
+    assert "(predicted)" in capsys.readouterr().out
+    assert main(args + ["--out", str(tmp_path / "second")]) == 0
+    assert "(cached)" in capsys.readouterr().out
+    masks = [json.loads((tmp_path / run / "her2st_C2" / "tumor.geojson").read_text()) for run in ("first", "second")]
+    assert masks[0] == masks[1]
+    configs = [yaml.safe_load((tmp_path / run / "her2st_C2" / "config.yaml").read_text()) for run in ("first", "second")]
+    assert configs[0]["markers"] == configs[1]["markers"] == ["ERBB2", "GRB7", "EPCAM"]

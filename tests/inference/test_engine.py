@@ -64,7 +64,8 @@ def test_save_and_load(prediction, tmp_path):
     path = prediction.save(tmp_path / "p.h5ad")
     back = Prediction.load(path)
     assert np.allclose(back.expression("ERBB2"), prediction.expression("ERBB2"))
-    assert np.array_equal(back.meta["grid_shape"], prediction.meta["grid_shape"])
+    assert back.meta["grid_shape"] == list(prediction.meta["grid_shape"])
+    json.dumps(back.meta)  # plain Python values, as in a fresh prediction, not numpy arrays
     assert back.heatmap("ERBB2").raster.shape == prediction.heatmap("ERBB2").raster.shape
 
 
@@ -175,6 +176,14 @@ def test_cache_hit_on_rerun(sample, tiny_model, tiny_model_path, tmp_path):
     assert "predict" in stages1 and stages2 == ["cache"]
     assert first.meta["cache"] == "miss" and second.meta["cache"] == "hit"
     assert np.allclose(first.adata.X, second.adata.X)
+    # A cached prediction carries the same plain metadata as a fresh one (h5ad turns lists into
+    # arrays), so the model's marker panel and the tumour mask come out the same.
+    meta1, meta2 = ({k: v for k, v in p.meta.items() if k != "cache"} for p in (first, second))
+    assert json.dumps(meta2, sort_keys=True) == json.dumps(meta1, sort_keys=True)
+    assert second.meta["model"]["markers"] == ["ERBB2", "GRB7", "EPCAM"]
+    mask1, mask2 = tumor_mask(first, None), tumor_mask(second, None)
+    assert mask2.markers == mask1.markers == ["ERBB2", "GRB7", "EPCAM"]
+    assert np.array_equal(mask2.raster, mask1.raster)
     gen = cached_predict_slide(sample, tiny_model, model_path=tiny_model_path, directory=tmp_path, stride_um=56.0)
     assert next(gen)["stage"] != "cache"  # other parameters, other key
     gen.close()

@@ -131,6 +131,9 @@ class Prediction:
         adata = ad.read_h5ad(path)
         if "stpredict" not in adata.uns:
             raise ValueError(f"{path}: not a napari-stpredict prediction (no uns['stpredict'])")
+        # h5ad stores lists as arrays; give back the plain values a fresh prediction has, so
+        # code such as ``meta["model"]["markers"] or default`` behaves the same on both.
+        adata.uns["stpredict"] = _plain(adata.uns["stpredict"])
         return cls(adata)
 
     def __len__(self) -> int:
@@ -139,3 +142,16 @@ class Prediction:
     def __repr__(self) -> str:
         return (f"<Prediction {self.meta.get('slide', {}).get('name', '?')}: {self.adata.n_obs} spots x "
                 f"{self.adata.n_vars} genes, stride {self.meta['stride_um']:g} µm>")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars (as read from ``.h5ad``) made lists and numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
