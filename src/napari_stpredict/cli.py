@@ -60,6 +60,7 @@ def _cmd_info(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in slides:
+        bar = None
         try:
             with open_slide(path, mpp=args.mpp) as slide:
                 summary = slide.summary()
@@ -172,6 +173,7 @@ def _cmd_predict(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in slides:
+        bar = None
         try:
             with open_slide(path, mpp=args.mpp) as slide:
                 out = args.out / safe_filename(Path(slide.name).stem)
@@ -213,9 +215,22 @@ def _cmd_predict(args) -> int:
                 print(f"{slide.name}: {len(prediction)} spots, tumour {tumour_share:.0%} of tissue "
                       f"({'cached' if prediction.meta.get('cache') == 'hit' else 'predicted'}) -> {out}")
         except (StPredictError, ValueError, OSError) as exc:
-            print(f"error: {exc}" if str(path) in str(exc) else f"error: {path}: {exc}", file=sys.stderr)
+            if bar is not None:
+                bar.close()  # so the error starts on a line of its own
+            print(_slide_error(path, exc), file=sys.stderr)
             failures += 1
     return 1 if failures else 0
+
+
+def _slide_error(path: Path, exc: Exception) -> str:
+    """One line naming the slide by the path the user gave, once."""
+    message = str(exc)
+    if str(path) in message:
+        return f"error: {message}"
+    name_prefix = f"{Path(path).name}: "  # slide errors start with the file name; show the full path instead
+    if message.startswith(name_prefix):
+        message = message[len(name_prefix):]
+    return f"error: {path}: {message}"
 
 
 def _add_convert(sub) -> None:

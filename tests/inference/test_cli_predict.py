@@ -74,3 +74,12 @@ def test_second_run_from_the_cache_writes_the_same_outputs(sample_slide_path, ti
     assert masks[0] == masks[1]
     configs = [yaml.safe_load((tmp_path / run / "her2st_C2" / "config.yaml").read_text()) for run in ("first", "second")]
     assert configs[0]["markers"] == configs[1]["markers"] == ["ERBB2", "GRB7", "EPCAM"]
+
+
+def test_slide_errors_name_the_given_path_once(tmp_path):
+    from napari_stpredict.cli import _slide_error
+
+    path = tmp_path / "scans" / "a.svs"
+    assert _slide_error(path, ValueError("a.svs: no resolution")) == f"error: {path}: no resolution"
+    assert _slide_error(path, ValueError(f"{path}: truncated")) == f"error: {path}: truncated"
+    assert _slide_error(path, OSError("disk full")) == f"error: {path}: disk full"
