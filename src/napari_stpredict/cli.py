@@ -60,7 +60,6 @@ def _cmd_info(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in slides:
-        bar = None
         try:
             with open_slide(path, mpp=args.mpp) as slide:
                 summary = slide.summary()
@@ -68,7 +67,7 @@ def _cmd_info(args) -> int:
                 summary["tissue_fraction"] = round(tissue.fraction, 4)
                 thumb = _outline(slide.thumbnail(args.thumbnail_size), tissue.mask)
         except StPredictError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(_slide_error(path, exc), file=sys.stderr)
             failures += 1
             continue
         stem = Path(slide.name).stem

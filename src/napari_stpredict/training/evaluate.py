@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import gene_gene_agreement, nanmean, pearson_per_gene, roc_auc, top_genes, tumor_score
-from .train import TrainConfig
+from .train import TrainConfig, recipe_fields
 
 __all__ = ["EvalConfig", "PROTOCOLS", "iter_evaluate", "summarise", "markdown_table", "VARIANTS"]
 
@@ -115,9 +115,7 @@ def fold_recipe(cfg: EvalConfig, protocol: str, fold: str, variant: str, quick: 
         16 hex digits; equal for two runs exactly when their training recipes are equal
         (output and cache folders and the device do not count).
     """
-    tc = _fold_train_config(cfg, protocol, fold, variant, quick).to_dict()
-    for key in ("out_dir", "cache_dir", "device"):
-        tc.pop(key, None)
+    tc = recipe_fields(_fold_train_config(cfg, protocol, fold, variant, quick))
     relevant = {"train": tc, "variant": variant, "bank_other_patients": cfg.bank_other_patients,
                 "n_genes_set": cfg.n_genes_set}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -100,11 +100,17 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _config_hash(cfg: TrainConfig) -> str:
+def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """The configuration as a dict without what does not change the trained model
+    (output and cache folders, device): what resuming and result fingerprints compare."""
     relevant = cfg.to_dict()
     for k in ("out_dir", "cache_dir", "device"):
         relevant.pop(k, None)
-    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return relevant
+
+
+def _config_hash(cfg: TrainConfig) -> str:
+    return hashlib.sha1(json.dumps(recipe_fields(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resolve_genes(cfg: TrainConfig) -> tuple[list[str], dict]:
