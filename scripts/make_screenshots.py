@@ -4,7 +4,9 @@ Usage: xvfb-run -a -s "-screen 0 1280x1024x24" python scripts/make_screenshots.p
 
 Opens the bundled sample through the plugin, runs the bundled model in the dock widget,
 and saves the window (ERBB2 heatmap), then the tumour mask and contour, then the
-measured ERBB2 at the sample's spots beside the prediction.
+measured ERBB2 at the sample's spots beside the prediction. Then opens a slide of normal
+skin (``../shared/data/wsi/CMU-1-Small-Region.svs``) and saves the window with the
+out-of-domain banner and layer.
 """
 
 from __future__ import annotations
@@ -56,6 +58,20 @@ def main() -> None:
     shot("widget_tumour.png")
     only("her2st_C2", "ERBB2 (measured)", "tumour contour (predicted)")
     shot("widget_measured.png")
+
+    skin = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
+    if skin.exists():
+        for layer in list(viewer.layers):
+            viewer.layers.remove(layer)
+        viewer.open(str(skin), plugin="napari-stpredict")
+        widget.slide_combo.setCurrentText("CMU-1-Small-Region")
+        widget.run()
+        t0 = time.time()
+        while (widget.worker is not None or widget.prediction is None) and time.time() - t0 < 600:
+            QApplication.processEvents()
+            time.sleep(0.05)
+        only("CMU-1-Small-Region", "out of domain (distance / threshold)")
+        shot("widget_out_of_domain.png")
     viewer.close()
 
 

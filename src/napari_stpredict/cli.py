@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -103,7 +104,16 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per slide)")
     p.add_argument("--genes", nargs="*", default=None, help="genes to export as GeoTIFF (default: ERBB2)")
     p.add_argument("--markers", nargs="*", default=None, help="tumour marker genes (default: the model's panel)")
-    p.add_argument("--threshold", type=float, default=None, help="tumour score threshold (default: automatic)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="tumour score threshold (default: the model's, calibrated on its training data)")
+    p.add_argument("--threshold-mode", choices=["auto", "absolute", "slide"], default="auto",
+                   help="tumour score units: 'absolute' (the training spots', comparable between slides; the "
+                        "default for calibrated models) or 'slide' (this slide's own, with an automatic threshold "
+                        "per slide, which always finds a tumour region)")
+    p.add_argument("--tumour-out-of-domain", action="store_true",
+                   help="also call tumour in spots (and slides) that are out of domain")
+    p.add_argument("--no-stain-check", action="store_true",
+                   help="predict even on slides that do not look like H&E (fluorescence, IHC, grayscale)")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--stride-um", type=float, default=None, help="spot spacing in µm (default: the patch size)")
@@ -149,7 +159,9 @@ def _cmd_predict(args) -> int:
     from . import __version__
     from .inference.cache import cached_predict_slide
     from .inference.export import export_gene_geotiff, export_overview, export_tumor, safe_filename
+    from .inference.trust import trust_lines
     from .inference.tumor import tumor_mask
+    from .io.atomic import atomic_path
     from .io.slide import open_slide
     from .model import default_model_path, load_model
 
@@ -163,6 +175,9 @@ def _cmd_predict(args) -> int:
         model = load_model(model_path, device=args.device)
     except (StPredictError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        print(f"error: --threshold must be a finite number, got {args.threshold}", file=sys.stderr)
         return 2
     genes = args.genes or (["ERBB2"] if "ERBB2" in model.genes else model.genes[:1])
     unknown = [g for g in genes if g.upper() not in {m.upper() for m in model.genes}]
@@ -178,7 +193,7 @@ def _cmd_predict(args) -> int:
                 out = args.out / safe_filename(Path(slide.name).stem)
                 out.mkdir(parents=True, exist_ok=True)
                 params = {"stride_um": args.stride_um, "roi": roi, "batch_size": args.batch_size,
-                          "method": args.method}
+                          "method": args.method, "check_stain": not args.no_stain_check}
                 bar = tqdm(total=0, unit="spot", desc=slide.name, dynamic_ncols=True)
                 gen = cached_predict_slide(slide, model, model_path=model_path, use_cache=not args.no_cache,
                                            **params)
@@ -196,7 +211,8 @@ def _cmd_predict(args) -> int:
                 prediction.save(out / "prediction.h5ad")
                 for gene in genes:
                     export_gene_geotiff(prediction, gene, out / f"{safe_filename(gene)}.tif")
-                mask = tumor_mask(prediction, args.markers, threshold=args.threshold)
+                mask = tumor_mask(prediction, args.markers, threshold=args.threshold, mode=args.threshold_mode,
+                                  include_out_of_domain=args.tumour_out_of_domain)
                 if mask.missing:
                     print(f"{slide.name}: markers not predicted by the model: {', '.join(mask.missing)}",
                           file=sys.stderr)
@@ -205,14 +221,23 @@ def _cmd_predict(args) -> int:
                 config = {"napari_stpredict": __version__, "slide": slide.name, "model": str(model_path.name),
                           "device": str(model.device), "genes": genes, "markers": mask.markers,
                           "threshold": mask.threshold, "threshold_automatic": mask.automatic,
+                          "threshold_mode": mask.mode, "tumour_note": mask.note or None,
+                          "tumour_fraction": round(mask.fraction, 4),
+                          "stain": prediction.meta["trust"]["stain"]["kind"],
+                          "domain": {k: prediction.meta["trust"]["domain"].get(k)
+                                     for k in ("verdict", "share_out", "threshold")},
                           "stride_um": prediction.meta["stride_um"], "patch_um": prediction.meta["patch_um"],
                           "batch_size": args.batch_size, "method": args.method, "roi": roi,
                           "mpp": [slide.mpp_x, slide.mpp_y], "spots": len(prediction),
                           "cache": prediction.meta.get("cache")}
-                (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-                tumour_share = float(mask.raster.sum() / max(1, mask.tissue.sum()))
-                print(f"{slide.name}: {len(prediction)} spots, tumour {tumour_share:.0%} of tissue "
-                      f"({'cached' if prediction.meta.get('cache') == 'hit' else 'predicted'}) -> {out}")
+                with atomic_path(out / "config.yaml") as tmp:
+                    tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+                verdict = prediction.meta["trust"]["domain"]["verdict"]
+                source = "cached" if prediction.meta.get("cache") == "hit" else "predicted"
+                print(f"{slide.name}: {len(prediction)} spots ({source}), {verdict}, tumour {mask.fraction:.0%} of "
+                      f"tissue (threshold {mask.describe()}) -> {out}")
+                for line in trust_lines(prediction.meta) + ([mask.note] if mask.note else []):
+                    print(f"  warning: {slide.name}: {line}", file=sys.stderr)
         except (StPredictError, ValueError, OSError) as exc:
             if bar is not None:
                 bar.close()  # so the error starts on a line of its own
@@ -287,6 +312,10 @@ def _add_train(sub) -> None:
     p.add_argument("--rebuild-bank", type=Path, default=None, metavar="CHECKPOINT",
                    help="do not train: write CHECKPOINT with its bank rebuilt from the config's training and "
                         "bank_sections (to --out, default: CHECKPOINT with suffix .bank.pt)")
+    p.add_argument("--calibrate", type=Path, default=None, metavar="CHECKPOINT",
+                   help="do not train: write CHECKPOINT with its trust calibration (out-of-domain score, tumour "
+                        "threshold) computed from its training sections, bank unchanged (to --out, default: "
+                        "CHECKPOINT with suffix .calibrated.pt); for checkpoints made before calibration existed")
     p.set_defaults(func=_cmd_train)
 
 
@@ -328,6 +357,17 @@ def _cmd_train(args) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.calibrate is not None:
+        from .training.calibration import calibrate_checkpoint
+
+        out = args.out or args.calibrate.with_suffix(".calibrated.pt")
+        try:
+            path = calibrate_checkpoint(args.calibrate, out, her2st=cfg.her2st, cache_dir=cfg.cache_dir)
+        except (StPredictError, ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"calibrated checkpoint: {path}")
+        return 0
     if args.rebuild_bank is not None:
         from .training.bank import rebuild_bank
 

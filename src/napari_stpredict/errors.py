@@ -13,6 +13,7 @@ __all__ = [
     "SlideFormatError",
     "SlideReadError",
     "TissueMaskError",
+    "StainCheckError",
     "StPredictWarning",
 ]
 
@@ -39,6 +40,11 @@ class SlideReadError(SlideError, OSError):
 
 class TissueMaskError(StPredictError, ValueError):
     """Tissue detection found no tissue, or got an unusable thumbnail."""
+
+
+class StainCheckError(StPredictError, ValueError):
+    """The slide does not look like brightfield H&E (fluorescence, IHC, grayscale, blank, ...),
+    so the model's predictions on it would be meaningless."""
 
 
 class StPredictWarning(UserWarning):

@@ -15,7 +15,7 @@ from .inference.prediction import UNITS, Prediction
 from .inference.tumor import TumorMask, mask_polygons
 
 __all__ = ["heatmap_layer", "confidence_layer", "tumor_labels_layer", "tumor_contour_layer",
-           "measured_points_layer", "world_per_l0", "low_confidence_warning"]
+           "measured_points_layer", "world_per_l0", "domain_layer"]
 
 
 def world_per_l0(prediction: Prediction) -> tuple[float, float]:
@@ -80,17 +80,18 @@ def confidence_layer(prediction: Prediction) -> tuple:
     return heat.raster, kwargs, "image"
 
 
-def low_confidence_warning(prediction: Prediction, *, max_fraction: float = 0.5) -> str | None:
-    """A warning when most spots are less similar to the reference bank than 95 % of the
-    training spots were (the model's calibration), else None (also without calibration)."""
-    q05 = (prediction.meta["model"].get("confidence_reference") or {}).get("q05")
-    if q05 is None:
-        return None
-    low = float((prediction.confidence < q05).mean())
-    if low > max_fraction:
-        return (f"{low:.0%} of the spots look unlike the model's training data (less similar to it than 95% of "
-                "the training spots); treat this prediction with extra caution")
-    return None
+def domain_layer(prediction: Prediction) -> tuple:
+    """Image layer of each spot's out-of-domain distance, in units of the model's
+    threshold (1 = the threshold; above it the spot is unlike the training data and is
+    never called tumour)."""
+    threshold = float(prediction.meta["trust"]["domain"]["threshold"])
+    values = prediction.adata.obs["domain_distance"].to_numpy(np.float32) / threshold
+    heat = prediction.raster(values, "out of domain", units="distance to the training images / threshold")
+    kwargs = {"name": "out of domain (distance / threshold)", "scale": heat.scale, "translate": heat.translate,
+              "colormap": "inferno", "contrast_limits": (0.5, 1.5), "opacity": 0.6, "visible": False,
+              "interpolation2d": "nearest", "metadata": _provenance(prediction, kind="out_of_domain", units=heat.units),
+              **_units(_mpp_known(prediction))}
+    return heat.raster, kwargs, "image"
 
 
 def tumor_labels_layer(prediction: Prediction, mask: TumorMask) -> tuple:

@@ -82,8 +82,8 @@ def test_screenshot_shows_heatmap_colours(predicted):
 def test_switching_genes_does_not_rerun_the_model(predicted):
     viewer, widget = predicted
     calls = []
-    original = widget.model.embed
-    widget.model.embed = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = widget.model.embed_with_features  # what the engine calls for every batch
+    widget.model.embed_with_features = lambda *a, **k: calls.append(1) or original(*a, **k)
     widget.gene_search.setText("grb")
     visible = [widget.gene_list.item(i).text() for i in range(widget.gene_list.count())
                if not widget.gene_list.item(i).isHidden()]
@@ -120,7 +120,8 @@ def test_exports_read_back(predicted, tmp_path):
     assert ad.read_h5ad(tmp_path / "spots.h5ad").n_obs == len(widget.prediction)
     widget.save_table(tmp_path / "spots.csv")
     table = pd.read_csv(tmp_path / "spots.csv")
-    assert {"x", "y", "confidence", "ERBB2"} <= set(table.columns) and len(table) == len(widget.prediction)
+    assert {"x", "y", "confidence", "domain_distance", "out_of_domain", "ERBB2"} <= set(table.columns)
+    assert len(table) == len(widget.prediction)
     widget.save_geojson(tmp_path / "tumour.geojson")
     assert json.loads((tmp_path / "tumour.geojson").read_text())["features"]
     kinds = _kinds(viewer)
@@ -280,3 +281,46 @@ def test_region_from_a_shapes_layer(make_napari_viewer, qtbot, sample_slide_path
     assert len(xy_um) > 10
     assert (xy_um[:, 0] >= x0 - 1).all() and (xy_um[:, 0] <= x1 + 1).all()
     assert (xy_um[:, 1] >= y0 - 1).all() and (xy_um[:, 1] <= y1 + 1).all()
+
+
+def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qtbot, wsi_dir, tmp_path,
+                                                          monkeypatch):
+    """The bundled model on normal skin: a visible banner says the slide is out of domain,
+    a notification too, the out-of-domain layer is there and no spot is called tumour."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, wsi_dir / "CMU-1-Small-Region.svs")
+    widget.device_combo.setCurrentText("cpu")
+    before = len(notification_manager.records)
+    _run(qtbot, widget)
+    assert widget.prediction is not None, widget.status.text()
+    assert widget.trust_banner.isVisible() and "OUT OF DOMAIN" in widget.trust_banner.text()
+    warnings = [str(n.message) for n in notification_manager.records[before:]
+                if n.severity == NotificationSeverity.WARNING]
+    assert any("OUT OF DOMAIN" in w for w in warnings), warnings
+    kinds = _kinds(viewer)
+    assert "out_of_domain" in kinds and int(kinds["tumor_mask"].data.sum()) == 0
+    assert "out of domain" in widget.status.text()
+    widget.threshold_mode.setCurrentText("Automatic per slide")  # the named per-slide option
+    assert widget.tumor.mode == "slide" and "per slide" in widget.threshold_label.toolTip()
+
+
+def test_in_domain_sample_has_no_banner_and_refused_stain_is_a_notification(make_napari_viewer, qtbot,
+                                                                             sample_slide_path, wsi_dir, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, sample_slide_path)
+    widget.device_combo.setCurrentText("cpu")
+    _run(qtbot, widget)
+    assert widget.prediction.meta["trust"]["domain"]["verdict"] == "in domain"
+    assert not widget.trust_banner.isVisible() and widget.tumor.mode == "absolute"
+    viewer.open(str(wsi_dir / "ndpi_test3-DAPI-2-387.ndpi"), plugin="napari-stpredict")
+    widget.slide_combo.setCurrentText(viewer.layers[-1].name)
+    before = len(_errors())
+    _run(qtbot, widget)
+    errors = _errors()[before:]
+    assert any("ndpi_test3-DAPI-2-387.ndpi" in e and "fluorescence" in e for e in errors), errors
+    assert widget.run_button.isEnabled()

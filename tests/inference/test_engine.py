@@ -189,6 +189,20 @@ def test_cache_hit_on_rerun(sample, tiny_model, tiny_model_path, tmp_path):
     gen.close()
 
 
+def test_run_control_never_changes_the_cache_key(sample, tiny_model, tiny_model_path, tmp_path):
+    """The widget passes a fresh cancel event (and may change batch size) on every run: a
+    rerun with the same result-shaping settings must still hit the cache."""
+    def stages(**control):
+        gen = cached_predict_slide(sample, tiny_model, model_path=tiny_model_path, directory=tmp_path,
+                                   stride_um=112.0, **control)
+        out = [p["stage"] for p in gen]
+        return out
+
+    assert "predict" in stages(cancel_event=threading.Event(), batch_size=32)
+    assert stages(cancel_event=threading.Event(), batch_size=64, num_workers=1) == ["cache"]
+    assert len(list(tmp_path.glob("*.h5ad"))) == 1
+
+
 def test_slide_without_mpp_is_a_clear_error(wsi_dir, tiny_model):
     from napari_stpredict.errors import SlideFormatError
 

@@ -15,13 +15,15 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QSettings, Qt
 from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
+                            QCheckBox, QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
                             QPushButton, QScrollArea, QSlider, QVBoxLayout, QWidget)
 
 from ..errors import StPredictError
 
 BUNDLED = "Bundled model (her2st breast cancer)"
 FROM_FILE = "Checkpoint file..."
+MODE_ABSOLUTE = "Calibrated (absolute units)"
+MODE_SLIDE = "Automatic per slide"
 WHOLE_TISSUE = "(whole tissue)"
 DISCLAIMER = "Research use only. Not for diagnosis."
 
@@ -105,6 +107,11 @@ class PredictWidget(QWidget):
         self.region_combo = QComboBox()
         self.region_combo.setToolTip("Predict only inside the polygons of a Shapes layer")
         form.addRow("Region", self.region_combo)
+        self.stain_check = QCheckBox("Check stain (H&&E only)")
+        self.stain_check.setChecked(True)
+        self.stain_check.setToolTip("Fluorescence, IHC (DAB), grayscale and blank images give meaningless maps; "
+                                    "untick only if you know the slide is H&E")
+        form.addRow("", self.stain_check)
         layout.addLayout(form)
 
         buttons = QHBoxLayout()
@@ -122,6 +129,11 @@ class PredictWidget(QWidget):
         self.status.setWordWrap(True)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        # What the user must know before reading any map: out of domain, unusual stain.
+        self.trust_banner = QLabel("")
+        self.trust_banner.setWordWrap(True)
+        self.trust_banner.setVisible(False)
+        layout.addWidget(self.trust_banner)
 
         genes_box = QGroupBox("Genes")
         g = QVBoxLayout(genes_box)
@@ -151,6 +163,14 @@ class PredictWidget(QWidget):
         self.markers_edit.setToolTip("Marker genes, separated by commas; the score is their mean z-score")
         self.markers_edit.editingFinished.connect(self._on_markers_edited)
         t.addRow("Markers", self.markers_edit)
+        self.threshold_mode = QComboBox()
+        self.threshold_mode.addItems([MODE_ABSOLUTE, MODE_SLIDE])
+        self.threshold_mode.setToolTip("Calibrated: scores in the units of the model's training spots and the "
+                                       "threshold chosen on them (comparable between slides; a slide without "
+                                       "tumour gets little or none). Per slide: this slide's own scores and an "
+                                       "automatic threshold, which always splits the slide in two.")
+        self.threshold_mode.currentIndexChanged.connect(lambda *_: self.update_tumor(threshold=None))
+        t.addRow("Units", self.threshold_mode)
         slider_row = QHBoxLayout()
         self.threshold_slider = QSlider(Qt.Horizontal)
         self.threshold_slider.setRange(0, 1000)
@@ -329,7 +349,8 @@ class PredictWidget(QWidget):
             _notify_error(str(exc))
             return
         self._cancel = threading.Event()
-        params = {"stride_um": self.stride_spin.value(), "roi": roi, "cancel_event": self._cancel}
+        params = {"stride_um": self.stride_spin.value(), "roi": roi, "cancel_event": self._cancel,
+                  "check_stain": self.stain_check.isChecked()}
         # _ignore_errors: _on_error turns them into one clear notification (no re-raise, no traceback popup)
         self.worker = create_worker(self._work, slide, params, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_progress)
@@ -407,10 +428,19 @@ class PredictWidget(QWidget):
     # --- results -----------------------------------------------------------------------
     def set_prediction(self, prediction) -> None:
         """Show a prediction: genes to choose from, first gene, tumour mask, confidence."""
-        from ..layers import confidence_layer, low_confidence_warning
+        from ..layers import confidence_layer, domain_layer
 
         self.prediction = prediction
         self.tumor = None
+        slide_name = prediction.meta["slide"].get("name")
+        if self.spots is not None and getattr(self, "_spots_slide", None) != slide_name:
+            # Measured spots belong to the slide they were loaded for: never compare them
+            # with another slide's prediction.
+            self.spots = None
+            self.last_r = float("nan")
+            self.r_label.setText("")
+            for layer in [l for l in self.viewer.layers if l.metadata.get("stpredict", {}).get("kind") == "measured"]:
+                self.viewer.layers.remove(layer)
         genes = prediction.genes
         self.gene_list.clear()
         self.gene_list.addItems(genes)
@@ -427,14 +457,30 @@ class PredictWidget(QWidget):
         cached = " (from cache)" if meta.get("cache") == "hit" else ""
         self.status.setText(f"{len(prediction)} spots predicted{cached}")
         self._upsert(*confidence_layer(prediction))
-        warning = low_confidence_warning(prediction)
-        if warning:
-            _notify_warning(warning)
-            self.status.setText(self.status.text() + " - " + warning)
+        if "domain_distance" in prediction.adata.obs and prediction.meta.get("tumor_calibration") is not None:
+            self._upsert(*domain_layer(prediction))
+        self._show_trust(prediction)
         first = "ERBB2" if "ERBB2" in genes else genes[0]
         self.show_genes([first])
         self.update_tumor(threshold=None)
         self._maybe_load_sample_spots()
+
+    def _show_trust(self, prediction) -> None:
+        """The banner: out-of-domain verdict and stain warnings, coloured by severity."""
+        from ..inference.trust import trust_lines
+
+        lines = trust_lines(prediction.meta)
+        verdict = (prediction.meta.get("trust") or {}).get("domain", {}).get("verdict", "unknown")
+        colour = {"out of domain": "#b00020", "partly out of domain": "#b35900"}.get(verdict, "#7a5c00")
+        if lines:
+            self.trust_banner.setText("<br>".join(f"⚠ {line}" for line in lines))
+            self.trust_banner.setStyleSheet(f"background-color: {colour}; color: white; padding: 6px; "
+                                            "border-radius: 4px;")
+            self.trust_banner.setVisible(True)
+            _notify_warning(f"{prediction.meta['slide'].get('name', 'slide')}: {lines[0]}")
+        else:
+            self.trust_banner.setText("")
+            self.trust_banner.setVisible(False)
 
     def _panel(self) -> list[str]:
         from ..inference.tumor import model_panel
@@ -524,7 +570,8 @@ class PredictWidget(QWidget):
         if self.prediction is None:
             return
         try:
-            mask = tumor_mask(self.prediction, self._markers() or None, threshold=threshold)
+            mode = "slide" if self.threshold_mode.currentText() == MODE_SLIDE else "auto"
+            mask = tumor_mask(self.prediction, self._markers() or None, threshold=threshold, mode=mode)
         except ValueError as exc:
             _notify_error(str(exc))
             return
@@ -534,14 +581,17 @@ class PredictWidget(QWidget):
         self._upsert(*tumor_labels_layer(self.prediction, mask))
         self._upsert(*tumor_contour_layer(self.prediction, mask))
         if threshold is None:
-            lo, hi = float(mask.score.min()), float(mask.score.max())
+            lo = min(float(mask.score.min()), mask.threshold)
+            hi = max(float(mask.score.max()), mask.threshold)
             self._score_range = (lo, hi)
             self.threshold_slider.blockSignals(True)
             self.threshold_slider.setValue(int(round((mask.threshold - lo) / max(hi - lo, 1e-9) * 1000)))
             self.threshold_slider.blockSignals(False)
-        share = mask.raster.sum() / max(1, mask.tissue.sum())
         self.threshold_label.setText(f"{mask.threshold:.2f} ({'auto' if mask.automatic else 'manual'}, "
-                                     f"{share:.0%} of tissue)")
+                                     f"{mask.fraction:.0%} of tissue)")
+        self.threshold_label.setToolTip(mask.describe() + (f"; {mask.note}" if mask.note else ""))
+        if mask.note and threshold is None:
+            self.status.setText(f"{self.status.text().split(' | ')[0]} | tumour: {mask.note}")
 
     def _on_threshold_slider(self, value: int) -> None:
         if self.prediction is None or not hasattr(self, "_score_range"):
@@ -584,6 +634,7 @@ class PredictWidget(QWidget):
         from ..io.st_data import read_st_h5ad
 
         self.spots = read_st_h5ad(path)
+        self._spots_slide = self.prediction.meta["slide"].get("name") if self.prediction is not None else None
         gene = next((l.metadata.get("stpredict", {}).get("gene") for l in reversed(list(self.viewer.layers))
                      if l.metadata.get("stpredict", {}).get("kind") == "heatmap"), None)
         self._update_measured(gene)

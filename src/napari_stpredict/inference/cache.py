@@ -21,6 +21,7 @@ from .prediction import Prediction
 __all__ = ["cache_dir", "slide_fingerprint", "file_sha1", "cached_predict_slide"]
 
 _BLOCK = 1 << 16
+_RUN_CONTROL = frozenset({"cancel_event", "batch_size", "num_workers", "prefetch_batches"})
 
 
 def cache_dir() -> Path:
@@ -65,8 +66,11 @@ def cache_key(slide, model_path: Path | None, params: dict[str, Any]) -> str | N
     """The cache key, or None when the slide or model has no file to fingerprint."""
     if slide.path is None or model_path is None or not Path(model_path).exists():
         return None
+    # Only what shapes the result: run control (the cancel event, whose text holds a memory
+    # address, batch size, reader threads) must never make a rerun miss the cache.
+    shaping = {k: v for k, v in params.items() if k not in _RUN_CONTROL}
     parts = {"slide": slide_fingerprint(slide.path), "mpp": slide.mpp, "model": file_sha1(Path(model_path)),
-             "params": params, "version": 1}
+             "params": shaping, "version": 2}
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -22,9 +22,14 @@ def safe_filename(name: str) -> str:
 
 def _common_tags(prediction: Prediction) -> dict[str, Any]:
     meta = prediction.meta
-    return provenance_tags(slide=meta["slide"]["name"], model=meta["model"]["name"],
+    tags = provenance_tags(slide=meta["slide"]["name"], model=meta["model"]["name"],
                            mpp=(meta.get("mpp_x"), meta.get("mpp_y")), patch_um=meta["patch_um"],
                            stride_um=meta["stride_um"])
+    domain = (meta.get("trust") or {}).get("domain") or {}
+    if domain:
+        tags["DOMAIN_VERDICT"] = domain.get("verdict")
+        tags["DOMAIN_SHARE_OUT"] = domain.get("share_out")
+    return tags
 
 
 def export_gene_geotiff(prediction: Prediction, gene: str, path: Path) -> Path:
@@ -40,7 +45,7 @@ def export_tumor(prediction: Prediction, mask: TumorMask, tif_path: Path, geojso
     meta = prediction.meta
     origin, stride = tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"])
     tags = _common_tags(prediction) | {"MARKERS": ",".join(mask.markers), "THRESHOLD": mask.threshold,
-                                       "THRESHOLD_AUTOMATIC": mask.automatic,
+                                       "THRESHOLD_AUTOMATIC": mask.automatic, "THRESHOLD_MODE": mask.mode,
                                        "VALUES": "1 = predicted tumour, 0 = other or no tissue"}
     write_geotiff(tif_path, mask.raster, l0_origin=origin, l0_stride=stride, metadata=tags)
     export_tumor_geojson(prediction, mask, geojson_path)
@@ -51,16 +56,29 @@ def export_tumor_geojson(prediction: Prediction, mask: TumorMask, path: Path) ->
     meta = prediction.meta
     polygons = mask_polygons(mask.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"]))
     return write_geojson(Path(path), polygons_geojson(polygons, properties={"markers": mask.markers,
-                                                                            "threshold": mask.threshold}))
+                                                                            "threshold": mask.threshold,
+                                                                            "threshold_mode": mask.mode}))
 
 
 def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | None, path: Path) -> Path:
-    """PNG: thumbnail, heatmap of ``gene``, tumour contour."""
+    """PNG: thumbnail, heatmap of ``gene``, tumour contour, and a caption with the slide's
+    trust verdicts (stain, out of domain) and the tumour threshold."""
     from PIL import Image
 
-    from .overview import overview_image
+    from .overview import caption_image, overview_image
+    from .trust import trust_lines
 
     image = overview_image(slide, prediction.heatmap(gene), None if mask is None else mask.raster)
+    domain = (prediction.meta.get("trust") or {}).get("domain") or {}
+    lines = [f"{gene}: predicted {UNITS}, colours 2nd-98th percentile of this slide. Research use only.",
+             f"Domain: {domain.get('verdict', 'unknown')}"
+             + (f" ({domain['share_out']:.0%} of spots unlike the training data)" if domain.get("share_out") is not None
+                else "")]
+    if mask is not None:
+        lines.append(f"Red contour: predicted tumour, {mask.fraction:.0%} of tissue, threshold {mask.describe()}"
+                     + (f"; {mask.note}" if mask.note else ""))
+    warn = [line for line in trust_lines(prediction.meta) if not line.lower().startswith("in domain")]
+    image = caption_image(image, lines, warnings=warn)
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return path

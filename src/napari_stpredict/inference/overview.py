@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["overview_image", "colormap"]
+__all__ = ["overview_image", "colormap", "caption_image"]
 
 # Viridis at 9 anchors (matplotlib's values), interpolated: perceptually uniform.
 _VIRIDIS = np.array([
@@ -43,3 +43,26 @@ def overview_image(slide, heatmap, tumor_raster: np.ndarray | None = None, *, ma
         edge = find_boundaries(mask, mode="inner")
         out[edge] = (230, 0, 0)
     return out
+
+
+def caption_image(image: np.ndarray, lines: list[str], *, warnings: list[str] | None = None) -> np.ndarray:
+    """``image`` with a white caption strip below it: ``warnings`` in red first, then ``lines``.
+
+    Long lines are wrapped to the image width (Pillow's built-in font, so nothing needs
+    to be installed).
+    """
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width = image.shape[1]
+    chars = max(20, (width - 16) // 6)
+    wrapped = [(t, (200, 0, 0)) for w in (warnings or []) for t in textwrap.wrap(w, chars)]
+    wrapped += [(t, (20, 20, 20)) for line in lines for t in textwrap.wrap(line, chars)]
+    line_h = 14
+    strip = Image.new("RGB", (width, 8 + line_h * len(wrapped)), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for i, (text, colour) in enumerate(wrapped):
+        draw.text((8, 4 + i * line_h), text, fill=colour, font=font)
+    return np.vstack([np.asarray(image, np.uint8), np.asarray(strip)])

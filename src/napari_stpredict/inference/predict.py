@@ -47,6 +47,7 @@ def predict_slide(
     top_k: int = 50,
     num_workers: int = 2,
     prefetch_batches: int = 3,
+    check_stain: bool = True,
     cancel_event: threading.Event | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Predict expression over a slide's tissue; a generator that yields progress.
@@ -67,13 +68,16 @@ def predict_slide(
         Predictor (see `STModel.predict_embeddings`).
     num_workers : int
         Threads reading patches.
+    check_stain : bool
+        Refuse slides that do not look like brightfield H&E (`napari_stpredict.stain`)
+        before any slow work; False predicts anyway and records the verdict.
     cancel_event : threading.Event, optional
         Set it to stop between batches (closing the generator works too).
 
     Yields
     ------
     dict
-        ``{"stage": "tissue" | "predict", "done": int, "total": int, ...}``.
+        ``{"stage": "stain" | "tissue" | "predict", "done": int, "total": int, ...}``.
 
     Returns
     -------
@@ -84,14 +88,19 @@ def predict_slide(
     ------
     PredictionCancelled
         When ``cancel_event`` is set.
+    StainCheckError
+        When ``check_stain`` and the slide is not H&E (fluorescence, IHC, grayscale,
+        blank, ...), before tissue detection.
     """
     import anndata as ad
     import pandas as pd
     import torch
 
+    from ..io.patches import read_patches
+    from ..stain import StainCheckError, check_slide_stain
     from ..tiling import roi_mask, spot_grid
     from ..tissue import slide_tissue_mask
-    from ..io.patches import read_patches
+    from .trust import domain_summary, tumor_calibration_meta
 
     if slide.mpp_x is None or slide.mpp_y is None:
         from ..errors import SlideFormatError
@@ -102,6 +111,12 @@ def predict_slide(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     io = model.io
     t_start = time.perf_counter()
+    yield {"stage": "stain", "done": 0, "total": 0, "message": "checking the stain"}
+    stain = check_slide_stain(slide)
+    # A blank image is left to tissue detection, whose message also says what to do.
+    if check_stain and not stain.ok and stain.kind != "blank":
+        raise StainCheckError(f"{slide.name}: not an H&E slide: {stain.message} (to predict anyway: "
+                              "--no-stain-check, or untick 'Check stain' in the widget)")
     yield {"stage": "tissue", "done": 0, "total": 0, "message": "detecting tissue"}
     tissue = slide_tissue_mask(slide, max_size=_tissue_thumbnail_size(slide, io.patch_um), require_tissue=roi is None)
     mask = tissue.mask
@@ -117,6 +132,7 @@ def predict_slide(
     starts = list(range(0, n, batch_size))
     expression = np.empty((n, len(model.genes)), np.float32)
     confidence = np.empty(n, np.float32)
+    distance = np.full(n, np.nan, np.float32)
 
     def read(start: int) -> np.ndarray:
         return read_patches(slide, grid.l0_centres[start:start + batch_size], io.patch_um, io.input_px)
@@ -138,11 +154,14 @@ def predict_slide(
                 pending.append((starts[next_start], pool.submit(read, starts[next_start])))
                 next_start += 1
             with torch.inference_mode():
-                emb = model.embed(patches)
+                emb, features = model.embed_with_features(patches)
                 pred, conf = model.predict_embeddings(emb, method=method, top_k=top_k)
+                dist = model.domain_distance(features)
             stop = start + len(patches)
             expression[start:stop] = pred.cpu().numpy()
             confidence[start:stop] = conf.cpu().numpy()
+            if dist is not None:
+                distance[start:stop] = dist.cpu().numpy()
             done = stop
             yield {"stage": "predict", "done": done, "total": n}
     finally:
@@ -154,6 +173,9 @@ def predict_slide(
         "x": grid.l0_centres[:, 0], "y": grid.l0_centres[:, 1],
         "grid_row": grid.rows.astype(np.int32), "grid_col": grid.cols.astype(np.int32),
         "confidence": confidence, "tissue_fraction": grid.tissue_fraction,
+        "domain_distance": distance,
+        "out_of_domain": (distance > model.calibration["domain"]["threshold"]) if model.calibration
+        else np.zeros(n, bool),
     }, index=[f"spot_{i}" for i in range(n)])
     adata = ad.AnnData(X=expression, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
     adata.obsm["spatial"] = grid.l0_centres.copy()
@@ -171,6 +193,10 @@ def predict_slide(
         "grid_shape": [int(v) for v in grid.shape],
         "units": "log1p(counts per 10,000)",
         "roi": None if roi is None else np.asarray(roi, float).tolist(),
+        "trust": {"stain": stain.to_dict(),
+                  "domain": domain_summary(distance if model.calibration else None,
+                                           model.calibration["domain"] if model.calibration else None)},
+        "tumor_calibration": tumor_calibration_meta(model.calibration),
         "seconds": round(time.perf_counter() - t_start, 2),
         "note": "Research use only; not for diagnosis.",
     }

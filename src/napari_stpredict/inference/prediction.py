@@ -1,9 +1,11 @@
 """`Prediction`: predicted expression of every spot of a slide, AnnData-backed.
 
 ``obs`` holds the spot centres in level-0 pixels (``x``, ``y``), grid indices
-(``grid_row``, ``grid_col``), ``confidence`` and ``tissue_fraction``; ``X`` the
-predicted log1p(CP10k) expression of all model genes; ``uns["stpredict"]`` the model,
-mpp, patch and stride, grid geometry and the slide summary.
+(``grid_row``, ``grid_col``), ``confidence``, ``tissue_fraction``, the out-of-domain
+``domain_distance`` and ``out_of_domain`` flag; ``X`` the predicted log1p(CP10k)
+expression of all model genes; ``uns["stpredict"]`` the model, mpp, patch and stride,
+grid geometry, the slide summary, the trust verdicts (``trust``: stain check and
+out-of-domain verdict) and the model's tumour calibration.
 """
 
 from __future__ import annotations

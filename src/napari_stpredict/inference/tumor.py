@@ -17,7 +17,23 @@ DEFAULT_BREAST_PANEL = ("ERBB2", "GRB7", "EPCAM", "TACSTD2", "SCD", "MUCL1", "CD
 
 @dataclass(frozen=True)
 class TumorMask:
-    """Per-spot tumour score, the threshold used, and the cleaned mask on the spot grid."""
+    """Per-spot tumour score, the threshold used, and the cleaned mask on the spot grid.
+
+    Attributes
+    ----------
+    mode : str
+        ``"absolute"``: scores in the units of the model's training spots, threshold
+        calibrated on training data (comparable between slides; a slide without tumour
+        gets little or none). ``"slide"``: scores standardised over this slide and an
+        automatic threshold per slide (Otsu), which always splits a slide in two.
+    automatic : bool
+        Whether the threshold was chosen by the software (calibrated or per slide)
+        rather than given.
+    excluded_out_of_domain : int
+        Spots above the threshold not called tumour because they are out of domain.
+    note : str
+        Why this mode or threshold was used, when it is not the default.
+    """
 
     score: np.ndarray  # per spot
     threshold: float
@@ -26,6 +42,22 @@ class TumorMask:
     missing: list[str]
     raster: np.ndarray  # uint8 (rows, cols): 1 tumour, 0 not, off-tissue 0
     tissue: np.ndarray  # bool (rows, cols): cells with a spot
+    mode: str = "slide"
+    excluded_out_of_domain: int = 0
+    note: str = ""
+
+    @property
+    def fraction(self) -> float:
+        """Share of the tissue's grid cells called tumour."""
+        return float(self.raster.sum() / max(1, self.tissue.sum()))
+
+    def describe(self) -> str:
+        """The threshold in words, e.g. ``0.33 (calibrated on training data, absolute units)``."""
+        how = {("absolute", True): "calibrated on training data, absolute units",
+               ("absolute", False): "given, absolute units",
+               ("slide", True): "automatic per slide (Otsu), units of this slide",
+               ("slide", False): "given, units of this slide"}[(self.mode, self.automatic)]
+        return f"{self.threshold:.2f} ({how})"
 
 
 def model_panel(prediction: Prediction) -> list[str]:
@@ -34,21 +66,43 @@ def model_panel(prediction: Prediction) -> list[str]:
     return list(panel) if panel else list(DEFAULT_BREAST_PANEL)
 
 
-def tumor_score(prediction: Prediction, markers) -> tuple[np.ndarray, list[str], list[str]]:
-    """Mean z-score over the slide's spots of the predicted marker genes present."""
+def _used_markers(prediction: Prediction, markers) -> tuple[list[str], list[str]]:
     upper = {g.upper(): g for g in prediction.genes}
     used = [upper[m.upper()] for m in markers if m.upper() in upper]
     missing = [m for m in markers if m.upper() not in upper]
     if not used:
         raise ValueError(f"none of the marker genes {list(markers)} is predicted by this model")
+    return used, missing
+
+
+def tumor_score(prediction: Prediction, markers, *, absolute: bool = False
+                ) -> tuple[np.ndarray, list[str], list[str]]:
+    """Mean z-score of the predicted marker genes present.
+
+    Parameters
+    ----------
+    absolute : bool
+        Standardise each gene with the model's training-spot statistics (needs a
+        calibrated model) instead of this slide's own mean and standard deviation.
+    """
+    used, missing = _used_markers(prediction, markers)
     x = np.column_stack([prediction.expression(g) for g in used])
-    sd = x.std(0)
-    z = (x - x.mean(0)) / np.where(sd > 1e-8, sd, 1.0)
+    if absolute:
+        cal = prediction.meta.get("tumor_calibration")
+        if not cal:
+            raise ValueError("this prediction's model carries no tumour calibration; use the per-slide score")
+        index = {g.upper(): i for i, g in enumerate(prediction.genes)}
+        idx = [index[g.upper()] for g in used]
+        mean = np.asarray(cal["gene_mean"], np.float32)[idx]
+        sd = np.asarray(cal["gene_std"], np.float32)[idx]
+    else:
+        mean, sd = x.mean(0), x.std(0)
+    z = (x - mean) / np.where(sd > 1e-8, sd, 1.0)
     return z.mean(1), used, missing
 
 
-def tumor_mask(prediction: Prediction, markers=None, *, threshold: float | None = None,
-               min_island_spots: int = 3, max_hole_spots: int = 2) -> TumorMask:
+def tumor_mask(prediction: Prediction, markers=None, *, threshold: float | None = None, mode: str = "auto",
+               include_out_of_domain: bool = False, min_island_spots: int = 3, max_hole_spots: int = 2) -> TumorMask:
     """Threshold the tumour score into a mask on the spot grid and clean it.
 
     Parameters
@@ -56,23 +110,69 @@ def tumor_mask(prediction: Prediction, markers=None, *, threshold: float | None 
     markers : sequence of str, optional
         Marker genes (default: the model's panel).
     threshold : float, optional
-        Score threshold; default automatic (Otsu's method on the slide's scores).
+        Score threshold; default: the model's calibrated threshold (absolute mode), else
+        automatic per slide.
+    mode : {"auto", "absolute", "slide"}
+        ``"absolute"``: marker z-scores in the training spots' units (needs a model with
+        a tumour calibration); ``"slide"``: z-scores over this slide with Otsu's
+        threshold per slide (every slide gets a tumour region); ``"auto"``: absolute
+        when the model is calibrated, else per slide.
+    include_out_of_domain : bool
+        Call spots out of domain too. By default they are never called tumour (the
+        model cannot judge tissue unlike its training data), and on a slide whose
+        verdict is "out of domain" no spot is: there even the spots that pass the
+        per-spot test are of a tissue the model does not know.
     min_island_spots, max_hole_spots : int
         Tumour islands with fewer spots are removed; holes with at most this many spots
         inside tumour are filled.
     """
     from skimage import filters, morphology
 
+    if mode not in ("auto", "absolute", "slide"):
+        raise ValueError(f"mode must be 'auto', 'absolute' or 'slide', got {mode!r}")
+    if threshold is not None and not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     markers = list(markers) if markers else model_panel(prediction)
-    score, used, missing = tumor_score(prediction, markers)
+    cal = prediction.meta.get("tumor_calibration") or {}
+    note = ""
+    if mode == "absolute" and not cal:
+        raise ValueError("mode='absolute' needs a model with a tumour calibration (this one has none; "
+                         "recalibrate it with 'stpredict train --calibrate')")
+    if mode == "auto":
+        mode = "absolute" if cal else "slide"
+        if not cal:
+            note = "the model carries no tumour calibration: threshold chosen per slide"
+    calibrated_panel = {g.upper() for g in cal.get("markers", [])}
+    if mode == "absolute" and threshold is None and (cal.get("threshold") is None
+                                                     or {m.upper() for m in markers} != calibrated_panel):
+        # The calibrated threshold belongs to the calibrated panel; other markers get a per-slide one.
+        mode = "slide"
+        note = ("the calibrated threshold applies to the model's marker panel only: threshold chosen per slide"
+                if cal.get("threshold") is not None else "the model's calibration has no threshold: chosen per slide")
+    score, used, missing = tumor_score(prediction, markers, absolute=mode == "absolute")
     automatic = threshold is None
     if automatic:
-        threshold = float(filters.threshold_otsu(score)) if np.ptp(score) > 0 else float(score.max())
-    tumour = prediction.raster((score > threshold).astype(np.float32), "tumour", fill=0.0).raster > 0.5
+        if mode == "absolute":
+            threshold = float(cal["threshold"])
+        else:
+            threshold = float(filters.threshold_otsu(score)) if np.ptp(score) > 0 else float(score.max())
+    called = score > threshold
+    ood = np.zeros(len(score), bool)
+    if not include_out_of_domain and "out_of_domain" in prediction.adata.obs:
+        ood = prediction.adata.obs["out_of_domain"].to_numpy(bool)
+        if (prediction.meta.get("trust") or {}).get("domain", {}).get("verdict") == "out of domain":
+            ood = np.ones(len(score), bool)
+            note = "the slide is out of domain: no spot is called tumour"
+    excluded = int((called & ood).sum())
+    called &= ~ood
+    tumour = prediction.raster(called.astype(np.float32), "tumour", fill=0.0).raster > 0.5
     tissue = ~np.isnan(prediction.raster(np.ones(len(score), np.float32), "tissue").raster)
+    ood_cells = prediction.raster(ood.astype(np.float32), "ood", fill=0.0).raster > 0.5
     tumour = morphology.remove_small_objects(tumour, max_size=max(0, min_island_spots - 1))
-    tumour = morphology.remove_small_holes(tumour, max_size=max_hole_spots) & tissue
-    return TumorMask(score, float(threshold), automatic, used, missing, tumour.astype(np.uint8), tissue)
+    # Hole filling must not bring back out-of-domain spots.
+    tumour = morphology.remove_small_holes(tumour, max_size=max_hole_spots) & tissue & ~ood_cells
+    return TumorMask(score, float(threshold), automatic, used, missing, tumour.astype(np.uint8), tissue,
+                     mode=mode, excluded_out_of_domain=excluded, note=note)
 
 
 def mask_polygons(raster: np.ndarray, origin: tuple[float, float], stride: tuple[float, float]

@@ -40,12 +40,16 @@ def save_checkpoint(
     ridge=None,
     provenance: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
     half: bool = True,
 ) -> Path:
     """Write a model with its bank and contract to one file (atomically).
 
     Parameters
     ----------
+    calibration : dict, optional
+        Trust calibration from `napari_stpredict.training.calibration.compute_calibration`
+        (out-of-domain reference and threshold, tumour-score standardisation and threshold).
     half : bool
         Store floating-point tensors as float16 (half the size; predictions change by
         far less than their error).
@@ -68,6 +72,13 @@ def save_checkpoint(
         "provenance": provenance or {},
         "evaluation": evaluation or {},
     }
+    if calibration is not None:
+        payload["calibration"] = {
+            **calibration,
+            "domain": {**calibration["domain"], "reference": pack(calibration["domain"]["reference"])},
+            "tumor": {**calibration["tumor"], "gene_mean": calibration["tumor"]["gene_mean"].detach().cpu().float(),
+                      "gene_std": calibration["tumor"]["gene_std"].detach().cpu().float()},
+        }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -144,5 +155,44 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise _fail(path, f"{name} holds NaN or infinite values")
     if not (isinstance(io.patch_um, (int, float)) and io.patch_um > 0 and math.isfinite(io.patch_um)):
         raise _fail(path, f"io.patch_um must be a positive number, got {io.patch_um!r}")
+    if data.get("calibration"):
+        _check_calibration(path, data["calibration"], len(genes))
     data["model_config"], data["io"] = config, io
     return data
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _check_calibration(path: Path, cal: Any, n_genes: int) -> None:
+    """Validate the optional trust calibration (see `save_checkpoint`)."""
+    if not isinstance(cal, dict) or not isinstance(cal.get("domain"), dict) or not isinstance(cal.get("tumor"), dict):
+        raise _fail(path, "calibration must hold 'domain' and 'tumor'")
+    domain, tumor = cal["domain"], cal["tumor"]
+    ref = domain.get("reference")
+    if not isinstance(ref, torch.Tensor) or ref.ndim != 2 or ref.shape[0] < 1:
+        raise _fail(path, "calibration.domain.reference must be a (spots, features) tensor")
+    for key in ("threshold", "partly_share", "out_share"):
+        if not _positive(domain.get(key)):
+            raise _fail(path, f"calibration.domain.{key} must be a positive number, got {domain.get(key)!r}")
+    if not (isinstance(domain.get("k"), int) and domain["k"] >= 1):
+        raise _fail(path, f"calibration.domain.k must be a positive integer, got {domain.get('k')!r}")
+    for key in ("gene_mean", "gene_std"):
+        t = tumor.get(key)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n_genes,):
+            raise _fail(path, f"calibration.tumor.{key} must be a tensor of {n_genes} values (one per gene)")
+    tensors = {"calibration.domain.reference": ref, "calibration.tumor.gene_mean": tumor["gene_mean"],
+               "calibration.tumor.gene_std": tumor["gene_std"]}
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise _fail(path, f"{name} holds NaN or infinite values")
+    if not (tumor["gene_std"] > 0).all():
+        raise _fail(path, "calibration.tumor.gene_std must be positive for every gene")
+    threshold = tumor.get("threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+        raise _fail(path, f"calibration.tumor.threshold must be a number or None, got {threshold!r}")
+    if not isinstance(tumor.get("markers"), list):
+        raise _fail(path, "calibration.tumor.markers must be a list of genes")
+    if threshold is not None and not tumor["markers"]:
+        raise _fail(path, "calibration.tumor has a threshold but no marker panel it belongs to")

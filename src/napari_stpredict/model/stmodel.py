@@ -57,6 +57,7 @@ class STModel:
         *,
         provenance: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
+        calibration: dict[str, Any] | None = None,
         source: str = "",
         device: str | torch.device = "auto",
     ) -> None:
@@ -66,6 +67,10 @@ class STModel:
         self.ridge = ridge
         self.provenance = provenance or {}
         self.evaluation = evaluation or {}
+        #: Trust calibration (see `napari_stpredict.training.calibration`): the training
+        #: images' features for the out-of-domain score and the tumour-score standardisation
+        #: and threshold; None for checkpoints written before it existed.
+        self.calibration = calibration
         self.source = source
         self.device = torch.device("cpu")
         self.to(device)
@@ -86,6 +91,10 @@ class STModel:
         self.bank = ReferenceBank(self.bank.embeddings.to(self.device), self.bank.expression.to(self.device))
         if self.ridge is not None:
             self.ridge = RidgeHead(self.ridge.weight.to(self.device), self.ridge.bias.to(self.device), self.ridge.alpha)
+        if self.calibration is not None:
+            domain = dict(self.calibration["domain"])
+            domain["reference"] = torch.nn.functional.normalize(domain["reference"].float(), dim=1).to(self.device)
+            self.calibration = {**self.calibration, "domain": domain}
         return self
 
     def preprocess(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -106,6 +115,33 @@ class STModel:
         with torch.autocast(device_type=self.device.type, enabled=use_amp and self.device.type == "cuda"):
             emb = self.network.encode_image(x)
         return emb.float()
+
+    @torch.inference_mode()
+    def embed_with_features(self, patches: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image embeddings ``(B, embed_dim)`` and the pooled backbone features they are
+        projected from ``(B, num_features)``, in one pass (the features feed the
+        out-of-domain score)."""
+        x = self.preprocess(patches)
+        with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+            features = self.network.image_tokens(x).mean(dim=1)
+            emb = self.network.image_projection(features)
+        return emb.float(), features.float()
+
+    @torch.inference_mode()
+    def domain_distance(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Out-of-domain distance of each patch: mean cosine distance of its backbone
+        features to the ``k`` most similar training images (None without calibration).
+
+        Values above ``calibration["domain"]["threshold"]`` are rarer than that on
+        sections held out of training (its quantile, e.g. 1 in 100).
+        """
+        if self.calibration is None:
+            return None
+        domain = self.calibration["domain"]
+        ref = domain["reference"]
+        sims = torch.nn.functional.normalize(features.float().to(self.device), dim=1) @ ref.T
+        k = max(1, min(int(domain["k"]), ref.shape[0]))
+        return 1.0 - torch.topk(sims, k, dim=1).values.mean(dim=1)
 
     def embed_many(self, patches: np.ndarray, *, batch_size: int = 128) -> torch.Tensor:
         """Image embeddings of any number of uint8 patches, computed in batches."""
@@ -172,5 +208,12 @@ def load_model(path: str | Path | None = None, *, device: str | torch.device = "
     if data.get("ridge"):
         r = data["ridge"]
         ridge = RidgeHead(r["weight"].float(), r["bias"].float(), float(r["alpha"]))
+    calibration = data.get("calibration") or None
+    if calibration is not None:
+        n_features = network.backbone.num_features
+        if calibration["domain"]["reference"].shape[1] != n_features:
+            raise CheckpointError(f"checkpoint {path}: calibration.domain.reference has "
+                                  f"{calibration['domain']['reference'].shape[1]} features per image, the backbone "
+                                  f"gives {n_features}")
     return STModel(network, data["io"], bank, ridge, provenance=data["provenance"], evaluation=data.get("evaluation"),
-                   source=path.name, device=device)
+                   calibration=calibration, source=path.name, device=device)

@@ -18,8 +18,9 @@ def rebuild_bank(checkpoint: str | Path, out: str | Path, *, bank_sections: list
                  max_bank: int = 6000, seed: int = 0) -> Path:
     """Write a copy of ``checkpoint`` whose bank is its training spots plus ``bank_sections``.
 
-    The confidence calibration is recomputed against the new bank (it needs the training
-    sections' images). Weights, ridge head, genes and contract are unchanged.
+    The confidence reference and the trust calibration (out-of-domain score, tumour
+    threshold) are recomputed against the new bank (they need the training sections'
+    images). Weights, ridge head, genes and contract are unchanged.
     """
     import torch
 
@@ -45,6 +46,12 @@ def rebuild_bank(checkpoint: str | Path, out: str | Path, *, bank_sections: list
         train_emb = model.embed_many(train.patches)
     prov.update(bank_sections=list(bank_sections), bank_spots=int(len(expression)),
                 confidence_reference=_confidence_reference(train_emb, bank_emb, 50))
+    from ..model import ReferenceBank
+    from .calibration import compute_calibration
+
+    model.bank = ReferenceBank(bank_emb, torch.from_numpy(expression))
+    model.provenance = prov
+    calibration = compute_calibration(model, train)
     return save_checkpoint(out, model=model.network, io=io, bank_embeddings=bank_emb,
                            bank_expression=torch.from_numpy(expression), ridge=model.ridge, provenance=prov,
-                           evaluation=model.evaluation)
+                           evaluation=model.evaluation, calibration=calibration)

@@ -194,6 +194,62 @@ def _predict_sets(model, spots, top_k: int, train_expression: np.ndarray) -> dic
             "retrieval_train_bank": retrieval_train.cpu().numpy()}
 
 
+def _calls(called: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    return {"sensitivity": round(float((called & label).sum() / max(label.sum(), 1)), 4),
+            "specificity": round(float((~called & ~label).sum() / max((~label).sum(), 1)), 4),
+            "called_share": round(float(called.mean()), 4)}
+
+
+def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str]) -> dict[str, Any]:
+    """Out-of-domain share and tumour calls of a held-out section, from a calibrated model.
+
+    Parameters
+    ----------
+    model : STModel
+        With ``calibration`` set (its tumour part computed on the fold's panel).
+    spots : SpotSet
+        The held-out section (patches, tumour labels: 1 cancer, 0 other, -1 unknown).
+    retrieval : numpy.ndarray
+        The model's retrieval predictions for those spots.
+    panel : list of str
+        The fold's marker panel.
+
+    Returns
+    -------
+    dict
+        ``ood_share``; ``absolute`` (training-spot units, the calibrated threshold,
+        out-of-domain spots not called) and ``slide_otsu`` (the section's own z-scores,
+        Otsu's threshold on them): sensitivity, specificity and share called against the
+        cancer labels; the AUC of both scores.
+    """
+    import torch
+    from skimage.filters import threshold_otsu
+
+    feats = torch.cat([model.embed_with_features(spots.patches[i:i + 128])[1]
+                       for i in range(0, len(spots), 128)])
+    cal = model.calibration
+    ood = (model.domain_distance(feats).cpu().numpy() > cal["domain"]["threshold"])
+    genes = model.genes
+    idx = [genes.index(g) for g in panel if g in genes]
+    mean = cal["tumor"]["gene_mean"].cpu().numpy()[idx]
+    sd = cal["tumor"]["gene_std"].cpu().numpy()[idx]
+    absolute = ((retrieval[:, idx] - mean) / sd).mean(1)
+    per_slide = tumor_score(retrieval, genes, panel)
+    known = spots.tumor >= 0
+    label = spots.tumor[known] == 1
+    out: dict[str, Any] = {"ood_share": round(float(ood.mean()), 4), "spots": int(len(spots)),
+                           "labelled": int(known.sum()), "cancer_share": round(float(label.mean()), 4)}
+    threshold = cal["tumor"]["threshold"]
+    if threshold is not None:
+        called = (absolute > threshold) & ~ood
+        out["absolute"] = {"threshold": threshold, "auc": round(roc_auc(absolute[known], label), 4),
+                           **_calls(called[known], label)}
+    otsu = float(threshold_otsu(per_slide))
+    out["slide_otsu"] = {"threshold": round(otsu, 4), "auc": round(roc_auc(per_slide[known], label), 4),
+                         **_calls((per_slide > otsu)[known], label)}
+    return out
+
+
 def _untrained_model(tc: TrainConfig, genes, bank_expression):
     """The trivial baseline: a randomly initialised network with the same bank."""
     import torch
@@ -263,6 +319,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
     import torch
 
     from ..model import fit_ridge, load_model
+    from .calibration import compute_calibration
     from .features import patch_features
     from .train import iter_train
 
@@ -295,6 +352,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
             for variant in todo:
                 yield {"protocol": protocol, "fold": fold, "variant": variant, "stage": "start"}
                 results: dict[str, dict] = {}
+                trust: dict[str, dict] = {}
                 if variant in VARIANTS:
                     tc = _fold_train_config(cfg, protocol, fold, variant, quick)
                     tc.genes = genes  # the fold's gene list, chosen once on its training data
@@ -308,9 +366,15 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                             break
                         yield {"protocol": protocol, "fold": fold, "variant": variant, **p}
                     model = load_model(ckpt, device=tc.device)
+                    # The fold's own marker panel (its model was trained on a given gene list, so
+                    # its provenance holds none): calibrate the tumour threshold on it.
+                    model.calibration = compute_calibration(model, train, markers=panel, top_k=tc.top_k)
+                    model.to(model.device)
                     for s, t in tests.items():
-                        for method, pred in _predict_sets(model, t, tc.top_k, train.expression).items():
+                        predictions = _predict_sets(model, t, tc.top_k, train.expression)
+                        for method, pred in predictions.items():
                             results.setdefault(method, {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
+                        trust[s] = trust_scores(model, t, predictions["retrieval"], panel)
                 elif variant == "ridge_features":
                     head = fit_ridge(patch_features(train.patches), train.expression)
                     for s, t in tests.items():
@@ -325,6 +389,8 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                                                                          t.tumor, panel)
                 record = {**context, "variant": variant, "recipe": recipes[variant], "results": results,
                           "tumor_auc_ceiling_measured": ceiling}
+                if trust:
+                    record["trust"] = trust
                 path = out_root / protocol / fold / f"{variant}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")

@@ -250,9 +250,11 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
         "data": "her2st (Andersson et al. 2021)" if cfg.her2st else "user data",
         "confidence_reference": confidence_reference,
     }
+    yield {"stage": "calibrate", "message": "calibrating the out-of-domain score and the tumour threshold"}
+    calibration = _calibrate(model, cfg, bank_emb, bank.expression, ridge, provenance, train)
     path = save_checkpoint(run_dir / "model.pt", model=model, io=cfg.io, bank_embeddings=bank_emb,
                            bank_expression=torch.from_numpy(bank.expression), ridge=ridge,
-                           provenance=provenance, half=cfg.half)
+                           provenance=provenance, calibration=calibration, half=cfg.half)
     (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     yield {"stage": "done", "checkpoint": str(path)}
     return path
@@ -300,6 +302,19 @@ def _confidence_reference(train_emb, bank_emb, top_k: int) -> dict[str, float]:
     mean_topk = torch.topk(sims, k, dim=1).values.mean(1).numpy()
     return {"q05": float(np.percentile(mean_topk, 5)), "q50": float(np.percentile(mean_topk, 50)),
             "measure": f"mean cosine similarity of the top {k} bank spots, own spot left out"}
+
+
+def _calibrate(network, cfg: TrainConfig, bank_emb, bank_expression, ridge, provenance, train) -> dict:
+    """`compute_calibration` on the network just trained, through the same `STModel` that
+    prediction uses (so the calibration sees exactly what a slide will)."""
+    import torch
+
+    from ..model import ReferenceBank, STModel
+    from .calibration import compute_calibration
+
+    model = STModel(network, cfg.io, ReferenceBank(bank_emb, torch.from_numpy(bank_expression)), ridge,
+                    provenance=provenance, device=next(network.parameters()).device)
+    return compute_calibration(model, train, top_k=cfg.top_k)
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Path:

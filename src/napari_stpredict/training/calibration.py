@@ -1,0 +1,216 @@
+"""Trust calibration computed at training time and stored in the checkpoint.
+
+Two things a pathologist needs to read a map correctly, both measured on the model's
+own training data, never on the slide being predicted:
+
+- **Out of domain.** A patch is scored by the mean cosine distance of its pooled
+  backbone features (what the model's image embedding is projected from) to the ``k``
+  most similar training images. The threshold is a high quantile of the same distance
+  measured on *held-out* sections: each training section scored against the training
+  images of the other sections (the first of these is a different patient when the
+  training data hold several). So a new section of the kind the model was trained on
+  reads as in domain, and tissue the model never saw reads as out of domain.
+- **Tumour in absolute units.** Each gene's predicted expression is standardised with
+  the mean and standard deviation of the predictions on the training spots (not the
+  slide's own), so a slide without tumour scores low instead of always having a "top
+  half". Training-spot predictions retrieve from the bank without the spot's own
+  section, as a new slide would. The default threshold is the best split (Youden's J)
+  of those scores against the authors' cancer labels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["compute_calibration", "calibrate_checkpoint", "youden_threshold"]
+
+#: The out-of-domain score's quantile on held-out sections: 1 in 100 spots of a
+#: section like the training data is flagged.
+DOMAIN_QUANTILE = 0.99
+DOMAIN_K = 10
+#: Slide verdicts by share of flagged spots (held-out her2st sections: 0-4 %).
+PARTLY_SHARE = 0.15
+OUT_SHARE = 0.50
+
+
+def _cosine_knn_distance(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-12)
+    r = reference / np.linalg.norm(reference, axis=1, keepdims=True).clip(1e-12)
+    sims = q @ r.T
+    k = max(1, min(k, r.shape[0]))
+    return 1.0 - np.sort(sims, axis=1)[:, -k:].mean(1)
+
+
+def _retrieve_leaving_out(query, bank, own_rows: np.ndarray, top_k: int):
+    """Mean expression of the ``top_k`` most similar bank spots, each query's own row excluded."""
+    import torch
+
+    sims = torch.nn.functional.normalize(query.float(), dim=1) @ bank.embeddings.T
+    sims[torch.arange(len(own_rows)), torch.from_numpy(own_rows)] = -float("inf")
+    k = max(1, min(top_k, sims.shape[1] - 1))
+    idx = torch.topk(sims, k, dim=1).indices
+    return bank.expression[idx].mean(dim=1)
+
+
+def youden_threshold(score: np.ndarray, label: np.ndarray) -> tuple[float, float, float]:
+    """The score threshold maximising sensitivity + specificity - 1.
+
+    Parameters
+    ----------
+    score : numpy.ndarray
+        Per-spot scores.
+    label : numpy.ndarray
+        Boolean (True = positive).
+
+    Returns
+    -------
+    tuple of float
+        ``(threshold, sensitivity, specificity)``; a spot is positive when its score is
+        above the threshold (midway between two observed scores).
+    """
+    order = np.sort(np.unique(score))
+    cuts = (order[:-1] + order[1:]) / 2 if len(order) > 1 else order
+    pos, neg = label.sum(), (~label).sum()
+    best = (-2.0, float(cuts[0]), 0.0, 0.0)
+    for c in cuts:
+        called = score > c
+        sens = (called & label).sum() / max(pos, 1)
+        spec = (~called & ~label).sum() / max(neg, 1)
+        if sens + spec - 1 > best[0]:
+            best = (sens + spec - 1, float(c), float(sens), float(spec))
+    return best[1], best[2], best[3]
+
+
+def compute_calibration(model, train, *, markers: list[str] | None = None, top_k: int = 50) -> dict[str, Any]:
+    """Out-of-domain reference and threshold, tumour-score standardisation and threshold.
+
+    Parameters
+    ----------
+    model : STModel
+        The trained model; its bank must start with ``train``'s spots in order (as
+        `iter_train` builds it), so that each training section can be left out of it.
+    train : SpotSet
+        The training spots with patches, sections and tumour labels (-1 unknown).
+    markers : list of str, optional
+        The marker panel (default: the model's, from its provenance).
+    top_k : int
+        Retrieval neighbours, as in prediction.
+
+    Returns
+    -------
+    dict
+        ``{"version", "domain": {...}, "tumor": {...}}`` for `save_checkpoint`.
+    """
+    import torch
+
+    from ..model import ReferenceBank, retrieve
+    from ..training.metrics import roc_auc
+
+    n = len(train)
+    bank_head = model.bank.expression[:n].cpu().numpy()
+    if bank_head.shape[0] < n or not np.allclose(bank_head, train.expression, atol=2e-2):
+        raise ValueError("the model's bank does not start with its training spots in order; cannot leave a "
+                         "section out of it for calibration (retrain, or rebuild the bank with --rebuild-bank)")
+    embs, feats = [], []
+    for i in range(0, n, 128):
+        e, f = model.embed_with_features(train.patches[i:i + 128])
+        embs.append(e)
+        feats.append(f)
+    emb = torch.cat(embs)
+    features = torch.cat(feats).cpu().numpy()
+
+    sections = list(dict.fromkeys(train.section.tolist()))
+    distances = np.empty(n, np.float64)
+    predicted = np.empty((n, len(model.genes)), np.float32)
+    for s in sections:
+        inside = train.section == s
+        others = ~inside
+        if others.any():
+            distances[inside] = _cosine_knn_distance(features[inside], features[others], DOMAIN_K)
+        else:  # one section only: each spot against the others of its section (optimistic)
+            d = _cosine_knn_distance(features, features, DOMAIN_K + 1)
+            distances[inside] = (d * (DOMAIN_K + 1) - 0.0) / DOMAIN_K  # drop the spot's own zero distance
+        keep = torch.ones(len(model.bank), dtype=torch.bool)
+        keep[:n] = torch.from_numpy(others)
+        query = emb[torch.from_numpy(inside).to(emb.device)]
+        if keep.any():
+            bank = ReferenceBank(model.bank.embeddings[keep.to(model.bank.embeddings.device)],
+                                 model.bank.expression[keep.to(model.bank.expression.device)])
+            pred, _ = retrieve(query, bank, top_k=top_k)
+        else:  # the bank is this one section: leave each spot's own entry out instead
+            pred = _retrieve_leaving_out(query, model.bank, np.flatnonzero(inside), top_k)
+        predicted[inside] = pred.cpu().numpy()
+    threshold = float(np.quantile(distances, DOMAIN_QUANTILE))
+    held_out_share = {s: round(float(np.mean(distances[train.section == s] > threshold)), 4) for s in sections}
+
+    gene_mean = predicted.mean(0)
+    gene_std = predicted.std(0)
+    gene_std = np.where(gene_std > 1e-6, gene_std, 1.0).astype(np.float32)
+    panel = list(markers if markers is not None else model.provenance.get("markers", {}).get("panel", []))
+    index = {g.upper(): i for i, g in enumerate(model.genes)}
+    used = [g for g in panel if g.upper() in index]
+    tumor: dict[str, Any] = {"markers": used, "gene_mean": torch.from_numpy(gene_mean),
+                             "gene_std": torch.from_numpy(gene_std), "threshold": None, "training_auc": None,
+                             "sensitivity": None, "specificity": None,
+                             "how": "predicted expression of the training spots, each section's spots retrieved "
+                                    "from the bank without that section; threshold: Youden's J against the "
+                                    "data's cancer labels"}
+    known = train.tumor >= 0
+    if used and known.any() and len(np.unique(train.tumor[known])) == 2:
+        idx = [index[g.upper()] for g in used]
+        score = ((predicted[:, idx] - gene_mean[idx]) / gene_std[idx]).mean(1)
+        label = train.tumor[known] == 1
+        t, sens, spec = youden_threshold(score[known], label)
+        tumor.update(threshold=round(t, 4), training_auc=round(float(roc_auc(score[known], label)), 4),
+                     sensitivity=round(sens, 4), specificity=round(spec, 4),
+                     cancer_share=round(float(label.mean()), 4))
+    return {
+        "version": 1,
+        "domain": {"reference": torch.from_numpy(features), "k": DOMAIN_K, "threshold": threshold,
+                   "quantile": DOMAIN_QUANTILE, "partly_share": PARTLY_SHARE, "out_share": OUT_SHARE,
+                   "held_out_share": held_out_share, "sections": sections,
+                   "measure": f"mean cosine distance of pooled backbone features to the {DOMAIN_K} most similar "
+                              "training images",
+                   "how": "threshold: the quantile of that distance on each training section scored against the "
+                          "other sections' images"},
+        "tumor": tumor,
+    }
+
+
+def calibrate_checkpoint(checkpoint, out, *, her2st: str | None, cache_dir=None) -> Any:
+    """Write a copy of ``checkpoint`` with a trust calibration (bank and weights unchanged).
+
+    For checkpoints written before calibration existed; the training sections named in
+    its provenance must be readable (her2st ids need ``her2st``).
+
+    Returns
+    -------
+    pathlib.Path
+        The written checkpoint.
+    """
+    from pathlib import Path
+
+    from ..model import load_model, read_checkpoint, save_checkpoint
+    from .data import SpotSet
+    from .sections import section_spots
+
+    data = read_checkpoint(checkpoint)
+    model = load_model(checkpoint, device="cpu")
+    io = model.io
+    train = SpotSet.concat([section_spots(s, her2st, model.genes, patch_um=io.patch_um, input_px=io.input_px,
+                                          cache_dir=Path(cache_dir) if cache_dir else None)
+                            for s in model.provenance["train_sections"]])
+    calibration = compute_calibration(model, train)
+    half = data["bank"]["embeddings"].dtype == _half()
+    return save_checkpoint(out, model=model.network, io=io, bank_embeddings=data["bank"]["embeddings"].float(),
+                           bank_expression=data["bank"]["expression"].float(), ridge=model.ridge,
+                           provenance=model.provenance, evaluation=model.evaluation, calibration=calibration,
+                           half=half)
+
+
+def _half():
+    import torch
+
+    return torch.float16

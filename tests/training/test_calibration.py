@@ -1,0 +1,85 @@
+"""The trust calibration: computed by training, stored in and validated with the checkpoint
+(``weights_only`` loading), and reproducible for the bundled model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_stpredict.model import CheckpointError, default_model_path, load_model, read_checkpoint
+from napari_stpredict.training.calibration import youden_threshold
+
+
+def test_youden_threshold_on_a_known_split():
+    score = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    label = np.array([False, False, False, True, True, True])
+    threshold, sens, spec = youden_threshold(score, label)
+    assert 0.3 < threshold < 0.7 and sens == 1.0 and spec == 1.0
+
+
+def test_training_writes_a_calibration(her2st_dir, tmp_path):
+    from napari_stpredict.model.config import IOContract, ModelConfig
+    from napari_stpredict.training.train import TrainConfig, train
+
+    cfg = TrainConfig(train_sections=["C3", "C4"], her2st=str(her2st_dir), benchmark_genes=None,
+                      genes=["ERBB2", "GRB7", "SCD", "FASN", "CD24", "IGKC", "COL1A1", "MGP"],
+                      model=ModelConfig(backbone="resnet10t"), io=IOContract(patch_um=112.0, input_px=48),
+                      steps=2, batch_size=64, cache_dir=str(tmp_path / "cache"), device="cpu")
+    model = load_model(train(cfg, tmp_path / "run"), device="cpu")
+    domain = model.calibration["domain"]
+    assert domain["reference"].shape[0] == model.provenance["train_spots"]
+    assert set(domain["held_out_share"]) == {"C3", "C4"} and domain["threshold"] > 0
+    assert model.calibration["tumor"]["gene_mean"].shape == (len(cfg.genes),)
+
+
+def test_calibrate_command_reproduces_the_shipped_calibration(her2st_dir, tmp_path):
+    """`stpredict train --calibrate` on the bundled checkpoint gives back what it ships."""
+    from napari_stpredict.cli import main
+
+    data = torch.load(default_model_path(), map_location="cpu", weights_only=True)
+    del data["calibration"]  # an older checkpoint, as written before calibration existed
+    old = tmp_path / "old.pt"
+    torch.save(data, old)
+    assert load_model(old, device="cpu").calibration is None
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"her2st: {her2st_dir.as_posix()}\ncache_dir: {(tmp_path / 'cache').as_posix()}\n")
+    out = tmp_path / "new.pt"
+    assert main(["train", "--config", str(config), "--calibrate", str(old), "--out", str(out)]) == 0
+    new, shipped = load_model(out, device="cpu"), load_model(device="cpu")
+    assert new.calibration["domain"]["threshold"] == pytest.approx(shipped.calibration["domain"]["threshold"],
+                                                                   rel=1e-3)
+    assert new.calibration["tumor"]["threshold"] == pytest.approx(shipped.calibration["tumor"]["threshold"],
+                                                                  abs=1e-3)
+    for (k, a), b in zip(shipped.network.state_dict().items(), new.network.state_dict().values()):
+        assert torch.equal(a, b), k  # weights and bank unchanged
+    assert torch.equal(new.bank.expression, shipped.bank.expression)
+
+
+def _with(tmp_path, change):
+    data = torch.load(default_model_path(), map_location="cpu", weights_only=True)
+    change(data["calibration"])
+    path = tmp_path / "crafted.pt"
+    torch.save(data, path)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["tumor"]["gene_std"].zero_(), "gene_std must be positive"),
+    (lambda c: c["tumor"].update(gene_mean=torch.zeros(3)), "gene_mean must be a tensor of 795"),
+    (lambda c: c["domain"].update(threshold=float("nan")), "domain.threshold must be a positive number"),
+    (lambda c: c["domain"].update(k=0), "domain.k must be a positive integer"),
+    (lambda c: c["domain"]["reference"].fill_(float("inf")), "reference holds NaN or infinite"),
+    (lambda c: c["domain"].update(reference=torch.zeros(5, 7)), "7 features per image"),
+    (lambda c: c.pop("tumor"), "calibration must hold 'domain' and 'tumor'"),
+])
+def test_bad_calibration_is_refused_with_a_message(tmp_path, change, message):
+    path = _with(tmp_path, change)
+    with pytest.raises(CheckpointError, match=f"crafted.pt.*{message}"):
+        load_model(path, device="cpu")
+
+
+def test_calibration_loads_with_weights_only():
+    data = read_checkpoint(default_model_path())  # torch.load(weights_only=True) inside
+    assert isinstance(data["calibration"]["domain"]["reference"], torch.Tensor)
+    assert data["calibration"]["domain"]["reference"].dtype == torch.float16
