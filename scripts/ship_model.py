@@ -32,6 +32,9 @@ def main() -> None:
     if args.summary.exists():
         data["evaluation"] = json.loads(args.summary.read_text(encoding="utf-8"))
         data["evaluation"]["source"] = "stpredict evaluate --config evaluation/config.yaml"
+    per_gene = args.summary.parent / "per_gene_r.json"  # scripts/per_gene_accuracy.py
+    if per_gene.exists():
+        data.setdefault("evaluation", {})["per_gene_r"] = json.loads(per_gene.read_text(encoding="utf-8"))
     target = default_model_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:

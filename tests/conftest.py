@@ -23,6 +23,28 @@ def _require(path: Path) -> Path:
     return path
 
 
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    """Remember skips; in CI only platform skips (reason "platform: ...") are allowed."""
+    if report.skipped and report.when in ("setup", "call"):
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "platform:" not in reason:
+            _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI a skipped test hides a failure (e.g. data that should be there): fail the run."""
+    if os.environ.get("CI") and _SKIPPED and exitstatus == 0:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"CI: {len(_SKIPPED)} test(s) skipped; in CI every test must run:", red=True)
+            for line in _SKIPPED:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = 1
+
+
 @pytest.fixture(scope="session")
 def wsi_dir() -> Path:
     return _require(WSI)

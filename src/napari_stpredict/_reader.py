@@ -47,8 +47,16 @@ def napari_get_reader(path: str | list[str]):
 
 def _looks_like_rgb_tiff(path: Path) -> bool:
     """Whether a TIFF holds an 8-bit 2-D RGB or grey image (a slide), judged cheaply."""
-    if sniff_content(path) != "tiff":
-        return True  # let open_slide explain what is wrong with it
+    from .errors import StPredictError
+    from .io._guards import check_regular_file, check_tiff_ifd_chain
+
+    try:
+        check_regular_file(path)
+        if sniff_content(path) != "tiff":
+            return True  # let open_slide explain what is wrong with it
+        check_tiff_ifd_chain(path)  # tifffile below would hang on a looping chain
+    except StPredictError:
+        return True  # ours to explain, through open_slide's clear error
     import tifffile
 
     try:

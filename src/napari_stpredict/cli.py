@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +59,11 @@ def _cmd_info(args) -> int:
     if not slides:
         print("stpredict info: give slide files or --sample", file=sys.stderr)
         return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out}: exists and is not a folder", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    names = _output_names(slides)
     failures = 0
     for path in slides:
         try:
@@ -67,11 +72,11 @@ def _cmd_info(args) -> int:
                 tissue = slide_tissue_mask(slide, max_size=args.thumbnail_size, require_tissue=False)
                 summary["tissue_fraction"] = round(tissue.fraction, 4)
                 thumb = _outline(slide.thumbnail(args.thumbnail_size), tissue.mask)
-        except StPredictError as exc:
+        except (StPredictError, ValueError, OSError) as exc:
             print(_slide_error(path, exc), file=sys.stderr)
             failures += 1
             continue
-        stem = Path(slide.name).stem
+        stem = names[path]
         json_path = args.out / f"{stem}_summary.json"
         png_path = args.out / f"{stem}_thumbnail.png"
         with atomic_path(json_path) as tmp:
@@ -117,51 +122,145 @@ def _add_predict(sub) -> None:
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--stride-um", type=float, default=None, help="spot spacing in µm (default: the patch size)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--method", choices=["retrieval", "ridge"], default="retrieval")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="patches per model call (default 64; lower it if the GPU runs out of memory)")
+    p.add_argument("--method", choices=["retrieval", "ridge"], default="retrieval",
+                   help="retrieval: mean of the most similar reference spots (the paper; default); "
+                        "ridge: the linear head fitted on the training embeddings")
     p.add_argument("--roi", default=None,
                    help="region: x0,y0,x1,y1 in level-0 pixels, or a GeoJSON file of polygons (e.g. from QuPath)")
     p.add_argument("--mpp", type=float, default=None, help="µm per pixel for slides that do not record it")
     p.add_argument("--no-cache", action="store_true", help="always run the model")
+    p.add_argument("--pseudonymize", action="store_true",
+                   help="leave the slide's file name (e.g. a TCGA barcode) out of every output: folders, tables, "
+                        "GeoTIFF tags and config.yaml use an id made from the file's content (slide-<12 hex>); "
+                        "the terminal shows which file got which id, nothing else records it")
     p.set_defaults(func=_cmd_predict)
 
 
 def _parse_roi(text: str | None):
+    """``--roi``: a box ``x0,y0,x1,y1`` in level-0 pixels, or a GeoJSON file of polygons.
+
+    Raises
+    ------
+    ValueError
+        Naming ``--roi`` and the file, for a missing, empty, unreadable or polygon-less
+        file and for a malformed box.
+    """
     if text is None:
         return None
     path = Path(text)
-    if path.suffix.lower() in (".json", ".geojson") and path.exists():
-        data = json.loads(path.read_text(encoding="utf-8"))
-        features = data.get("features", [data]) if isinstance(data, dict) else data
-        polygons = []
-        for f in features:
-            geom = f.get("geometry", f)
-            if geom.get("type") == "Polygon":
-                polygons.append(geom["coordinates"][0])
-            elif geom.get("type") == "MultiPolygon":
-                polygons += [p[0] for p in geom["coordinates"]]
-        if not polygons:
-            raise ValueError(f"--roi {text}: no Polygon in the GeoJSON file")
-        return polygons
+    if path.suffix.lower() in (".json", ".geojson"):
+        return _roi_polygons(path)
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError as exc:
-        raise ValueError(f"--roi must be x0,y0,x1,y1 or a GeoJSON file, got {text!r}") from exc
-    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise ValueError(f"--roi must be x0,y0,x1,y1 in level-0 pixels or a .geojson file, got {text!r}") from exc
+    if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[2] <= values[0] \
+            or values[3] <= values[1]:
         raise ValueError(f"--roi must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {text!r}")
-    return values
+    x0, y0, x1, y1 = values
+    return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1]]]
+
+
+def _roi_polygons(path: Path) -> list:
+    """Outer rings of every Polygon/MultiPolygon in a GeoJSON file (QuPath's export too)."""
+    if not path.is_file():
+        raise ValueError(f"--roi {path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--roi {path}: not a readable GeoJSON file ({exc})") from exc
+    if isinstance(data, dict):
+        features = data.get("features", [data]) if data.get("type") == "FeatureCollection" else [data]
+    elif isinstance(data, list):  # QuPath writes a bare list of features
+        features = data
+    else:
+        features = []
+    polygons = []
+    for feature in features:
+        geom = feature.get("geometry", feature) if isinstance(feature, dict) else None
+        if not isinstance(geom, dict):
+            continue  # "geometry": null is valid GeoJSON for a feature without a shape
+        coords = geom.get("coordinates")
+        try:
+            if geom.get("type") == "Polygon":
+                rings = [coords[0]]
+            elif geom.get("type") == "MultiPolygon":
+                rings = [poly[0] for poly in coords]
+            else:
+                continue
+            for ring in rings:
+                ring = [[float(x), float(y)] for x, y, *_ in ring]
+                if len(ring) >= 3 and all(math.isfinite(v) for pt in ring for v in pt):
+                    polygons.append(ring)
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"--roi {path}: a {geom.get('type')} has malformed coordinates ({exc})") from exc
+    if not polygons:
+        raise ValueError(f"--roi {path}: no Polygon or MultiPolygon with at least 3 points in the file")
+    return polygons
+
+
+def _output_names(paths: list[Path]) -> dict[Path, str]:
+    """One output folder name per slide, unique within the command.
+
+    The file's stem, as before; slides that share a stem (``a/slide.svs`` and
+    ``b/slide.svs``) get a short hash of their resolved path appended, so neither
+    overwrites the other, and the same file always gets the same name.
+    """
+    import hashlib
+
+    from .inference.export import safe_filename
+
+    stems = {path: safe_filename(path.stem) for path in paths}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1  # case-insensitive file systems
+    names = {}
+    for path, stem in stems.items():
+        if counts[stem.lower()] > 1:
+            digest = hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
+            stem = f"{stem}-{digest}"
+        names[path] = stem
+    return names
+
+
+def _check_predict_args(args, model) -> list[str]:
+    """Problems with the options, found before any slide is read (empty when all is well)."""
+    from .io.slide import _mpp_pair
+
+    problems = []
+    if args.stride_um is not None:
+        smallest = model.io.patch_um / 8
+        if not (math.isfinite(args.stride_um) and args.stride_um >= smallest):
+            problems.append(f"--stride-um must be at least {smallest:g} µm (1/8 of the model's "
+                            f"{model.io.patch_um:g} µm patch), got {args.stride_um}")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.mpp is not None:
+        try:
+            _mpp_pair(args.mpp, "--mpp")
+        except ValueError as exc:
+            problems.append(str(exc))
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        problems.append(f"--threshold must be a finite number, got {args.threshold}")
+    known = {g.upper() for g in model.genes}
+    unknown = [g for g in (args.genes or []) if g.upper() not in known]
+    if unknown:
+        problems.append(f"the model does not predict {', '.join(unknown)} (list its genes: stpredict genes)")
+    if args.markers and not any(m.upper() in known for m in args.markers):
+        problems.append(f"--markers: the model predicts none of {', '.join(args.markers)} "
+                        "(list its genes: stpredict genes)")
+    if args.out.exists() and not args.out.is_dir():
+        problems.append(f"--out {args.out}: exists and is not a folder")
+    return problems
 
 
 def _cmd_predict(args) -> int:
-    import yaml
     from tqdm import tqdm
 
-    from . import __version__
     from .inference.cache import cached_predict_slide
-    from .inference.export import export_gene_geotiff, export_overview, export_tumor, safe_filename
-    from .inference.trust import trust_lines
-    from .inference.tumor import tumor_mask
-    from .io.atomic import atomic_path
+    from .io.atomic import atomic_folder
     from .io.slide import open_slide
     from .model import default_model_path, load_model
 
@@ -176,25 +275,38 @@ def _cmd_predict(args) -> int:
     except (StPredictError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        print(f"error: --threshold must be a finite number, got {args.threshold}", file=sys.stderr)
+    except RuntimeError as exc:  # torch.device() on a name it does not know
+        print(f"error: --device {args.device!r}: {exc}", file=sys.stderr)
         return 2
-    genes = args.genes or (["ERBB2"] if "ERBB2" in model.genes else model.genes[:1])
-    unknown = [g for g in genes if g.upper() not in {m.upper() for m in model.genes}]
-    if unknown:
-        print(f"error: the model does not predict {', '.join(unknown)}", file=sys.stderr)
+    problems = _check_predict_args(args, model)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
+    canonical = {g.upper(): g for g in model.genes}
+    genes = [canonical[g.upper()] for g in args.genes] if args.genes else (
+        ["ERBB2"] if "ERBB2" in model.genes else model.genes[:1])
+    missing_markers = [m for m in (args.markers or []) if m.upper() not in canonical]
+    if missing_markers:
+        print(f"warning: markers not predicted by the model, left out: {', '.join(missing_markers)}", file=sys.stderr)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: --out {args.out}: cannot create the folder ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    names = _output_names(slides)
     failures = 0
     for path in slides:
         bar = None
+        pseudonym = None
         try:
             with open_slide(path, mpp=args.mpp) as slide:
-                out = args.out / safe_filename(Path(slide.name).stem)
-                out.mkdir(parents=True, exist_ok=True)
+                if args.pseudonymize:
+                    from .inference.cache import slide_fingerprint
+
+                    pseudonym = f"slide-{slide_fingerprint(path)[:12]}"
                 params = {"stride_um": args.stride_um, "roi": roi, "batch_size": args.batch_size,
                           "method": args.method, "check_stain": not args.no_stain_check}
-                bar = tqdm(total=0, unit="spot", desc=slide.name, dynamic_ncols=True)
                 gen = cached_predict_slide(slide, model, model_path=model_path, use_cache=not args.no_cache,
                                            **params)
                 while True:
@@ -203,47 +315,81 @@ def _cmd_predict(args) -> int:
                     except StopIteration as stop:
                         prediction = stop.value
                         break
-                    if progress.get("total"):
-                        bar.total = progress["total"]
+                    if progress.get("stage") == "predict":  # no bar for a cache hit or the quick stages
+                        if bar is None:
+                            bar = tqdm(total=progress["total"], unit="spot", desc=slide.name, dynamic_ncols=True)
                         bar.n = progress["done"]
                         bar.refresh()
-                bar.close()
-                prediction.save(out / "prediction.h5ad")
-                for gene in genes:
-                    export_gene_geotiff(prediction, gene, out / f"{safe_filename(gene)}.tif")
-                mask = tumor_mask(prediction, args.markers, threshold=args.threshold, mode=args.threshold_mode,
-                                  include_out_of_domain=args.tumour_out_of_domain)
-                if mask.missing:
-                    print(f"{slide.name}: markers not predicted by the model: {', '.join(mask.missing)}",
-                          file=sys.stderr)
-                export_tumor(prediction, mask, out / "tumor_mask.tif", out / "tumor.geojson")
-                export_overview(slide, prediction, genes[0], mask, out / "overview.png")
-                config = {"napari_stpredict": __version__, "slide": slide.name, "model": str(model_path.name),
-                          "device": str(model.device), "genes": genes, "markers": mask.markers,
-                          "threshold": mask.threshold, "threshold_automatic": mask.automatic,
-                          "threshold_mode": mask.mode, "tumour_note": mask.note or None,
-                          "tumour_fraction": round(mask.fraction, 4),
-                          "stain": prediction.meta["trust"]["stain"]["kind"],
-                          "domain": {k: prediction.meta["trust"]["domain"].get(k)
-                                     for k in ("verdict", "share_out", "threshold")},
-                          "stride_um": prediction.meta["stride_um"], "patch_um": prediction.meta["patch_um"],
-                          "batch_size": args.batch_size, "method": args.method, "roi": roi,
-                          "mpp": [slide.mpp_x, slide.mpp_y], "spots": len(prediction),
-                          "cache": prediction.meta.get("cache")}
-                with atomic_path(out / "config.yaml") as tmp:
-                    tmp.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-                verdict = prediction.meta["trust"]["domain"]["verdict"]
-                source = "cached" if prediction.meta.get("cache") == "hit" else "predicted"
-                print(f"{slide.name}: {len(prediction)} spots ({source}), {verdict}, tumour {mask.fraction:.0%} of "
-                      f"tissue (threshold {mask.describe()}) -> {out}")
-                for line in trust_lines(prediction.meta) + ([mask.note] if mask.note else []):
-                    print(f"  warning: {slide.name}: {line}", file=sys.stderr)
+                if bar is not None:
+                    bar.close()
+                if pseudonym:
+                    prediction.meta["slide"]["name"] = pseudonym
+                out = args.out / (pseudonym or names[path])
+                try:
+                    with atomic_folder(out) as tmp:
+                        mask = _write_slide_outputs(tmp, slide, prediction, model, model_path, genes, roi, args)
+                except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
+                    from .errors import OutputError
+
+                    raise OutputError(f"{slide.name}: cannot write the outputs to {args.out} "
+                                      f"({getattr(exc, 'strerror', None) or exc})") from exc
+                _report(slide, prediction, mask, out, shown_as=pseudonym)
         except (StPredictError, ValueError, OSError) as exc:
             if bar is not None:
                 bar.close()  # so the error starts on a line of its own
             print(_slide_error(path, exc), file=sys.stderr)
             failures += 1
     return 1 if failures else 0
+
+
+def _write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path, genes, roi, args):
+    """Everything ``predict`` writes for one slide, into ``folder``; returns the tumour mask."""
+    import yaml
+
+    from . import __version__
+    from .inference.export import export_gene_geotiff, export_overview, export_tumor, safe_filename
+    from .inference.tumor import tumor_mask
+
+    import errno
+    import shutil
+
+    needed = 2 * prediction.adata.X.nbytes + (4 << 20)  # HDF5 fails noisily on a full disk: check first
+    if shutil.disk_usage(folder).free < needed:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (about {needed:,} bytes needed)")
+    prediction.save(folder / "prediction.h5ad")
+    for gene in genes:
+        export_gene_geotiff(prediction, gene, folder / f"{safe_filename(gene)}.tif")
+    markers = [m for m in args.markers if m.upper() in {g.upper() for g in model.genes}] if args.markers else None
+    mask = tumor_mask(prediction, markers, threshold=args.threshold, mode=args.threshold_mode,
+                      include_out_of_domain=args.tumour_out_of_domain)
+    export_tumor(prediction, mask, folder / "tumor_mask.tif", folder / "tumor.geojson")
+    export_overview(slide, prediction, genes[0], mask, folder / "overview.png")
+    config = {"napari_stpredict": __version__, "slide": prediction.meta["slide"]["name"],
+              "model": str(model_path.name),
+              "device": str(model.device), "genes": genes, "markers": mask.markers,
+              "threshold": mask.threshold, "threshold_automatic": mask.automatic,
+              "threshold_mode": mask.mode, "tumour_note": mask.note or None,
+              "tumour_fraction": round(mask.fraction, 4),
+              "stain": prediction.meta["trust"]["stain"]["kind"],
+              "domain": {k: prediction.meta["trust"]["domain"].get(k) for k in ("verdict", "share_out", "threshold")},
+              "stride_um": prediction.meta["stride_um"], "patch_um": prediction.meta["patch_um"],
+              "batch_size": args.batch_size, "method": args.method, "roi": roi,
+              "mpp": [slide.mpp_x, slide.mpp_y], "spots": len(prediction),
+              "cache": prediction.meta.get("cache")}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return mask
+
+
+def _report(slide, prediction, mask, out: Path, shown_as: str | None = None) -> None:
+    from .inference.trust import trust_lines
+
+    verdict = prediction.meta["trust"]["domain"]["verdict"]
+    source = "cached" if prediction.meta.get("cache") == "hit" else "predicted"
+    name = f"{slide.name} (as {shown_as})" if shown_as else slide.name
+    print(f"{name}: {len(prediction)} spots ({source}), {verdict}, tumour {mask.fraction:.0%} of "
+          f"tissue (threshold {mask.describe()}) -> {out}")
+    for line in trust_lines(prediction.meta) + ([mask.note] if mask.note else []):
+        print(f"  warning: {slide.name}: {line}", file=sys.stderr)
 
 
 def _slide_error(path: Path, exc: Exception) -> str:
@@ -441,6 +587,36 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_genes(sub) -> None:
+    p = sub.add_parser("genes", help="list the genes a model predicts, with their held-out accuracy")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--sort", choices=["name", "accuracy"], default="name",
+                   help="order: by name (default) or by held-out Pearson r, best first")
+    p.set_defaults(func=_cmd_genes)
+
+
+def _cmd_genes(args) -> int:
+    from .model import default_model_path, load_model
+    from .model.accuracy import gene_accuracy
+
+    try:
+        model = load_model(args.model or default_model_path(), device="cpu")
+    except StPredictError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    accuracy, source = gene_accuracy(model)
+    genes = sorted(model.genes, key=str.upper)
+    if args.sort == "accuracy":
+        genes.sort(key=lambda g: -accuracy[g] if accuracy.get(g) is not None else math.inf)
+    panel = set(model.provenance.get("markers", {}).get("panel", []))
+    print(f"# {len(genes)} genes of {model.source}; r: {source}")
+    print("gene\tr\tmarker_panel")
+    for gene in genes:
+        r = accuracy.get(gene)
+        print(f"{gene}\t{'' if r is None else f'{r:.3f}'}\t{'yes' if gene in panel else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``stpredict`` argument parser."""
     from . import __version__
@@ -453,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)
     _add_info(sub)
+    _add_genes(sub)
     _add_convert(sub)
     _add_train(sub)
     _add_evaluate(sub)
@@ -461,6 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    import logging
+
+    # tifffile logs structural oddities as warnings ("invalid offset to first page") on
+    # the way to an error of ours that says it better; keep the terminal to ours.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -14,6 +14,7 @@ __all__ = [
     "SlideReadError",
     "TissueMaskError",
     "StainCheckError",
+    "OutputError",
     "StPredictWarning",
 ]
 
@@ -45,6 +46,10 @@ class TissueMaskError(StPredictError, ValueError):
 class StainCheckError(StPredictError, ValueError):
     """The slide does not look like brightfield H&E (fluorescence, IHC, grayscale, blank, ...),
     so the model's predictions on it would be meaningless."""
+
+
+class OutputError(StPredictError, OSError):
+    """Outputs cannot be written (full or read-only disk, a file where a folder should be)."""
 
 
 class StPredictWarning(UserWarning):

@@ -67,7 +67,9 @@ def roi_mask(mask_shape: tuple[int, int], l0_per_th: tuple[float, float], roi) -
     from skimage.draw import polygon as draw_polygon
 
     out = np.zeros(mask_shape, bool)
-    arr = np.asarray(roi, dtype=float) if not isinstance(roi, list) or np.ndim(roi[0]) == 1 else None
+    # A box or one polygon is a flat list of numbers or of points; several polygons are a
+    # list of point lists (which may differ in length, so they cannot be one array).
+    arr = np.asarray(roi, dtype=float) if not isinstance(roi, list) or np.ndim(roi[0]) <= 1 else None
     polygons = []
     if arr is not None and arr.ndim == 1 and arr.size == 4:
         x0, y0, x1, y1 = arr

@@ -16,16 +16,16 @@ def test_corrupt_slide_among_good_ones(sample_slide_path, tiny_model_path, tmp_p
     bad.write_bytes(b"II*\x00" + b"\x00" * 100)
     out = tmp_path / "out"
     rc = main(["predict", str(bad), str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(out),
-               "--genes", "ERBB2", "grb7", "--device", "cpu", "--batch-size", "48"])
+               "--genes", "ERBB2", "grb7", "--device", "cpu", "--batch-size", "48"])  # any case: the model's spelling
     assert rc == 1
     err = capsys.readouterr().err
     assert "broken.svs" in err and "truncated" in err
     folder = out / "her2st_C2"
-    for name in ("prediction.h5ad", "ERBB2.tif", "grb7.tif", "tumor_mask.tif", "tumor.geojson", "overview.png",
+    for name in ("prediction.h5ad", "ERBB2.tif", "GRB7.tif", "tumor_mask.tif", "tumor.geojson", "overview.png",
                  "config.yaml"):
         assert (folder / name).exists(), name
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    assert config["genes"] == ["ERBB2", "grb7"] and config["threshold_automatic"] and config["spots"] > 300
+    assert config["genes"] == ["ERBB2", "GRB7"] and config["threshold_automatic"] and config["spots"] > 300
     assert json.loads((folder / "tumor.geojson").read_text())["type"] == "FeatureCollection"
     assert not list(out.rglob("*.part"))
     from PIL import Image

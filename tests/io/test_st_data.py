@@ -38,11 +38,9 @@ def test_missing_her2st_section_is_a_clear_error(her2st_dir):
 
 
 def test_visium_folder():
-    from conftest import SHARED_DATA
+    from conftest import SHARED_DATA, _require
 
-    folder = SHARED_DATA / "visium" / "human_heart_v1_subset"
-    if not folder.exists():
-        pytest.skip("no visium data")
+    folder = _require(SHARED_DATA / "visium" / "human_heart_v1_subset")
     a = read_visium(folder)
     assert a.shape == (100, 100)
     assert "gene_ids" in a.var and a.var["gene_ids"].iloc[0].startswith("ENSG")
@@ -54,11 +52,9 @@ def test_visium_folder():
 
 
 def test_squidpy_h5ad():
-    from conftest import SHARED_DATA
+    from conftest import SHARED_DATA, _require
 
-    path = SHARED_DATA / "visium" / "mouse_brain_subset" / "test_data.h5ad"
-    if not path.exists():
-        pytest.skip("no visium data")
+    path = _require(SHARED_DATA / "visium" / "mouse_brain_subset" / "test_data.h5ad")
     a = read_st_h5ad(path)
     assert a.shape == (49, 1999) and set(a.obs["section"]) == {"V1_Adult_Mouse_Brain"}
 

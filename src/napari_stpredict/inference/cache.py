@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,15 @@ def cache_dir() -> Path:
 
 
 def slide_fingerprint(path: Path) -> str:
-    """Hash of a slide file's size and sampled content (fast for multi-GB files)."""
-    size = path.stat().st_size
-    h = hashlib.sha1(str(size).encode())
+    """Hash of a slide file's size, modification time and sampled content.
+
+    Sampling keeps it fast on multi-GB files; the modification time catches an edit of
+    the same size between the sampled blocks (a copy that keeps the time, or an edit
+    that restores it, is the one case left).
+    """
+    st = path.stat()
+    size = st.st_size
+    h = hashlib.sha1(f"{size}|{st.st_mtime_ns}".encode())
     with open(path, "rb") as fh:
         for i in range(18):
             offset = 0 if i == 0 else max(0, size - _BLOCK) if i == 17 else (size * i) // 17
@@ -70,23 +77,70 @@ def cache_key(slide, model_path: Path | None, params: dict[str, Any]) -> str | N
     # address, batch size, reader threads) must never make a rerun miss the cache.
     shaping = {k: v for k, v in params.items() if k not in _RUN_CONTROL}
     parts = {"slide": slide_fingerprint(slide.path), "mpp": slide.mpp, "model": file_sha1(Path(model_path)),
-             "params": shaping, "version": 2}
+             "params": shaping, "version": 3}
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load_entry(path: Path, key: str, slide) -> Prediction | None:
+    """The cached prediction at ``path`` if it is readable and really is this key's;
+    otherwise None, with a warning, and the entry is removed so it is recomputed."""
+    import warnings
+
+    from ..errors import StPredictWarning
+
+    try:
+        prediction = Prediction.load(path)
+        stored = prediction.meta.get("cache_key")
+        if stored != key:
+            raise ValueError(f"it holds another prediction (key {str(stored)[:12]}..., expected {key[:12]}...)")
+    except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many kinds for a damaged file
+        warnings.warn(f"{slide.name}: discarding the damaged cache entry {path.name} ({exc}); predicting again",
+                      StPredictWarning, stacklevel=3)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return None
+    return prediction
 
 
 def cached_predict_slide(slide, model, *, model_path: Path | None = None, use_cache: bool = True,
                          directory: Path | None = None, **params) -> Iterator[dict]:
-    """`predict_slide` with the on-disk cache; yields progress, returns the `Prediction`."""
+    """`predict_slide` with the on-disk cache; yields progress, returns the `Prediction`.
+
+    An entry records its key and is checked on load: a damaged, truncated or swapped
+    entry is discarded with a warning and recomputed. A cache folder that cannot be
+    written (read-only, full) only costs the caching, with a warning.
+    """
+    import warnings
+
+    from ..errors import StPredictWarning
+
     key = cache_key(slide, model_path, params) if use_cache else None
     path = (directory or cache_dir()) / f"{key}.h5ad" if key else None
     if path is not None and path.exists():
-        yield {"stage": "cache", "done": 1, "total": 1, "message": f"loaded from cache {path.name}"}
-        prediction = Prediction.load(path)
-        prediction.meta["cache"] = "hit"
-        return prediction
+        prediction = _load_entry(path, key, slide)
+        if prediction is not None:
+            yield {"stage": "cache", "done": 1, "total": 1, "message": f"loaded from cache {path.name}"}
+            prediction.meta["cache"] = "hit"
+            return prediction
     prediction = yield from predict_slide(slide, model, **params)
+    status = "off"
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        prediction.save(path)
-    prediction.meta["cache"] = "miss" if path is not None else "off"
+        prediction.meta["cache_key"] = key
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for leftover in path.parent.glob(f".{path.name}.*.part"):  # of a write that was killed
+                leftover.unlink(missing_ok=True)
+            # HDF5 fails noisily on a full disk (errors printed from its destructors): check first.
+            needed = 2 * prediction.adata.X.nbytes + (1 << 20)
+            free = shutil.disk_usage(path.parent).free
+            if free < needed:
+                raise OSError(f"{free:,} bytes free, about {needed:,} needed")
+            prediction.save(path)
+            status = "miss"
+        except Exception as exc:  # noqa: BLE001 - OSError, or h5py's RuntimeError on a full disk
+            warnings.warn(f"{slide.name}: the prediction could not be cached in {path.parent} ({exc}); "
+                          "continuing without the cache", StPredictWarning, stacklevel=3)
+    prediction.meta["cache"] = status
     return prediction

@@ -111,6 +111,13 @@ def predict_slide(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     io = model.io
     t_start = time.perf_counter()
+    width_um, height_um = slide.dimensions[0] * slide.mpp_x, slide.dimensions[1] * slide.mpp_y
+    if min(width_um, height_um) < io.patch_um:
+        from ..errors import TissueMaskError
+
+        raise TissueMaskError(f"{slide.name}: the image is {width_um:,.0f} x {height_um:,.0f} µm, smaller than one "
+                              f"{io.patch_um:g} µm patch of the model; check its resolution (mpp {slide.mpp_x:g})")
+    resolution = _resolution_check(slide.mpp_x, io.mpp)
     yield {"stage": "stain", "done": 0, "total": 0, "message": "checking the stain"}
     stain = check_slide_stain(slide)
     # A blank image is left to tissue detection, whose message also says what to do.
@@ -193,7 +200,7 @@ def predict_slide(
         "grid_shape": [int(v) for v in grid.shape],
         "units": "log1p(counts per 10,000)",
         "roi": None if roi is None else np.asarray(roi, float).tolist(),
-        "trust": {"stain": stain.to_dict(),
+        "trust": {"stain": stain.to_dict(), "resolution": resolution,
                   "domain": domain_summary(distance if model.calibration else None,
                                            model.calibration["domain"] if model.calibration else None)},
         "tumor_calibration": tumor_calibration_meta(model.calibration),
@@ -201,6 +208,17 @@ def predict_slide(
         "note": "Research use only; not for diagnosis.",
     }
     return Prediction(adata)
+
+
+def _resolution_check(slide_mpp: float, model_mpp: float) -> dict[str, Any]:
+    """Whether the slide is sharp enough for the model: patches of a slide scanned much
+    coarser than the model reads them are upsampled and lack the detail it learnt from."""
+    coarse = slide_mpp > 1.5 * model_mpp
+    message = (f"the slide's finest resolution is {slide_mpp:.2f} µm/px, coarser than the {model_mpp:.2f} µm/px the "
+               "model reads patches at: they are upsampled and blurrier than what it was trained on, so expect "
+               "less accurate maps" if coarse else "")
+    return {"slide_mpp": round(float(slide_mpp), 4), "model_mpp": round(float(model_mpp), 4), "coarse": coarse,
+            "message": message}
 
 
 def run_prediction(slide, model, **kwargs) -> Prediction:

@@ -84,6 +84,9 @@ def trust_lines(meta: dict[str, Any]) -> list[str]:
     if stain.get("action") in ("warn", "refuse"):
         prefix = "stain check overridden: " if stain.get("action") == "refuse" else "stain: "
         lines.append(prefix + stain.get("message", ""))
+    resolution = trust.get("resolution") or {}
+    if resolution.get("coarse"):
+        lines.append(resolution["message"])
     domain = trust.get("domain") or {}
     if domain.get("verdict") != "in domain" and domain.get("message"):
         lines.append(domain["message"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SlideReadError
+from ..errors import SlideFormatError, SlideReadError
 from .slide import ArraySlide
 
 __all__ = ["PillowSlide"]
@@ -20,12 +20,26 @@ class PillowSlide(ArraySlide):
     def __init__(self, path: Path) -> None:
         from PIL import Image
 
-        Image.MAX_IMAGE_PIXELS = None  # H&E images are legitimately huge
+        from ._guards import MAX_UNPYRAMIDED_PIXELS
+
+        # Pillow's decompression-bomb guard stays on, at the size this reader accepts.
+        Image.MAX_IMAGE_PIXELS = MAX_UNPYRAMIDED_PIXELS
         path = Path(path)
         try:
             with Image.open(path) as im:
+                # Checked from the header, before decoding: a small file can declare billions
+                # of pixels (a "decompression bomb"); Pillow's own guard is left in place.
+                width, height = im.size
+                if width * height > MAX_UNPYRAMIDED_PIXELS:
+                    raise SlideFormatError(
+                        f"{path}: the image declares {width:,} x {height:,} px, more than a plain image can be "
+                        f"loaded into memory ({MAX_UNPYRAMIDED_PIXELS:,} px); save it as a pyramidal TIFF")
                 fmt = (im.format or "image").lower()
                 image = np.asarray(im.convert("RGB"))
+        except SlideFormatError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise SlideFormatError(f"{path}: {exc}") from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise SlideReadError(f"{path}: cannot decode the image ({exc}); it may be truncated or corrupt") from exc
         levels = 1

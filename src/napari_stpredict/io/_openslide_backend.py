@@ -117,14 +117,29 @@ class OpenSlideSlide(Slide):
         openslide = _openslide()
         ds = self.level_downsamples[level]
         l0_xy = (round(level_xy[0] * ds), round(level_xy[1] * ds))
+        osr = self._osr
         try:
-            region = self._osr.read_region(l0_xy, level, size)
+            region = osr.read_region(l0_xy, level, size)
         except openslide.OpenSlideError as exc:
+            # OpenSlide's errors are sticky: after one, every read of the handle fails.
+            # A fresh handle keeps the rest of the slide readable.
+            self._reopen(osr)
             raise SlideReadError(
                 f"{self.path}: corrupt or truncated image data in the region at level-0 "
                 f"(x, y) = {l0_xy}, level {level}, size {size}: {exc}"
             ) from exc
         return rgba_to_rgb_on_white(np.asarray(region))
+
+    def _reopen(self, failed) -> None:
+        """Replace the handle ``failed`` by a fresh one (once, whichever thread gets here first)."""
+        openslide = _openslide()
+        with self._lock:
+            if self._closed or self._osr is not failed:
+                return
+            self._finalizer.detach()
+            failed.close()
+            self._osr = openslide.OpenSlide(str(self.path))
+            self._finalizer = weakref.finalize(self, self._osr.close)
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ CONTENT_NAMES = {
     "text": "plain text",
     "ini": "a text index file",
     "empty": "empty (0 bytes)",
+    "zeros": "only zero bytes (a damaged or unfinished copy)",
     "unknown": "unrecognised binary data",
 }
 
@@ -99,6 +100,8 @@ def sniff_content(path: Path) -> str:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         return "unknown"
+    if not text.strip("\x00"):  # all NUL bytes: decodes as text but is a zeroed (damaged) file
+        return "zeros"
     if text.lstrip().startswith("[") and "]" in text:
         return "ini"
     return "text"
@@ -126,10 +129,9 @@ def check_suffix_matches_content(path: Path) -> str:
     SlideReadError
         The file is empty.
     """
-    if not path.exists():
-        raise SlideNotFoundError(f"Slide file not found: {path}")
-    if path.is_dir():
-        raise SlideFormatError(f"{path} is a folder; open one slide file inside it")
+    from ._guards import check_regular_file, check_tiff_ifd_chain
+
+    check_regular_file(path)  # before reading a byte: a pipe named x.svs would block forever
     suffix = path.suffix.lower()
     if suffix not in _SUFFIX_CONTENT:
         raise SlideFormatError(
@@ -139,6 +141,8 @@ def check_suffix_matches_content(path: Path) -> str:
     content = sniff_content(path)
     if content == "empty":
         raise SlideReadError(f"{path}: the file is empty (0 bytes); it may be an incomplete copy")
+    if content == "tiff":
+        check_tiff_ifd_chain(path)  # tifffile would loop forever on a looping chain
     expected = _SUFFIX_CONTENT[suffix]
     if expected is not None and content != expected:
         expected_name = _SUFFIX_FORMAT_NAMES.get(suffix, suffix)

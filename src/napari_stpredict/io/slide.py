@@ -397,13 +397,16 @@ class ArraySlide(Slide):
 def _mpp_pair(mpp: float | tuple[float, float] | None, name: str) -> tuple[float | None, float | None]:
     if mpp is None:
         return (None, None)
+    from ._guards import MIN_PLAUSIBLE_MPP
+
     pair = (mpp, mpp) if np.isscalar(mpp) else tuple(mpp)
     if len(pair) != 2:
         raise ValueError(f"{name}: mpp must be one number or (mpp_x, mpp_y), got {mpp!r}")
     checked = tuple(plausible_mpp(v) for v in pair)
-    if None in checked:
+    if None in checked or min(checked) < MIN_PLAUSIBLE_MPP:
         raise ValueError(
-            f"{name}: mpp must be a positive number of µm per pixel up to {MAX_PLAUSIBLE_MPP}, got {mpp!r}"
+            f"{name}: mpp must be a number of µm per pixel between {MIN_PLAUSIBLE_MPP} and {MAX_PLAUSIBLE_MPP}, "
+            f"got {mpp!r}"
         )
     return checked  # type: ignore[return-value]
 
@@ -464,9 +467,28 @@ def open_slide(
         slide = OpenSlideSlide(path)
     else:
         slide = _open_auto(path, content)
-    if mpp is not None:
-        _apply_user_mpp(slide, mpp)
+    try:
+        _check_readable_size(slide)
+        if mpp is not None:
+            _apply_user_mpp(slide, mpp)
+    except BaseException:
+        slide.close()
+        raise
     return slide
+
+
+def _check_readable_size(slide: Slide) -> None:
+    """Refuse slides whose coarsest level is too big to read whole (for the thumbnail)."""
+    from ._guards import MAX_UNPYRAMIDED_PIXELS
+
+    width, height = slide.level_dimensions[-1]
+    if width * height > MAX_UNPYRAMIDED_PIXELS:
+        w0, h0 = slide.dimensions
+        raise SlideFormatError(
+            f"{slide.name}: its smallest level is {width:,} x {height:,} px ({w0:,} x {h0:,} px at full "
+            f"resolution, {slide.level_count} level(s)); without a coarser pyramid level it cannot be shown or "
+            "analysed in bounded memory. Save it as a pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)"
+        )
 
 
 def _open_auto(path: Path, content: str) -> Slide:

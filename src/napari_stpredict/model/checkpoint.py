@@ -128,6 +128,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         io = from_dict(IOContract, data["io"])
     except (TypeError, ValueError) as exc:
         raise _fail(path, f"bad configuration: {exc}") from exc
+    _check_values(path, config, io)
     genes = list(io.genes)
     if len(genes) != config.n_genes:
         raise _fail(path, f"gene list has {len(genes)} genes but the model predicts {config.n_genes}")
@@ -153,12 +154,43 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise _fail(path, f"{name} is not a tensor")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise _fail(path, f"{name} holds NaN or infinite values")
-    if not (isinstance(io.patch_um, (int, float)) and io.patch_um > 0 and math.isfinite(io.patch_um)):
-        raise _fail(path, f"io.patch_um must be a positive number, got {io.patch_um!r}")
     if data.get("calibration"):
         _check_calibration(path, data["calibration"], len(genes))
     data["model_config"], data["io"] = config, io
     return data
+
+
+#: Bounds that every real model sits well inside; values beyond them would allocate
+#: tens of GB or run for hours (a 1 µm patch is 1/100 of a her2st spot).
+_PATCH_UM = (10.0, 2000.0)
+_INPUT_PX = (16, 1024)
+_EMBED_DIM = (8, 4096)
+
+
+def _check_values(path: Path, config: ModelConfig, io: IOContract) -> None:
+    """Refuse architecture and IO values that pass type checks but cannot be right."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not (number(io.patch_um) and _PATCH_UM[0] <= io.patch_um <= _PATCH_UM[1]):
+        raise _fail(path, f"io.patch_um must be between {_PATCH_UM[0]:g} and {_PATCH_UM[1]:g} µm, got {io.patch_um!r}")
+    if not (isinstance(io.input_px, int) and _INPUT_PX[0] <= io.input_px <= _INPUT_PX[1]):
+        raise _fail(path, f"io.input_px must be an integer from {_INPUT_PX[0]} to {_INPUT_PX[1]}, got {io.input_px!r}")
+    if not (isinstance(config.embed_dim, int) and _EMBED_DIM[0] <= config.embed_dim <= _EMBED_DIM[1]):
+        raise _fail(path, f"model_config.embed_dim must be an integer from {_EMBED_DIM[0]} to {_EMBED_DIM[1]}, "
+                          f"got {config.embed_dim!r}")
+    for name in ("mean", "std"):
+        values = getattr(io, name)
+        if len(values) != 3 or not all(number(v) for v in values):
+            raise _fail(path, f"io.{name} must be 3 finite numbers (R, G, B), got {values!r}")
+    if not all(v > 0 for v in io.std):
+        raise _fail(path, f"io.std must be positive for every channel, got {io.std!r}")
+    backbone = str(config.backbone)
+    if not backbone or any(c in backbone for c in ":/\\"):
+        # timm resolves "hf-hub:org/name" and "org/name" from a model hub, over the network,
+        # even without weights; a checkpoint holds all its weights and needs no download.
+        raise _fail(path, f"model_config.backbone must be a plain timm architecture name, got {backbone!r} "
+                          "(hub references are refused: nothing is downloaded at run time)")
 
 
 def _positive(value) -> bool:
