@@ -1,8 +1,10 @@
 """napari layer data for predictions, without Qt: ``(data, kwargs, layer_type)`` tuples.
 
-World coordinates are those of the slide layer: µm when the slide's mpp is known
-(scale = mpp), level-0 pixels otherwise. Rasters on the spot grid are placed with
-scale/translate, never upsampled.
+Every layer takes its transform from a `Placement`: the slide layer's own (so layers lie
+on the tissue whatever reader opened the slide), or by default the frame this plugin's
+reader gives a slide (µm when its mpp is known, level-0 pixels otherwise). Rasters on
+the spot grid are placed with scale/translate, never upsampled; points and shapes hold
+level-0 coordinates.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from .inference.prediction import UNITS, Prediction
 from .inference.tumor import TumorMask, mask_polygons
+from .placement import Placement
 
 __all__ = ["heatmap_layer", "confidence_layer", "tumor_labels_layer", "tumor_contour_layer",
            "measured_points_layer", "world_per_l0", "domain_layer"]
@@ -24,13 +27,8 @@ def world_per_l0(prediction: Prediction) -> tuple[float, float]:
     return (my, mx) if mx and my else (1.0, 1.0)
 
 
-def _units(mpp_known: bool) -> dict[str, Any]:
-    # The slide layer is in µm when its mpp is known; layers on it must say so too.
-    return {"units": ("µm", "µm")} if mpp_known else {}
-
-
-def _mpp_known(prediction: Prediction) -> bool:
-    return bool(prediction.meta.get("mpp_x") and prediction.meta.get("mpp_y"))
+def _grid(prediction: Prediction, placement: Placement | None) -> dict[str, Any]:
+    return (placement or Placement.of_prediction(prediction)).grid_kwargs(prediction)
 
 
 def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
@@ -45,7 +43,8 @@ def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
         "note": "Research use only; not for diagnosis.", **extra}}
 
 
-def heatmap_layer(prediction: Prediction, gene: str, *, opacity: float = 0.65) -> tuple:
+def heatmap_layer(prediction: Prediction, gene: str, *, opacity: float = 0.65,
+                  placement: Placement | None = None) -> tuple:
     """Image layer of one gene's predicted expression (viridis, 2-98th percentile limits)."""
     heat = prediction.heatmap(gene)
     finite = heat.raster[np.isfinite(heat.raster)]
@@ -53,16 +52,15 @@ def heatmap_layer(prediction: Prediction, gene: str, *, opacity: float = 0.65) -
     if hi <= lo:
         hi = lo + 1e-3
     kwargs = {
-        "name": f"{heat.name} (predicted)", "scale": heat.scale, "translate": heat.translate,
+        "name": f"{heat.name} (predicted)", **_grid(prediction, placement),
         "colormap": "viridis", "contrast_limits": (float(lo), float(hi)), "opacity": opacity,
         "blending": "translucent", "interpolation2d": "nearest",
         "metadata": _provenance(prediction, kind="heatmap", gene=heat.name, units=UNITS),
-        **_units(_mpp_known(prediction)),
     }
     return heat.raster, kwargs, "image"
 
 
-def confidence_layer(prediction: Prediction) -> tuple:
+def confidence_layer(prediction: Prediction, placement: Placement | None = None) -> tuple:
     """Image layer of each spot's similarity to the reference bank (low = unlike the training data).
 
     Contrast runs from the 5th to the 50th percentile of the training spots' own
@@ -73,57 +71,54 @@ def confidence_layer(prediction: Prediction) -> tuple:
     finite = heat.raster[np.isfinite(heat.raster)]
     lo = float(ref.get("q05", finite.min() if finite.size else 0.0))
     hi = float(ref.get("q50", finite.max() if finite.size else 1.0))
-    kwargs = {"name": "confidence (similarity to training data)", "scale": heat.scale, "translate": heat.translate,
+    kwargs = {"name": "confidence (similarity to training data)", **_grid(prediction, placement),
               "colormap": "magma", "contrast_limits": (lo, max(hi, lo + 1e-3)), "opacity": 0.6, "visible": False,
-              "interpolation2d": "nearest", "metadata": _provenance(prediction, kind="confidence", units=heat.units),
-              **_units(_mpp_known(prediction))}
+              "interpolation2d": "nearest", "metadata": _provenance(prediction, kind="confidence", units=heat.units)}
     return heat.raster, kwargs, "image"
 
 
-def domain_layer(prediction: Prediction) -> tuple:
+def domain_layer(prediction: Prediction, placement: Placement | None = None) -> tuple:
     """Image layer of each spot's out-of-domain distance, in units of the model's
     threshold (1 = the threshold; above it the spot is unlike the training data and is
     never called tumour)."""
     threshold = float(prediction.meta["trust"]["domain"]["threshold"])
     values = prediction.adata.obs["domain_distance"].to_numpy(np.float32) / threshold
     heat = prediction.raster(values, "out of domain", units="distance to the training images / threshold")
-    kwargs = {"name": "out of domain (distance / threshold)", "scale": heat.scale, "translate": heat.translate,
+    kwargs = {"name": "out of domain (distance / threshold)", **_grid(prediction, placement),
               "colormap": "inferno", "contrast_limits": (0.5, 1.5), "opacity": 0.6, "visible": False,
-              "interpolation2d": "nearest", "metadata": _provenance(prediction, kind="out_of_domain", units=heat.units),
-              **_units(_mpp_known(prediction))}
+              "interpolation2d": "nearest", "metadata": _provenance(prediction, kind="out_of_domain", units=heat.units)}
     return heat.raster, kwargs, "image"
 
 
-def tumor_labels_layer(prediction: Prediction, mask: TumorMask) -> tuple:
+def tumor_labels_layer(prediction: Prediction, mask: TumorMask, placement: Placement | None = None) -> tuple:
     """Labels layer of the tumour mask on the spot grid (1 = tumour)."""
-    scale, translate = prediction._placement()
-    kwargs = {"name": "tumour mask (predicted)", "scale": scale, "translate": translate, "opacity": 0.45,
+    kwargs = {"name": "tumour mask (predicted)", **_grid(prediction, placement), "opacity": 0.45,
               "metadata": _provenance(prediction, kind="tumor_mask", markers=list(mask.markers),
-                                      threshold=mask.threshold, automatic=mask.automatic),
-              **_units(_mpp_known(prediction))}
+                                      threshold=mask.threshold, automatic=mask.automatic)}
     return mask.raster.astype(np.uint8), kwargs, "labels"
 
 
-def tumor_contour_layer(prediction: Prediction, mask: TumorMask) -> tuple:
-    """Shapes layer of the tumour contours (outer rings and holes) in world coordinates."""
+def tumor_contour_layer(prediction: Prediction, mask: TumorMask, placement: Placement | None = None) -> tuple:
+    """Shapes layer of the tumour contours (outer rings and holes), data in level-0 ``(y, x)``."""
     meta = prediction.meta
-    wy, wx = world_per_l0(prediction)
+    placement = placement or Placement.of_prediction(prediction)
     shapes = []
     for rings in mask_polygons(mask.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"])):
         for ring in rings:
-            shapes.append(np.column_stack([(ring[:, 1] - 0.5) * wy, (ring[:, 0] - 0.5) * wx]))
+            shapes.append(np.column_stack([ring[:, 1], ring[:, 0]]))
+    stride = float(np.mean(meta["grid_stride_l0"]))
     kwargs = {"name": "tumour contour (predicted)", "shape_type": "polygon", "edge_color": "red",
-              "face_color": "transparent", "edge_width": 3 * wx,
-              "metadata": _provenance(prediction, kind="tumor_contour", markers=list(mask.markers)),
-              **_units(_mpp_known(prediction))}
+              "face_color": "transparent", "edge_width": max(2.0, stride / 25), **placement.layer_kwargs(),
+              "metadata": _provenance(prediction, kind="tumor_contour", markers=list(mask.markers))}
     return shapes, kwargs, "shapes"
 
 
 def measured_points_layer(spots, gene: str, *, mpp: tuple[float | None, float | None],
-                          diameter_um: float = 100.0) -> tuple:
+                          diameter_um: float = 100.0, placement: Placement | None = None) -> tuple:
     """Points layer of measured expression at measured spot centres (scanpy/squidpy AnnData).
 
-    ``obsm["spatial"]`` must be in level-0 pixels of the slide shown.
+    ``obsm["spatial"]`` must be in level-0 pixels of the slide shown; ``mpp`` (the
+    prediction's) sizes the spots.
     """
     from .io.st_data import match_genes
     from .training.data import log1p_cp10k
@@ -133,13 +128,15 @@ def measured_points_layer(spots, gene: str, *, mpp: tuple[float | None, float | 
         raise KeyError(f"gene {gene!r} is not in the measured spots")
     values = log1p_cp10k(spots, idx).ravel()
     mx, my = mpp
-    wy, wx = (my, mx) if mx and my else (1.0, 1.0)
+    if placement is None:
+        placement = Placement(((my, mx) if mx and my else (1.0, 1.0)), (0.0, 0.0), None,
+                              ("µm", "µm") if mx and my else None)
     xy = np.asarray(spots.obsm["spatial"], float)
-    coords = np.column_stack([(xy[:, 1] - 0.5) * wy, (xy[:, 0] - 0.5) * wx])
+    coords = np.column_stack([xy[:, 1], xy[:, 0]])  # level-0 (y, x); the placement maps them
     lo, hi = np.percentile(values, [2, 98]) if len(values) else (0.0, 1.0)
     kwargs = {"name": f"{found[0]} (measured)", "features": {"expression": values},
               "face_color": "expression", "face_colormap": "viridis", "border_width": 0,
               "face_contrast_limits": (float(lo), float(max(hi, lo + 1e-3))),
-              "size": diameter_um if mx else diameter_um / 0.5, "opacity": 0.9,
-              "metadata": {"stpredict": {"kind": "measured", "gene": found[0], "units": UNITS}}, **_units(bool(mx))}
+              "size": diameter_um / (mx or 0.5), "opacity": 0.9, **placement.layer_kwargs(),
+              "metadata": {"stpredict": {"kind": "measured", "gene": found[0], "units": UNITS}}}
     return coords, kwargs, "points"

@@ -324,3 +324,75 @@ def test_in_domain_sample_has_no_banner_and_refused_stain_is_a_notification(make
     errors = _errors()[before:]
     assert any("ndpi_test3-DAPI-2-387.ndpi" in e and "fluorescence" in e for e in errors), errors
     assert widget.run_button.isEnabled()
+
+
+@pytest.fixture
+def png_without_mpp(sample_slide_path, tmp_path):
+    """A crop of the sample saved as PNG: napari's own reader opens it, in pixels, with no mpp."""
+    from PIL import Image
+
+    from napari_stpredict.io.slide import open_slide
+
+    with open_slide(sample_slide_path) as slide:
+        crop = slide.read_region((1500, 1000), 0, (3000, 2600))
+    path = tmp_path / "crop.png"
+    Image.fromarray(crop).save(path)
+    return path
+
+
+def test_layers_lie_on_a_slide_opened_by_naparis_own_reader(make_napari_viewer, qtbot, png_without_mpp,
+                                                            tiny_model_path, tmp_path, monkeypatch):
+    """Item 1: no mpp in the file, napari's reader (pixels), mpp typed into the widget: a
+    spot's world position through the slide layer equals that through every prediction layer."""
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(png_without_mpp), plugin="napari")
+    slide_layer = viewer.layers["crop"]
+    slide_layer.translate = (100.0, 250.0)  # as if the user moved it: layers must follow
+    _, widget = viewer.window.add_plugin_dock_widget("napari-stpredict", "Predict gene expression")
+    widget.set_model_path(tiny_model_path)
+    widget.slide_combo.setCurrentText("crop")
+    assert widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == 0.0
+    widget.mpp_spin.setValue(0.688)
+    _run(qtbot, widget)
+    assert widget.prediction is not None, widget.status.text()
+    kinds = _kinds(viewer)
+    obs = widget.prediction.adata.obs
+    for i in (0, len(obs) // 2, len(obs) - 1):
+        x, y, row, col = obs["x"].iloc[i], obs["y"].iloc[i], obs["grid_row"].iloc[i], obs["grid_col"].iloc[i]
+        expected = np.asarray(slide_layer.data_to_world((y - 0.5, x - 0.5)))
+        for kind in ("heatmap", "tumor_mask", "confidence"):
+            assert np.allclose(kinds[kind].data_to_world((row, col)), expected, atol=1e-6), kind
+    contour = kinds["tumor_contour"]
+    if len(contour.data):
+        vertex = contour.data[0][0]  # level-0 (y, x)
+        assert np.allclose(contour.data_to_world(vertex), slide_layer.data_to_world(vertex - 0.5), atol=1e-6)
+    assert tuple(str(u) for u in heat_units(kinds["heatmap"])) == tuple(str(u) for u in heat_units(slide_layer))
+
+
+def heat_units(layer):
+    return layer.units[-2:]
+
+
+def test_a_corrected_resolution_changes_the_next_run(make_napari_viewer, qtbot, png_without_mpp, sample_slide_path,
+                                                     tiny_model_path, tmp_path, monkeypatch):
+    """Item 3: the field stays editable after a run on a slide without mpp, a new value is
+    used, and another slide never inherits it."""
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(png_without_mpp), plugin="napari")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-stpredict", "Predict gene expression")
+    widget.set_model_path(tiny_model_path)
+    widget.slide_combo.setCurrentText("crop")
+    widget.mpp_spin.setValue(0.688)
+    _run(qtbot, widget)
+    first = len(widget.prediction)
+    assert widget.mpp_spin.isEnabled()
+    widget.mpp_spin.setValue(1.0)  # corrected: a coarser scan, so fewer 112 µm spots
+    _run(qtbot, widget)
+    assert widget.prediction.meta["mpp_x"] == pytest.approx(1.0) and len(widget.prediction) > first
+    viewer.open(str(sample_slide_path), plugin="napari-stpredict")  # records its mpp
+    widget.slide_combo.setCurrentText("her2st_C2")
+    assert not widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == pytest.approx(0.688)
+    widget.slide_combo.setCurrentText("crop")  # back: the value typed for it
+    assert widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == pytest.approx(1.0)

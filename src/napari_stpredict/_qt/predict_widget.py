@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QDoubleSpi
                             QPushButton, QScrollArea, QSlider, QVBoxLayout, QWidget)
 
 from ..errors import StPredictError
+from ..placement import Placement
 
 BUNDLED = "Bundled model (her2st breast cancer)"
 FROM_FILE = "Checkpoint file..."
@@ -56,6 +57,9 @@ class PredictWidget(QWidget):
         self.tumor = None
         self.spots = None
         self.last_r: float | None = None
+        self._typed_mpp: dict[str, float] = {}  # layer name -> resolution typed for it
+        self.placement: Placement | None = None
+        self._pending_placement: Placement | None = None
         self._settings = QSettings("napari-stpredict", "predict-widget")
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
@@ -90,6 +94,7 @@ class PredictWidget(QWidget):
         self.mpp_spin.setDecimals(4)
         self.mpp_spin.setSuffix(" µm/px")
         self.mpp_spin.setToolTip("Resolution of the slide layer; needed when the file does not record it")
+        self.mpp_spin.valueChanged.connect(self._remember_typed_mpp)
         form.addRow("Resolution", self.mpp_spin)
         self.model_combo = QComboBox()
         self.model_combo.addItems([BUNDLED, FROM_FILE])
@@ -262,10 +267,18 @@ class PredictWidget(QWidget):
 
         layer = self._selected_slide_layer()
         slide = slide_of_layer(layer) if layer is not None else None
-        known = slide is not None and slide.mpp_x is not None
-        self.mpp_spin.setEnabled(not known)
-        if known:
-            self.mpp_spin.setValue(slide.mpp_x)
+        # Only a resolution the file records locks the field; one typed earlier stays editable
+        # (and is remembered per layer, never carried over to another slide).
+        recorded = slide._file_mpp()[0] if slide is not None else None
+        self.mpp_spin.setEnabled(recorded is None)
+        self.mpp_spin.blockSignals(True)
+        self.mpp_spin.setValue(recorded if recorded is not None else self._typed_mpp.get(layer.name if layer else "", 0.0))
+        self.mpp_spin.blockSignals(False)
+
+    def _remember_typed_mpp(self, value: float) -> None:
+        layer = self._selected_slide_layer()
+        if layer is not None and self.mpp_spin.isEnabled():
+            self._typed_mpp[layer.name] = value
 
     def _on_model_choice(self, index: int) -> None:
         if self.model_combo.itemText(index) != FROM_FILE:
@@ -305,11 +318,11 @@ class PredictWidget(QWidget):
         slide = slide_of_layer(layer)
         mpp = self.mpp_spin.value() or None
         if slide is not None:
-            if slide.mpp_x is None:
+            if slide._file_mpp()[0] is None:
                 if mpp is None:
                     raise StPredictError(f"{slide.name}: the slide does not record its resolution; enter it "
                                          "(µm per pixel) in the Resolution field")
-                slide._fallback_mpp = (mpp, mpp)
+                slide._fallback_mpp = (mpp, mpp)  # the value typed now, also on a rerun
             return slide
         if mpp is None:
             raise StPredictError(f"layer {layer.name!r}: enter its resolution (µm per pixel) to predict on it")
@@ -321,15 +334,10 @@ class PredictWidget(QWidget):
         if not name or name == WHOLE_TISSUE or name not in self.viewer.layers:
             return None
         layer = self.viewer.layers[name]
-        slide_layer = self._selected_slide_layer()
-        sy, sx = slide_layer.scale[-2:]
-        ty, tx = slide_layer.translate[-2:]
-        polygons = []
-        region_scale, region_translate = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
-        for shape in layer.data:
-            world = np.asarray(shape, float)[:, -2:] * region_scale + region_translate
-            # world (y, x) -> level-0 (x, y): inverse of the slide layer's placement
-            polygons.append(np.column_stack([(world[:, 1] - tx) / sx + 0.5, (world[:, 0] - ty) / sy + 0.5]))
+        slide_placement = Placement.of_layer(self._selected_slide_layer())
+        region_placement = Placement.of_layer(layer)
+        polygons = [slide_placement.world_to_l0(region_placement.data_to_world(np.asarray(shape, float)[:, -2:]))
+                    for shape in layer.data]
         if not polygons:
             raise StPredictError(f"region layer {name!r} has no shapes; draw polygons or choose {WHOLE_TISSUE}")
         return polygons
@@ -349,6 +357,8 @@ class PredictWidget(QWidget):
             _notify_error(str(exc))
             return
         self._cancel = threading.Event()
+        # Prediction layers take the slide layer's own transform (read here, on the GUI thread).
+        self._pending_placement = Placement.of_layer(layer)
         params = {"stride_um": self.stride_spin.value(), "roi": roi, "cancel_event": self._cancel,
                   "check_stain": self.stain_check.isChecked()}
         # _ignore_errors: _on_error turns them into one clear notification (no re-raise, no traceback popup)
@@ -423,14 +433,19 @@ class PredictWidget(QWidget):
     def _on_result(self, prediction) -> None:
         if prediction is None:
             return
-        self.set_prediction(prediction)
+        self.set_prediction(prediction, placement=self._pending_placement)
 
     # --- results -----------------------------------------------------------------------
-    def set_prediction(self, prediction) -> None:
-        """Show a prediction: genes to choose from, first gene, tumour mask, confidence."""
+    def set_prediction(self, prediction, placement: Placement | None = None) -> None:
+        """Show a prediction: genes to choose from, first gene, tumour mask, confidence.
+
+        ``placement`` is the slide layer's transform (default: the frame of this plugin's
+        reader for the prediction's slide).
+        """
         from ..layers import confidence_layer, domain_layer
 
         self.prediction = prediction
+        self.placement = placement or Placement.of_prediction(prediction)
         self.tumor = None
         slide_name = prediction.meta["slide"].get("name")
         if self.spots is not None and getattr(self, "_spots_slide", None) != slide_name:
@@ -456,9 +471,9 @@ class PredictWidget(QWidget):
         self._set_result_controls(True)
         cached = " (from cache)" if meta.get("cache") == "hit" else ""
         self.status.setText(f"{len(prediction)} spots predicted{cached}")
-        self._upsert(*confidence_layer(prediction))
+        self._upsert(*confidence_layer(prediction, self.placement))
         if "domain_distance" in prediction.adata.obs and prediction.meta.get("tumor_calibration") is not None:
-            self._upsert(*domain_layer(prediction))
+            self._upsert(*domain_layer(prediction, self.placement))
         self._show_trust(prediction)
         first = "ERBB2" if "ERBB2" in genes else genes[0]
         self.show_genes([first])
@@ -488,14 +503,16 @@ class PredictWidget(QWidget):
         return model_panel(self.prediction)
 
     def _upsert(self, data, kwargs, layer_type):
-        """Add a layer, or replace the data of the layer with the same name."""
+        """Add a layer, or replace the data (and placement) of the layer with the same name."""
         name = kwargs["name"]
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = data
-            for key in ("scale", "translate", "contrast_limits", "metadata"):
+            for key in ("scale", "translate", "affine", "units", "contrast_limits", "metadata"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
+            if "affine" not in kwargs:
+                layer.affine = np.eye(3)
             return layer
         add = getattr(self.viewer, f"add_{layer_type}")
         return add(data, **kwargs)
@@ -509,7 +526,7 @@ class PredictWidget(QWidget):
         shown = None
         for gene in genes:
             try:
-                shown = self._upsert(*heatmap_layer(self.prediction, gene))
+                shown = self._upsert(*heatmap_layer(self.prediction, gene, placement=self.placement))
             except KeyError as exc:
                 _notify_error(str(exc).strip("'\""))
         if shown is not None:
@@ -578,8 +595,8 @@ class PredictWidget(QWidget):
         if mask.missing:
             _notify_warning(f"markers not predicted by this model: {', '.join(mask.missing)}")
         self.tumor = mask
-        self._upsert(*tumor_labels_layer(self.prediction, mask))
-        self._upsert(*tumor_contour_layer(self.prediction, mask))
+        self._upsert(*tumor_labels_layer(self.prediction, mask, self.placement))
+        self._upsert(*tumor_contour_layer(self.prediction, mask, self.placement))
         if threshold is None:
             lo = min(float(mask.score.min()), mask.threshold)
             hi = max(float(mask.score.max()), mask.threshold)
@@ -645,7 +662,8 @@ class PredictWidget(QWidget):
         if self.spots is None or self.prediction is None or gene is None:
             return
         try:
-            data, kwargs, kind = measured_points_layer(self.spots, gene, mpp=(self.prediction.meta["mpp_x"],
+            data, kwargs, kind = measured_points_layer(self.spots, gene, placement=self.placement,
+                                                       mpp=(self.prediction.meta["mpp_x"],
                                                                                self.prediction.meta["mpp_y"]))
         except KeyError as exc:
             self.r_label.setText(str(exc).strip("'\""))
