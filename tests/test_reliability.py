@@ -315,6 +315,17 @@ def test_same_size_edit_of_the_slide_misses_the_cache(sample_slide_path, tiny_mo
     assert copy.stat().st_size == stat.st_size and slide_fingerprint(copy) != before
 
 
+def test_leftovers_of_a_killed_cache_write_are_removed(sample_slide_path, tiny_model, tiny_model_path, tmp_path):
+    with open_slide(sample_slide_path) as slide:
+        _run_cached(slide, tiny_model, tiny_model_path, tmp_path)
+        entry = next(tmp_path.glob("*.h5ad"))
+        leftover = tmp_path / f".{entry.name}.killed.part"  # what atomic_path leaves when killed
+        leftover.write_bytes(b"half an HDF5 file")
+        entry.unlink()
+        _run_cached(slide, tiny_model, tiny_model_path, tmp_path)
+    assert not leftover.exists() and entry.exists()
+
+
 def test_unwritable_cache_only_costs_the_caching(sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys):
     from napari_stpredict.cli import main
 
@@ -333,6 +344,7 @@ def test_header_only_giant_images_are_refused_in_bounded_memory(tmp_path):
     process = psutil.Process()
     before = process.memory_info().rss
     for path, match in [(giant_tiff(tmp_path / "giant.tif"), "100,000 x 100,000.*pyramid"),
+                        (giant_tiff(tmp_path / "giant6.tif", side=1_000_000, tile=4096), "1,000,000 x 1,000,000"),
                         (giant_png(tmp_path / "giant.png"), "giant.png"),
                         (giant_jpeg(tmp_path / "giant.jpg"), "giant.jpg")]:
         assert path.stat().st_size < 2_000_000
