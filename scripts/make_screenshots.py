@@ -52,11 +52,11 @@ def main() -> None:
         for layer in viewer.layers:
             layer.visible = layer.name in names
 
-    only("her2st_C2", "ERBB2 (predicted)")
+    only("her2st_C2", "ERBB2 (predicted) [her2st_C2]")
     shot("widget_heatmap.png")
-    only("her2st_C2", "tumour mask (predicted)", "tumour contour (predicted)")
+    only("her2st_C2", "tumour mask (predicted) [her2st_C2]", "tumour contour (predicted) [her2st_C2]")
     shot("widget_tumour.png")
-    only("her2st_C2", "ERBB2 (measured)", "tumour contour (predicted)")
+    only("her2st_C2", "ERBB2 (measured) [her2st_C2]", "tumour contour (predicted) [her2st_C2]")
     shot("widget_measured.png")
 
     skin = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
@@ -70,7 +70,7 @@ def main() -> None:
         while (widget.worker is not None or widget.prediction is None) and time.time() - t0 < 600:
             QApplication.processEvents()
             time.sleep(0.05)
-        only("CMU-1-Small-Region", "out of domain (distance / threshold)")
+        only("CMU-1-Small-Region", "out of domain (distance / threshold) [CMU-1-Small-Region]")
         shot("widget_out_of_domain.png")
     viewer.close()
 

@@ -92,7 +92,9 @@ def domain_layer(prediction: Prediction, placement: Placement | None = None) -> 
 
 def tumor_labels_layer(prediction: Prediction, mask: TumorMask, placement: Placement | None = None) -> tuple:
     """Labels layer of the tumour mask on the spot grid (1 = tumour)."""
-    kwargs = {"name": "tumour mask (predicted)", **_grid(prediction, placement), "opacity": 0.45,
+    # Hidden at first: drawn over a heatmap it would change the colours the colour bar explains;
+    # the contour shows the same region without hiding them.
+    kwargs = {"name": "tumour mask (predicted)", **_grid(prediction, placement), "opacity": 0.45, "visible": False,
               "metadata": _provenance(prediction, kind="tumor_mask", markers=list(mask.markers),
                                       threshold=mask.threshold, automatic=mask.automatic)}
     return mask.raster.astype(np.uint8), kwargs, "labels"

@@ -44,7 +44,7 @@ def test_prediction_adds_layers_aligned_with_the_slide(predicted):
     kinds = _kinds(viewer)
     assert {"heatmap", "tumor_mask", "tumor_contour", "confidence", "measured"} <= set(kinds)
     heat, slide_layer = kinds["heatmap"], viewer.layers["her2st_C2"]
-    assert heat.name == "ERBB2 (predicted)" and heat.colormap.name == "viridis" and heat.colorbar.visible
+    assert heat.name == "ERBB2 (predicted) [her2st_C2]" and heat.colormap.name == "viridis" and heat.colorbar.visible
     assert "log1p" in viewer.text_overlay.text
     obs = widget.prediction.adata.obs
     for i in (0, len(obs) // 2, len(obs) - 1):  # a known spot: same world point in both layers
@@ -84,16 +84,19 @@ def test_switching_genes_does_not_rerun_the_model(predicted):
     calls = []
     original = widget.model.embed_with_features  # what the engine calls for every batch
     widget.model.embed_with_features = lambda *a, **k: calls.append(1) or original(*a, **k)
-    widget.gene_search.setText("grb")
-    visible = [widget.gene_list.item(i).text() for i in range(widget.gene_list.count())
-               if not widget.gene_list.item(i).isHidden()]
-    assert visible == ["GRB7"]
     from qtpy.QtCore import Qt
 
-    widget.gene_list.findItems("GRB7", Qt.MatchExactly)[0].setSelected(True)
+    widget.gene_search.setText("grb")
+    visible = [widget.gene_list.item(i).data(Qt.UserRole) for i in range(widget.gene_list.count())
+               if not widget.gene_list.item(i).isHidden()]
+    assert visible == ["GRB7"]
+    widget.gene_list.findItems("GRB7", Qt.MatchStartsWith)[0].setSelected(True)
     widget.show_selected_genes()
-    assert "GRB7 (predicted)" in viewer.layers and calls == []
-    assert viewer.layers["GRB7 (predicted)"].colorbar.visible and not viewer.layers["ERBB2 (predicted)"].colorbar.visible
+    assert "GRB7 (predicted) [her2st_C2]" in viewer.layers and calls == []
+    grb7, erbb2 = viewer.layers["GRB7 (predicted) [her2st_C2]"], viewer.layers["ERBB2 (predicted) [her2st_C2]"]
+    assert grb7.colorbar.visible and not erbb2.colorbar.visible
+    viewer.layers.selection.active = erbb2  # the colour bar and caption follow the selected map
+    assert erbb2.colorbar.visible and not grb7.colorbar.visible and "ERBB2" in viewer.text_overlay.text
 
 
 def test_threshold_slider_changes_the_mask(predicted):
@@ -260,7 +263,7 @@ def test_default_model_in_the_widget(make_napari_viewer, qtbot, sample_slide_pat
     _run(qtbot, widget)
     assert widget.prediction is not None, widget.status.text()
     assert widget.prediction.meta["model"]["name"] == "cmrcnet_her2st.pt"
-    assert "ERBB2 (predicted)" in viewer.layers and "B4, C3, C4, C5, C6" in widget.model_info.text()
+    assert "ERBB2 (predicted) [her2st_C2]" in viewer.layers and "B4, C3, C4, C5, C6" in widget.model_info.text()
     assert widget.last_r > 0.2, widget.r_label.text()  # predicted vs measured ERBB2 at the sample's spots
     assert "ERBB2" in widget.markers_edit.text()
 
@@ -396,3 +399,81 @@ def test_a_corrected_resolution_changes_the_next_run(make_napari_viewer, qtbot, 
     assert not widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == pytest.approx(0.688)
     widget.slide_combo.setCurrentText("crop")  # back: the value typed for it
     assert widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == pytest.approx(1.0)
+
+
+def _warnings():
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [str(n.message) for n in notification_manager.records if n.severity == NotificationSeverity.WARNING]
+
+
+def test_two_slides_in_one_window_keep_their_own_results(make_napari_viewer, qtbot, sample_slide_path,
+                                                         png_without_mpp, tiny_model_path, tmp_path, monkeypatch):
+    """Items 2 and 4: each slide keeps its layers, mask and r; the sample's measured spots
+    never appear over another slide; switching the slide in the dock switches its results."""
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, sample_slide_path)
+    widget.set_model_path(tiny_model_path)
+    _run(qtbot, widget)
+    sample_r = widget.last_r
+    assert np.isfinite(sample_r) and "ERBB2 (measured) [her2st_C2]" in viewer.layers
+    viewer.open(str(png_without_mpp), plugin="napari")
+    widget.slide_combo.setCurrentText("crop")
+    assert widget.prediction is None and not widget.gene_list.isEnabled()  # nothing predicted for it yet
+    widget.mpp_spin.setValue(0.688)
+    _run(qtbot, widget)
+    names = {layer.name for layer in viewer.layers}
+    assert {"ERBB2 (predicted) [her2st_C2]", "ERBB2 (predicted) [crop]", "tumour contour (predicted) [her2st_C2]",
+            "tumour contour (predicted) [crop]"} <= names
+    assert not any(name.endswith("(measured) [crop]") for name in names)  # the sample's spots stay the sample's
+    assert "ERBB2 (measured) [her2st_C2]" in names and widget.spots is None and widget.r_label.text() == ""
+    crop_mask = widget.tumor
+    widget.slide_combo.setCurrentText("her2st_C2")  # back to the first slide: its own results
+    assert widget.prediction.meta["slide"]["name"] == "her2st_C2.tiff" and widget.last_r == sample_r
+    assert widget.tumor is not crop_mask and "Pearson r" in widget.r_label.text()
+    with pytest.raises(ValueError, match="outside this slide"):  # spots of another slide are refused
+        import anndata as ad
+
+        spots = ad.read_h5ad(next(iter([p for p in [sample_slide_path.with_name("her2st_C2_spots.h5ad")]])))
+        spots.obsm["spatial"] = spots.obsm["spatial"] + 20_000
+        path = tmp_path / "elsewhere.h5ad"
+        spots.write_h5ad(path)
+        widget.load_spots(path)
+
+
+def test_rerun_is_a_cache_hit_that_does_not_call_the_model(predicted, qtbot):
+    viewer, widget = predicted
+    calls = []
+    original = widget.model.embed_with_features
+    widget.model.embed_with_features = lambda *a, **k: calls.append(1) or original(*a, **k)
+    _run(qtbot, widget)  # same slide, same settings: a fresh cancel event must not change the key
+    assert widget.prediction.meta["cache"] == "hit" and calls == []
+    assert "from cache" in widget.status.text()
+
+
+def test_unknown_gene_typed_gets_a_message_and_the_mask_does_not_hide_the_colours(predicted):
+    viewer, widget = predicted
+    before = len(_warnings())
+    widget.gene_search.setText("NOTAGENE")
+    widget._select_typed_gene()  # what Enter does
+    assert any("NOTAGENE is not predicted" in w for w in _warnings()[before:])
+    kinds = _kinds(viewer)
+    assert not kinds["tumor_mask"].visible and kinds["tumor_contour"].visible
+
+
+def test_cancel_during_tissue_detection_in_the_widget(make_napari_viewer, qtbot, wsi_dir, tiny_model_path, tmp_path,
+                                                      monkeypatch):
+    import time
+
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, wsi_dir / "CMU-1-Small-Region.svs")
+    widget.set_model_path(tiny_model_path)
+    widget.run()
+    qtbot.waitUntil(lambda: "detecting tissue" in widget.status.text(), timeout=60_000)
+    t0 = time.perf_counter()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
+    assert time.perf_counter() - t0 < 1.0
+    assert widget.status.text() == "cancelled" and widget.prediction is None and widget.run_button.isEnabled()

@@ -218,3 +218,21 @@ def test_empty_tissue_is_a_clear_error(tiny_model):
     glass = ArraySlide(np.full((2000, 2000, 3), 240, np.uint8), mpp=0.5, name="glass.tiff")
     with pytest.raises(TissueMaskError, match="glass.tiff"):
         run_prediction(glass, tiny_model)
+
+
+def test_cancel_during_tissue_detection_answers_within_a_second(wsi_dir, tiny_model):
+    """Tissue detection on this skin slide takes seconds in one call; a cancel must not wait for it."""
+    import time
+
+    cancel = threading.Event()
+    with open_slide(wsi_dir / "CMU-1-Small-Region.svs") as slide:
+        gen = predict_slide(slide, tiny_model, cancel_event=cancel)
+        stages = []
+        while not stages or stages[-1] != "tissue":
+            stages.append(next(gen)["stage"])
+        threading.Timer(0.3, cancel.set).start()
+        t0 = time.perf_counter()
+        with pytest.raises(PredictionCancelled, match="CMU-1-Small-Region.svs.*cancelled"):
+            next(gen)
+        waited = time.perf_counter() - t0
+    assert waited < 0.3 + 1.0, waited

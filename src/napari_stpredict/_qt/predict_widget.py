@@ -18,12 +18,16 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QDoubleSpi
                             QCheckBox, QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
                             QPushButton, QScrollArea, QSlider, QVBoxLayout, QWidget)
 
+from ..analysis import SlideAnalysis
 from ..errors import StPredictError
 from ..placement import Placement
 
 BUNDLED = "Bundled model (her2st breast cancer)"
 FROM_FILE = "Checkpoint file..."
 MODE_ABSOLUTE = "Calibrated (absolute units)"
+SORT_NAME = "Sort genes: A-Z"
+SORT_ACCURACY = "Sort genes: best predicted first (held-out r)"
+GENE_ROLE = Qt.UserRole  # an item's gene name; its text also shows the held-out r
 MODE_SLIDE = "Automatic per slide"
 WHOLE_TISSUE = "(whole tissue)"
 DISCLAIMER = "Research use only. Not for diagnosis."
@@ -42,29 +46,74 @@ def _notify_warning(message: str) -> None:
 
 
 class PredictWidget(QWidget):
-    """Dock widget: predict spatial gene expression on a slide layer."""
+    """Dock widget: predict spatial gene expression on a slide layer.
+
+    State lives in one `SlideAnalysis` per slide layer; ``prediction``, ``tumor``,
+    ``spots``, ``placement`` and ``last_r`` are those of the slide the dock shows.
+    """
+
+    @property
+    def prediction(self):
+        return self.analysis.prediction if self.analysis else None
+
+    @property
+    def tumor(self):
+        return self.analysis.tumor if self.analysis else None
+
+    @property
+    def spots(self):
+        return self.analysis.spots if self.analysis else None
+
+    @property
+    def placement(self) -> Placement | None:
+        return self.analysis.placement if self.analysis else None
+
+    @property
+    def last_r(self) -> float | None:
+        return self.analysis.last_r if self.analysis else None
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.prediction = None
+        #: One `SlideAnalysis` per slide layer name; ``analysis`` is the one the dock shows.
+        self.analyses: dict[str, SlideAnalysis] = {}
+        self.analysis: SlideAnalysis | None = None
         self.model = None
         self._model_key: str | None = None
         self._model_path: Path | None = None
         self.worker = None
         self._cancel = threading.Event()
         self._progress = None
-        self.tumor = None
-        self.spots = None
-        self.last_r: float | None = None
         self._typed_mpp: dict[str, float] = {}  # layer name -> resolution typed for it
-        self.placement: Placement | None = None
         self._pending_placement: Placement | None = None
+        self._pending_layer: str | None = None
         self._settings = QSettings("napari-stpredict", "predict-widget")
         self._build()
         self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
         self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_layer_choices()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Stop a running prediction and let go of the viewer's events."""
+        self._cancel.set()
+        for emitter, callback in ((self.viewer.layers.events.inserted, self._refresh_layer_choices),
+                                  (self.viewer.layers.events.removed, self._refresh_layer_choices),
+                                  (self.viewer.layers.selection.events.active, self._on_active_layer)):
+            emitter.disconnect(callback)
+        super().closeEvent(event)
+
+    def _on_active_layer(self, event=None) -> None:
+        """Colour bar and caption follow the heatmap the user selects."""
+        layer = self.viewer.layers.selection.active
+        meta = layer.metadata.get("stpredict", {}) if layer is not None else {}
+        if meta.get("kind") != "heatmap":
+            return
+        for other in self.viewer.layers:
+            if other.metadata.get("stpredict", {}).get("kind") == "heatmap":
+                other.colorbar.visible = other.name == layer.name
+        self.viewer.text_overlay.text = f"{meta['gene']}: predicted {meta['units']} ({meta.get('slide_layer', '')})"
+        self.viewer.text_overlay.visible = True
 
     # --- UI ----------------------------------------------------------------------
     def _build(self) -> None:
@@ -147,6 +196,12 @@ class PredictWidget(QWidget):
         self.gene_search.textChanged.connect(self._filter_genes)
         self.gene_search.returnPressed.connect(self._select_typed_gene)
         g.addWidget(self.gene_search)
+        self.gene_sort = QComboBox()
+        self.gene_sort.addItems([SORT_NAME, SORT_ACCURACY])
+        self.gene_sort.setToolTip("Held-out r: how well the model predicted each gene on patients it never saw "
+                                  "(its shipped evaluation); trust maps of well-predicted genes more")
+        self.gene_sort.currentIndexChanged.connect(lambda *_: self._fill_gene_list())
+        g.addWidget(self.gene_sort)
         self.gene_list = QListWidget()
         self.gene_list.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.gene_list.setMaximumHeight(160)
@@ -274,6 +329,28 @@ class PredictWidget(QWidget):
         self.mpp_spin.blockSignals(True)
         self.mpp_spin.setValue(recorded if recorded is not None else self._typed_mpp.get(layer.name if layer else "", 0.0))
         self.mpp_spin.blockSignals(False)
+        self._show_analysis(layer.name if layer is not None else None)
+
+    def _show_analysis(self, layer_name: str | None) -> None:
+        """Show the results of the slide chosen in the dock (its genes, mask, r, banner)."""
+        analysis = self.analyses.get(layer_name) if layer_name else None
+        if analysis is self.analysis:
+            return  # layer events fire often: refill only when the slide changes
+        self.analysis = analysis
+        if analysis is None:
+            self._set_result_controls(False)
+            self.gene_list.clear()
+            self.trust_banner.setVisible(False)
+            self.r_label.setText("")
+            self.threshold_label.setText("-")
+            return
+        self._fill_result_controls()
+        self._show_trust(analysis.prediction)
+        if analysis.tumor is not None:
+            self.threshold_label.setText(f"{analysis.tumor.threshold:.2f} ({analysis.tumor.fraction:.0%} of tissue)")
+        self.r_label.setText(f"Pearson r = {analysis.last_r:.2f} ({analysis.spots_source})"
+                             if analysis.spots is not None else "")
+        self.status.setText(f"showing {layer_name}: {len(analysis.prediction)} spots")
 
     def _remember_typed_mpp(self, value: float) -> None:
         layer = self._selected_slide_layer()
@@ -359,6 +436,7 @@ class PredictWidget(QWidget):
         self._cancel = threading.Event()
         # Prediction layers take the slide layer's own transform (read here, on the GUI thread).
         self._pending_placement = Placement.of_layer(layer)
+        self._pending_layer = layer.name
         params = {"stride_um": self.stride_spin.value(), "roi": roi, "cancel_event": self._cancel,
                   "check_stain": self.stain_check.isChecked()}
         # _ignore_errors: _on_error turns them into one clear notification (no re-raise, no traceback popup)
@@ -395,6 +473,8 @@ class PredictWidget(QWidget):
         self.status.setText("cancelling...")
 
     def _on_progress(self, progress: dict) -> None:
+        if self._cancel.is_set():
+            return  # progress queued before the cancel: the status says "cancelling"
         total, done = progress.get("total", 0), progress.get("done", 0)
         self.progress_bar.setRange(0, max(total, 1) if total else 0)
         self.progress_bar.setValue(done)
@@ -423,8 +503,9 @@ class PredictWidget(QWidget):
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        if self._cancel.is_set() and self.prediction is None:
-            self.status.setText("cancelled")
+        if self._cancel.is_set():
+            self.status.setText("cancelled")  # not a stale "predicting n / m" queued before the cancel
+            self.progress_bar.setValue(0)
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress_bar.setRange(0, 1)
@@ -433,32 +514,80 @@ class PredictWidget(QWidget):
     def _on_result(self, prediction) -> None:
         if prediction is None:
             return
-        self.set_prediction(prediction, placement=self._pending_placement)
+        self.set_prediction(prediction, placement=self._pending_placement, layer_name=self._pending_layer)
 
     # --- results -----------------------------------------------------------------------
-    def set_prediction(self, prediction, placement: Placement | None = None) -> None:
+    def set_prediction(self, prediction, placement: Placement | None = None, layer_name: str | None = None) -> None:
         """Show a prediction: genes to choose from, first gene, tumour mask, confidence.
 
-        ``placement`` is the slide layer's transform (default: the frame of this plugin's
-        reader for the prediction's slide).
+        Parameters
+        ----------
+        placement : Placement, optional
+            The slide layer's transform (default: the frame of this plugin's reader).
+        layer_name : str, optional
+            The slide layer it belongs to (default: the layer chosen in the dock). Its
+            previous analysis, and its measured spots, are replaced; other slides keep theirs.
         """
         from ..layers import confidence_layer, domain_layer
 
-        self.prediction = prediction
-        self.placement = placement or Placement.of_prediction(prediction)
-        self.tumor = None
-        slide_name = prediction.meta["slide"].get("name")
-        if self.spots is not None and getattr(self, "_spots_slide", None) != slide_name:
-            # Measured spots belong to the slide they were loaded for: never compare them
-            # with another slide's prediction.
-            self.spots = None
-            self.last_r = float("nan")
-            self.r_label.setText("")
-            for layer in [l for l in self.viewer.layers if l.metadata.get("stpredict", {}).get("kind") == "measured"]:
-                self.viewer.layers.remove(layer)
+        layer_name = layer_name or self.slide_combo.currentText() or prediction.meta["slide"].get("name", "slide")
+        previous = self.analyses.get(layer_name)
+        self.analysis = SlideAnalysis(layer_name, prediction, placement or Placement.of_prediction(prediction))
+        if previous is not None and previous.spots is not None:
+            try:  # the same slide rerun: its measured spots still belong to it
+                self.analysis.set_spots(previous.spots, previous.spots_source)
+            except ValueError:
+                pass
+        self.analyses[layer_name] = self.analysis
+        self._fill_result_controls()
+        meta = prediction.meta
+        cached = " (from cache)" if meta.get("cache") == "hit" else ""
+        self.status.setText(f"{len(prediction)} spots predicted{cached}")
+        self._upsert(*confidence_layer(prediction, self.placement))
+        if "domain_distance" in prediction.adata.obs and prediction.meta.get("tumor_calibration") is not None:
+            self._upsert(*domain_layer(prediction, self.placement))
+        self._show_trust(prediction, notify=True)
         genes = prediction.genes
+        first = "ERBB2" if "ERBB2" in genes else genes[0]
+        self.show_genes([first])
+        self.update_tumor(threshold=None)
+        self._maybe_load_sample_spots()
+
+    def _gene_accuracy(self) -> dict[str, float | None]:
+        """Held-out r per gene from the loaded model's evaluation, when it is this prediction's model."""
+        from ..model.accuracy import gene_accuracy
+
+        if self.model is None or self.prediction is None or self.model.source != self.prediction.meta["model"]["name"]:
+            return {}
+        return gene_accuracy(self.model)[0]
+
+    def _fill_gene_list(self) -> None:
+        """The prediction's genes, sorted by name or by held-out r, each with its r."""
+        from qtpy.QtWidgets import QListWidgetItem
+
+        if self.prediction is None:
+            return
+        accuracy = self._gene_accuracy()
+        genes = sorted(self.prediction.genes, key=str.upper)
+        if self.gene_sort.currentText() == SORT_ACCURACY:
+            genes.sort(key=lambda g: -accuracy[g] if accuracy.get(g) is not None else float("inf"))
+        selected = set(self._selected_genes())
         self.gene_list.clear()
-        self.gene_list.addItems(genes)
+        for gene in genes:
+            r = accuracy.get(gene)
+            item = QListWidgetItem(f"{gene:<10}  r {r:.2f}" if r is not None else gene)
+            item.setData(GENE_ROLE, gene)
+            self.gene_list.addItem(item)
+            item.setSelected(gene in selected)
+
+    def _selected_genes(self) -> list[str]:
+        return [item.data(GENE_ROLE) for item in self.gene_list.selectedItems()]
+
+    def _fill_result_controls(self) -> None:
+        """Gene list, model line and markers of the current analysis."""
+        prediction = self.prediction
+        genes = prediction.genes
+        self._fill_gene_list()
         completer = QCompleter(genes, self)
         completer.setCaseSensitivity(Qt.CaseInsensitive)
         completer.setFilterMode(Qt.MatchContains)
@@ -467,20 +596,10 @@ class PredictWidget(QWidget):
         trained = ", ".join(meta["model"].get("trained_on", [])) or "unknown sections"
         self.model_info.setText(f"Model {meta['model']['name']}: trained on her2st sections {trained}; "
                                 f"{len(genes)} genes, units {meta['units']}.")
-        self.markers_edit.setText(", ".join(self._panel()))
+        self.markers_edit.setText(", ".join(self.tumor.markers if self.tumor else self._panel()))
         self._set_result_controls(True)
-        cached = " (from cache)" if meta.get("cache") == "hit" else ""
-        self.status.setText(f"{len(prediction)} spots predicted{cached}")
-        self._upsert(*confidence_layer(prediction, self.placement))
-        if "domain_distance" in prediction.adata.obs and prediction.meta.get("tumor_calibration") is not None:
-            self._upsert(*domain_layer(prediction, self.placement))
-        self._show_trust(prediction)
-        first = "ERBB2" if "ERBB2" in genes else genes[0]
-        self.show_genes([first])
-        self.update_tumor(threshold=None)
-        self._maybe_load_sample_spots()
 
-    def _show_trust(self, prediction) -> None:
+    def _show_trust(self, prediction, notify: bool = False) -> None:
         """The banner: out-of-domain verdict and stain warnings, coloured by severity."""
         from ..inference.trust import trust_lines
 
@@ -492,7 +611,8 @@ class PredictWidget(QWidget):
             self.trust_banner.setStyleSheet(f"background-color: {colour}; color: white; padding: 6px; "
                                             "border-radius: 4px;")
             self.trust_banner.setVisible(True)
-            _notify_warning(f"{prediction.meta['slide'].get('name', 'slide')}: {lines[0]}")
+            if notify:
+                _notify_warning(f"{prediction.meta['slide'].get('name', 'slide')}: {lines[0]}")
         else:
             self.trust_banner.setText("")
             self.trust_banner.setVisible(False)
@@ -503,8 +623,13 @@ class PredictWidget(QWidget):
         return model_panel(self.prediction)
 
     def _upsert(self, data, kwargs, layer_type):
-        """Add a layer, or replace the data (and placement) of the layer with the same name."""
-        name = kwargs["name"]
+        """Add a layer of the current slide, or replace the data (and placement) of the one
+        with the same name; names carry the slide layer's name, so each slide keeps its own."""
+        kwargs = dict(kwargs)
+        name = kwargs["name"] = self.analysis.label(kwargs["name"])
+        meta = kwargs.get("metadata", {}).get("stpredict")
+        if meta is not None:
+            kwargs["metadata"] = {"stpredict": {**meta, "slide_layer": self.analysis.layer_name}}
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = data
@@ -534,13 +659,14 @@ class PredictWidget(QWidget):
             for layer in self.viewer.layers:
                 if layer.metadata.get("stpredict", {}).get("kind") == "heatmap":
                     layer.colorbar.visible = layer.name == shown.name  # plugin viewers hand out proxies: no `is`
+            self.analysis.shown_genes = list(genes)
             info = shown.metadata["stpredict"]
             self.viewer.text_overlay.text = f"{info['gene']}: predicted {info['units']}"
             self.viewer.text_overlay.visible = True
         self._update_measured(genes[0] if genes else None)
 
     def show_selected_genes(self) -> None:
-        genes = [item.text() for item in self.gene_list.selectedItems()]
+        genes = self._selected_genes()
         if not genes:
             _notify_warning("Select genes in the list first (type to search)")
             return
@@ -550,16 +676,19 @@ class PredictWidget(QWidget):
         text = text.strip().upper()
         for i in range(self.gene_list.count()):
             item = self.gene_list.item(i)
-            item.setHidden(bool(text) and text not in item.text().upper())
+            item.setHidden(bool(text) and text not in item.data(GENE_ROLE).upper())
 
     def _select_typed_gene(self) -> None:
         text = self.gene_search.text().strip().upper()
         for i in range(self.gene_list.count()):
             item = self.gene_list.item(i)
-            if item.text().upper() == text:
+            if item.data(GENE_ROLE).upper() == text:
                 item.setSelected(True)
-                self.show_genes([item.text()])
+                self.show_genes([item.data(GENE_ROLE)])
                 return
+        if text and self.prediction is not None:
+            _notify_warning(f"{self.gene_search.text().strip()} is not predicted by this model (it predicts "
+                            f"{len(self.prediction.genes)} genes; type part of a name to search)")
 
     def _apply_preset(self, index: int) -> None:
         from ..training.genes import HER2_AMPLICON
@@ -568,7 +697,7 @@ class PredictWidget(QWidget):
         genes = self._panel() if name == "Marker panel" else list(HER2_AMPLICON) if name == "HER2 amplicon" else []
         self.gene_list.clearSelection()
         for i in range(self.gene_list.count()):
-            if self.gene_list.item(i).text() in genes:
+            if self.gene_list.item(i).data(GENE_ROLE) in genes:
                 self.gene_list.item(i).setSelected(True)
         self.preset_combo.setCurrentIndex(0)
 
@@ -594,7 +723,7 @@ class PredictWidget(QWidget):
             return
         if mask.missing:
             _notify_warning(f"markers not predicted by this model: {', '.join(mask.missing)}")
-        self.tumor = mask
+        self.analysis.tumor = mask
         self._upsert(*tumor_labels_layer(self.prediction, mask, self.placement))
         self._upsert(*tumor_contour_layer(self.prediction, mask, self.placement))
         if threshold is None:
@@ -647,14 +776,20 @@ class PredictWidget(QWidget):
                 _notify_error(f"{Path(path).name}: {exc}")
 
     def load_spots(self, path: str | Path) -> None:
-        """Use measured spots (``obsm["spatial"]`` in level-0 pixels of this slide) for comparison."""
+        """Use measured spots (``obsm["spatial"]`` in level-0 pixels of this slide) for comparison.
+
+        Raises
+        ------
+        ValueError
+            When no slide has been predicted yet, or the spots do not lie on this slide.
+        """
         from ..io.st_data import read_st_h5ad
 
-        self.spots = read_st_h5ad(path)
-        self._spots_slide = self.prediction.meta["slide"].get("name") if self.prediction is not None else None
-        gene = next((l.metadata.get("stpredict", {}).get("gene") for l in reversed(list(self.viewer.layers))
-                     if l.metadata.get("stpredict", {}).get("kind") == "heatmap"), None)
-        self._update_measured(gene)
+        if self.analysis is None:
+            raise ValueError("run a prediction on the slide first; measured spots are compared with it")
+        self.analysis.set_spots(read_st_h5ad(path), Path(path).name)
+        shown = self.analysis.shown_genes
+        self._update_measured(shown[0] if shown else None)
 
     def _update_measured(self, gene: str | None) -> None:
         from ..layers import measured_points_layer
@@ -668,19 +803,20 @@ class PredictWidget(QWidget):
         except KeyError as exc:
             self.r_label.setText(str(exc).strip("'\""))
             return
-        for layer in [l for l in self.viewer.layers if l.metadata.get("stpredict", {}).get("kind") == "measured"]:
+        for layer in [layer for layer in self.viewer.layers if self._is_mine(layer, "measured")]:
             self.viewer.layers.remove(layer)
+        kwargs["name"] = self.analysis.label(kwargs["name"])
+        kwargs["metadata"] = {"stpredict": {**kwargs["metadata"]["stpredict"],
+                                            "slide_layer": self.analysis.layer_name}}
         self.viewer.add_points(data, **kwargs)
-        self.last_r = self._pearson_at_spots(gene, kwargs["features"]["expression"])
+        self.analysis.last_r = self.analysis.pearson(gene, kwargs["features"]["expression"])
         self.r_label.setText(f"{gene}: predicted vs measured at {self.spots.n_obs} spots, "
                              f"Pearson r = {self.last_r:.2f}")
 
-    def _pearson_at_spots(self, gene: str, measured: np.ndarray) -> float:
-        values = self.prediction.heatmap(gene).sample(self.spots.obsm["spatial"])
-        good = np.isfinite(values)
-        if good.sum() < 3 or np.std(values[good]) == 0 or np.std(measured[good]) == 0:
-            return float("nan")
-        return float(np.corrcoef(values[good], measured[good])[0, 1])
+    def _is_mine(self, layer, kind: str) -> bool:
+        """Whether ``layer`` is a prediction layer of ``kind`` of the slide the dock shows."""
+        meta = layer.metadata.get("stpredict", {})
+        return meta.get("kind") == kind and meta.get("slide_layer") == self.analysis.layer_name
 
     # --- export ----------------------------------------------------------------------------
     def _choose_table_file(self) -> None:

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,25 @@ __all__ = ["predict_slide", "run_prediction", "PredictionCancelled"]
 
 class PredictionCancelled(StPredictError):
     """The run was cancelled; nothing was written."""
+
+
+def _cancellable(func, cancel_event: threading.Event | None, name: str, *args, **kwargs):
+    """Run a single long call (tissue detection, the stain check) so that a cancel answers
+    within a tenth of a second: the call runs in a helper thread, and a cancel leaves it
+    to finish on its own while the prediction stops at once."""
+    if cancel_event is None:
+        return func(*args, **kwargs)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stpredict-step")
+    try:
+        future = pool.submit(func, *args, **kwargs)
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except FuturesTimeout:
+                if cancel_event.is_set():
+                    raise PredictionCancelled(f"{name}: prediction cancelled before any spot was predicted") from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _tissue_thumbnail_size(slide, patch_um: float) -> int:
@@ -119,13 +139,14 @@ def predict_slide(
                               f"{io.patch_um:g} µm patch of the model; check its resolution (mpp {slide.mpp_x:g})")
     resolution = _resolution_check(slide.mpp_x, io.mpp)
     yield {"stage": "stain", "done": 0, "total": 0, "message": "checking the stain"}
-    stain = check_slide_stain(slide)
+    stain = _cancellable(check_slide_stain, cancel_event, slide.name, slide)
     # A blank image is left to tissue detection, whose message also says what to do.
     if check_stain and not stain.ok and stain.kind != "blank":
         raise StainCheckError(f"{slide.name}: not an H&E slide: {stain.message} (to predict anyway: "
                               "--no-stain-check, or untick 'Check stain' in the widget)")
     yield {"stage": "tissue", "done": 0, "total": 0, "message": "detecting tissue"}
-    tissue = slide_tissue_mask(slide, max_size=_tissue_thumbnail_size(slide, io.patch_um), require_tissue=roi is None)
+    tissue = _cancellable(slide_tissue_mask, cancel_event, slide.name, slide,
+                          max_size=_tissue_thumbnail_size(slide, io.patch_um), require_tissue=roi is None)
     mask = tissue.mask
     if roi is not None:
         mask = mask & roi_mask(mask.shape, tissue.l0_per_th, roi)

@@ -1,0 +1,92 @@
+"""`SlideAnalysis`: everything about one slide's analysis, without Qt.
+
+The dock widget keeps one per slide layer, so several slides in one napari window keep
+their own prediction, tumour mask, measured spots and layers; tests drive it without a
+viewer. It holds state only: computing is done by the engine and `inference.tumor`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .placement import Placement
+
+__all__ = ["SlideAnalysis", "check_spots_fit"]
+
+
+def check_spots_fit(spots, prediction, *, source: str = "measured spots") -> None:
+    """Raise ValueError unless measured spots lie on the predicted slide.
+
+    Parameters
+    ----------
+    spots : anndata.AnnData
+        With ``obsm["spatial"]`` in level-0 pixels.
+    prediction : Prediction
+        The slide's prediction (its level-0 size and predicted spot grid).
+    source : str
+        How to name the spots in the message (e.g. the file name).
+    """
+    xy = np.asarray(spots.obsm["spatial"], float)
+    width, height = prediction.meta["slide"]["dimensions"]
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
+    if inside.mean() < 0.9:
+        raise ValueError(f"{source}: {1 - inside.mean():.0%} of its {len(xy)} spots lie outside this slide "
+                         f"({width} x {height} px at level 0); they belong to another slide or are not in its "
+                         "level-0 pixels")
+    centres = prediction.l0_centres
+    stride = float(np.mean(prediction.meta["grid_stride_l0"]))
+    from scipy.spatial import cKDTree
+
+    near = cKDTree(centres).query(xy[inside], distance_upper_bound=1.5 * stride)[0]
+    if np.isfinite(near).mean() < 0.5:
+        raise ValueError(f"{source}: most of its spots are not on this slide's tissue; they belong to another "
+                         "slide or use another coordinate frame")
+
+
+@dataclass
+class SlideAnalysis:
+    """One slide layer's analysis: its prediction and what was derived from it.
+
+    Attributes
+    ----------
+    layer_name : str
+        The napari slide layer (prediction layers are named after it).
+    prediction : Prediction
+    placement : Placement
+        The slide layer's transform; every prediction layer takes it.
+    tumor : TumorMask or None
+        The current tumour mask (markers and threshold as last chosen).
+    spots : anndata.AnnData or None
+        Measured spots of this slide, if any.
+    last_r : float
+        Pearson r of predicted vs measured for the gene last compared.
+    """
+
+    layer_name: str
+    prediction: Any
+    placement: Placement
+    tumor: Any = None
+    spots: Any = None
+    spots_source: str | None = None
+    last_r: float = float("nan")
+    shown_genes: list[str] = field(default_factory=list)
+
+    def label(self, name: str) -> str:
+        """A layer name for this slide, e.g. ``"ERBB2 (predicted) [her2st_C2]"``."""
+        return f"{name} [{self.layer_name}]"
+
+    def set_spots(self, spots, source: str) -> None:
+        """Attach measured spots after checking they lie on this slide (see `check_spots_fit`)."""
+        check_spots_fit(spots, self.prediction, source=source)
+        self.spots, self.spots_source = spots, source
+
+    def pearson(self, gene: str, measured: np.ndarray) -> float:
+        """Pearson r of the predicted ``gene`` at the measured spots against ``measured``."""
+        values = self.prediction.heatmap(gene).sample(self.spots.obsm["spatial"])
+        good = np.isfinite(values)
+        if good.sum() < 3 or np.std(values[good]) == 0 or np.std(measured[good]) == 0:
+            return float("nan")
+        return float(np.corrcoef(values[good], measured[good])[0, 1])
