@@ -204,6 +204,9 @@ class PredictWidget(QWidget):
         g.addWidget(self.gene_sort)
         self.gene_list = QListWidget()
         self.gene_list.setSelectionMode(QAbstractItemView.ExtendedSelection)
+        from qtpy.QtGui import QFontDatabase
+
+        self.gene_list.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))  # so the r column lines up
         self.gene_list.setMaximumHeight(160)
         g.addWidget(self.gene_list)
         row = QHBoxLayout()
