@@ -83,6 +83,22 @@ class SlideAnalysis:
         check_spots_fit(spots, self.prediction, source=source)
         self.spots, self.spots_source = spots, source
 
+    def spot_at(self, l0_xy) -> int | None:
+        """Index of the predicted spot whose grid cell holds the level-0 point, or None."""
+        meta = self.prediction.meta
+        if getattr(self, "_spot_index", None) is None:
+            index = np.full(tuple(meta["grid_shape"]), -1, np.int64)
+            obs = self.prediction.adata.obs
+            index[obs["grid_row"].to_numpy(int), obs["grid_col"].to_numpy(int)] = np.arange(len(obs))
+            self._spot_index = index
+        (ox, oy), (sx, sy) = meta["grid_origin_l0"], meta["grid_stride_l0"]
+        x, y = np.asarray(l0_xy, float).ravel()[:2]
+        col, row = int(np.floor((x - ox) / sx + 0.5)), int(np.floor((y - oy) / sy + 0.5))
+        rows, cols = self._spot_index.shape
+        if not (0 <= row < rows and 0 <= col < cols) or self._spot_index[row, col] < 0:
+            return None
+        return int(self._spot_index[row, col])
+
     def pearson(self, gene: str, measured: np.ndarray) -> float:
         """Pearson r of the predicted ``gene`` at the measured spots against ``measured``."""
         values = self.prediction.heatmap(gene).sample(self.spots.obsm["spatial"])

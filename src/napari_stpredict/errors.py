@@ -15,6 +15,7 @@ __all__ = [
     "TissueMaskError",
     "StainCheckError",
     "OutputError",
+    "PredictionCancelled",
     "StPredictWarning",
 ]
 
@@ -50,6 +51,10 @@ class StainCheckError(StPredictError, ValueError):
 
 class OutputError(StPredictError, OSError):
     """Outputs cannot be written (full or read-only disk, a file where a folder should be)."""
+
+
+class PredictionCancelled(StPredictError):
+    """The run was cancelled; nothing was written."""
 
 
 class StPredictWarning(UserWarning):

@@ -17,7 +17,7 @@ from .inference.prediction import UNITS, Prediction
 from .inference.tumor import TumorMask, mask_polygons
 from .placement import Placement
 
-__all__ = ["heatmap_layer", "confidence_layer", "tumor_labels_layer", "tumor_contour_layer",
+__all__ = ["colour_limits", "heatmap_layer", "confidence_layer", "tumor_labels_layer", "tumor_contour_layer",
            "measured_points_layer", "world_per_l0", "domain_layer"]
 
 
@@ -43,14 +43,34 @@ def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
         "note": "Research use only; not for diagnosis.", **extra}}
 
 
+def colour_limits(prediction: Prediction, gene: str, *, fixed: bool = True) -> tuple[float, float]:
+    """Colour limits of a gene's heatmap.
+
+    Parameters
+    ----------
+    fixed : bool
+        True: the gene's range over the model's training spots (mean +- 2 sd of their
+        predicted expression, from the checkpoint's calibration), the same on every slide,
+        so colours can be compared between slides. False, or a model without calibration:
+        this slide's 2nd-98th percentile.
+    """
+    cal = prediction.meta.get("tumor_calibration") or {}
+    if fixed and cal.get("gene_mean"):
+        i = prediction._gene_index(gene)
+        mean, sd = float(cal["gene_mean"][i]), float(cal["gene_std"][i])
+        lo, hi = max(0.0, mean - 2 * sd), mean + 2 * sd
+    else:
+        heat = prediction.heatmap(gene)
+        finite = heat.raster[np.isfinite(heat.raster)]
+        lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+    return float(lo), float(max(hi, lo + 1e-3))
+
+
 def heatmap_layer(prediction: Prediction, gene: str, *, opacity: float = 0.65,
-                  placement: Placement | None = None) -> tuple:
-    """Image layer of one gene's predicted expression (viridis, 2-98th percentile limits)."""
+                  placement: Placement | None = None, fixed_limits: bool = True) -> tuple:
+    """Image layer of one gene's predicted expression (viridis; limits from `colour_limits`)."""
     heat = prediction.heatmap(gene)
-    finite = heat.raster[np.isfinite(heat.raster)]
-    lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
-    if hi <= lo:
-        hi = lo + 1e-3
+    lo, hi = colour_limits(prediction, gene, fixed=fixed_limits)
     kwargs = {
         "name": f"{heat.name} (predicted)", **_grid(prediction, placement),
         "colormap": "viridis", "contrast_limits": (float(lo), float(hi)), "opacity": opacity,

@@ -45,7 +45,9 @@ def test_prediction_adds_layers_aligned_with_the_slide(predicted):
     assert {"heatmap", "tumor_mask", "tumor_contour", "confidence", "measured"} <= set(kinds)
     heat, slide_layer = kinds["heatmap"], viewer.layers["her2st_C2"]
     assert heat.name == "ERBB2 (predicted) [her2st_C2]" and heat.colormap.name == "viridis" and heat.colorbar.visible
-    assert "log1p" in viewer.text_overlay.text
+    from napari_stpredict._qt.predict_widget import canvas_caption
+
+    assert "log1p" in canvas_caption(viewer).text
     obs = widget.prediction.adata.obs
     for i in (0, len(obs) // 2, len(obs) - 1):  # a known spot: same world point in both layers
         x, y = obs["x"].iloc[i], obs["y"].iloc[i]
@@ -80,6 +82,8 @@ def test_screenshot_shows_heatmap_colours(predicted):
 
 
 def test_switching_genes_does_not_rerun_the_model(predicted):
+    from napari_stpredict._qt.predict_widget import canvas_caption
+
     viewer, widget = predicted
     calls = []
     original = widget.model.embed_with_features  # what the engine calls for every batch
@@ -96,7 +100,7 @@ def test_switching_genes_does_not_rerun_the_model(predicted):
     grb7, erbb2 = viewer.layers["GRB7 (predicted) [her2st_C2]"], viewer.layers["ERBB2 (predicted) [her2st_C2]"]
     assert grb7.colorbar.visible and not erbb2.colorbar.visible
     viewer.layers.selection.active = erbb2  # the colour bar and caption follow the selected map
-    assert erbb2.colorbar.visible and not grb7.colorbar.visible and "ERBB2" in viewer.text_overlay.text
+    assert erbb2.colorbar.visible and not grb7.colorbar.visible and "ERBB2" in canvas_caption(viewer).text
 
 
 def test_threshold_slider_changes_the_mask(predicted):
@@ -477,3 +481,15 @@ def test_cancel_during_tissue_detection_in_the_widget(make_napari_viewer, qtbot,
     qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
     assert time.perf_counter() - t0 < 1.0
     assert widget.status.text() == "cancelled" and widget.prediction is None and widget.run_button.isEnabled()
+
+
+def test_hover_readout_names_gene_units_and_tumour_score_whatever_layer_is_selected(predicted):
+    viewer, widget = predicted
+    viewer.layers.selection.active = viewer.layers["her2st_C2"]  # not a prediction layer
+    obs = widget.prediction.adata.obs
+    x, y = obs["x"].iloc[len(obs) // 2], obs["y"].iloc[len(obs) // 2]
+    world = viewer.layers["her2st_C2"].data_to_world((y - 0.5, x - 0.5))
+    text = widget.readout_at(world)
+    expected = widget.prediction.expression("ERBB2")[len(obs) // 2]
+    assert text.startswith(f"ERBB2 {expected:.2f} log1p(counts per 10,000)") and "tumour score" in text
+    assert widget.readout_at((-1e6, -1e6)) == "no prediction here"

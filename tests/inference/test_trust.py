@@ -147,3 +147,15 @@ def test_cli_prints_the_verdict_and_records_it(wsi_dir, sample_slide_path, tmp_p
     rc = main(["predict", str(wsi_dir / "CMU-1-Small-Region.svs"), "--out", str(tmp_path / "out2"),
                "--threshold-mode", "slide", "--tumour-out-of-domain"])
     assert rc == 0 and "automatic per slide" in capsys.readouterr().out
+
+
+def test_colour_limits_are_the_training_range_by_default(sample_prediction, skin_prediction):
+    """Fixed per gene from the training spots, so colours mean the same on two slides;
+    the per-slide percentiles stay available."""
+    from napari_stpredict.layers import colour_limits, heatmap_layer
+
+    fixed = colour_limits(sample_prediction, "ERBB2")
+    assert fixed == colour_limits(skin_prediction, "ERBB2") and fixed[0] < fixed[1]
+    assert colour_limits(sample_prediction, "ERBB2", fixed=False) != colour_limits(skin_prediction, "ERBB2",
+                                                                                    fixed=False)
+    assert heatmap_layer(sample_prediction, "ERBB2")[1]["contrast_limits"] == fixed

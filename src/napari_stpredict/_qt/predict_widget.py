@@ -26,6 +26,8 @@ BUNDLED = "Bundled model (her2st breast cancer)"
 FROM_FILE = "Checkpoint file..."
 MODE_ABSOLUTE = "Calibrated (absolute units)"
 SORT_NAME = "Sort genes: A-Z"
+COLOURS_FIXED = "Colours: training range (comparable between slides)"
+COLOURS_SLIDE = "Colours: this slide's 2-98th percentile"
 SORT_ACCURACY = "Sort genes: best predicted first (held-out r)"
 GENE_ROLE = Qt.UserRole  # an item's gene name; its text also shows the held-out r
 MODE_SLIDE = "Automatic per slide"
@@ -43,6 +45,14 @@ def _notify_warning(message: str) -> None:
     from napari.utils.notifications import show_warning
 
     show_warning(message)
+
+
+def canvas_caption(viewer):
+    """The viewer's canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9,
+    where ``viewer.text_overlay`` is deprecated)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return overlays.text if overlays is not None and hasattr(overlays, "text") else viewer.text_overlay
 
 
 class PredictWidget(QWidget):
@@ -92,6 +102,7 @@ class PredictWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layer_choices)
         self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self._refresh_layer_choices()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
@@ -101,7 +112,33 @@ class PredictWidget(QWidget):
                                   (self.viewer.layers.events.removed, self._refresh_layer_choices),
                                   (self.viewer.layers.selection.events.active, self._on_active_layer)):
             emitter.disconnect(callback)
+        if self._on_mouse_move in self.viewer.mouse_move_callbacks:
+            self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
         super().closeEvent(event)
+
+    def _on_mouse_move(self, viewer, event) -> None:
+        self.readout.setText(self.readout_at(event.position))
+
+    def readout_at(self, world_position) -> str:
+        """What the slide shown in the dock predicts at a world position (whatever layer is
+        selected): gene and value with units, confidence, tumour score, out-of-domain flag."""
+        if self.analysis is None:
+            return ""
+        from ..inference.prediction import UNITS
+
+        l0 = self.placement.world_to_l0(np.asarray(world_position, float)[-2:])[0]
+        spot = self.analysis.spot_at(l0)
+        if spot is None:
+            return "no prediction here"
+        prediction = self.prediction
+        values = [f"{gene} {float(prediction.adata.X[spot, prediction._gene_index(gene)]):.2f}"
+                  for gene in self.analysis.shown_genes[:3]]
+        text = f"{', '.join(values)} {UNITS}; confidence {prediction.confidence[spot]:.2f}"
+        if self.tumor is not None:
+            text += f"; tumour score {self.tumor.score[spot]:.2f} (threshold {self.tumor.threshold:.2f})"
+        if "out_of_domain" in prediction.adata.obs and bool(prediction.adata.obs["out_of_domain"].iloc[spot]):
+            text += "; OUT OF DOMAIN"
+        return text
 
     def _on_active_layer(self, event=None) -> None:
         """Colour bar and caption follow the heatmap the user selects."""
@@ -112,8 +149,9 @@ class PredictWidget(QWidget):
         for other in self.viewer.layers:
             if other.metadata.get("stpredict", {}).get("kind") == "heatmap":
                 other.colorbar.visible = other.name == layer.name
-        self.viewer.text_overlay.text = f"{meta['gene']}: predicted {meta['units']} ({meta.get('slide_layer', '')})"
-        self.viewer.text_overlay.visible = True
+        caption = canvas_caption(self.viewer)
+        caption.text = f"{meta['gene']}: predicted {meta['units']} ({meta.get('slide_layer', '')})"
+        caption.visible = True
 
     # --- UI ----------------------------------------------------------------------
     def _build(self) -> None:
@@ -183,6 +221,10 @@ class PredictWidget(QWidget):
         self.status.setWordWrap(True)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        self.readout = QLabel("")
+        self.readout.setWordWrap(True)
+        self.readout.setToolTip("The prediction under the mouse cursor")
+        layout.addWidget(self.readout)
         # What the user must know before reading any map: out of domain, unusual stain.
         self.trust_banner = QLabel("")
         self.trust_banner.setWordWrap(True)
@@ -202,6 +244,14 @@ class PredictWidget(QWidget):
                                   "(its shipped evaluation); trust maps of well-predicted genes more")
         self.gene_sort.currentIndexChanged.connect(lambda *_: self._fill_gene_list())
         g.addWidget(self.gene_sort)
+        self.colour_range = QComboBox()
+        self.colour_range.addItems([COLOURS_FIXED, COLOURS_SLIDE])
+        self.colour_range.setToolTip("Training range: each gene's colours span its range over the model's training "
+                                     "spots, the same on every slide (comparable). This slide: its own 2nd-98th "
+                                     "percentile (more contrast, not comparable)")
+        self.colour_range.currentIndexChanged.connect(lambda *_: self.show_genes(self.analysis.shown_genes)
+                                                      if self.analysis else None)
+        g.addWidget(self.colour_range)
         self.gene_list = QListWidget()
         self.gene_list.setSelectionMode(QAbstractItemView.ExtendedSelection)
         from qtpy.QtGui import QFontDatabase
@@ -654,7 +704,8 @@ class PredictWidget(QWidget):
         shown = None
         for gene in genes:
             try:
-                shown = self._upsert(*heatmap_layer(self.prediction, gene, placement=self.placement))
+                shown = self._upsert(*heatmap_layer(self.prediction, gene, placement=self.placement,
+                                                    fixed_limits=self.colour_range.currentText() == COLOURS_FIXED))
             except KeyError as exc:
                 _notify_error(str(exc).strip("'\""))
         if shown is not None:
@@ -664,8 +715,9 @@ class PredictWidget(QWidget):
                     layer.colorbar.visible = layer.name == shown.name  # plugin viewers hand out proxies: no `is`
             self.analysis.shown_genes = list(genes)
             info = shown.metadata["stpredict"]
-            self.viewer.text_overlay.text = f"{info['gene']}: predicted {info['units']}"
-            self.viewer.text_overlay.visible = True
+            caption = canvas_caption(self.viewer)
+            caption.text = f"{info['gene']}: predicted {info['units']}"
+            caption.visible = True
         self._update_measured(genes[0] if genes else None)
 
     def show_selected_genes(self) -> None:

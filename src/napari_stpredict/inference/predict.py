@@ -20,14 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StPredictError
+from ..errors import PredictionCancelled, StPredictError  # noqa: F401 - re-exported
 from .prediction import Prediction
 
 __all__ = ["predict_slide", "run_prediction", "PredictionCancelled"]
 
 
-class PredictionCancelled(StPredictError):
-    """The run was cancelled; nothing was written."""
 
 
 def _cancellable(func, cancel_event: threading.Event | None, name: str, *args, **kwargs):
