@@ -74,7 +74,10 @@ def heatmap_layer(prediction: Prediction, gene: str, *, opacity: float = 0.65,
     kwargs = {
         "name": f"{heat.name} (predicted)", **_grid(prediction, placement),
         "colormap": "viridis", "contrast_limits": (float(lo), float(hi)), "opacity": opacity,
-        "blending": "translucent", "interpolation2d": "nearest",
+        # Drawn with linear interpolation between spot centres: smooth at a glance instead of a
+        # mosaic of 112 µm blocks, without a finer stride (which lowered ERBB2 r at the sample's
+        # measured spots from 0.32 to 0.28 at 56 µm and took 3.4x as long; see the README).
+        "blending": "translucent", "interpolation2d": "linear",
         "metadata": _provenance(prediction, kind="heatmap", gene=heat.name, units=UNITS),
     }
     return heat.raster, kwargs, "image"

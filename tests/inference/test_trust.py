@@ -159,3 +159,33 @@ def test_colour_limits_are_the_training_range_by_default(sample_prediction, skin
     assert colour_limits(sample_prediction, "ERBB2", fixed=False) != colour_limits(skin_prediction, "ERBB2",
                                                                                     fixed=False)
     assert heatmap_layer(sample_prediction, "ERBB2")[1]["contrast_limits"] == fixed
+
+
+def test_overview_has_colour_bar_scale_bar_and_legend(sample_prediction, sample_slide_path, tmp_path):
+    from PIL import Image
+
+    from napari_stpredict.inference.export import export_overview
+
+    with open_slide(sample_slide_path) as slide:
+        path = export_overview(slide, sample_prediction, "ERBB2", tumor_mask(sample_prediction), tmp_path / "o.png")
+        thumb_h = slide.thumbnail(1024).shape[0]
+    image = np.asarray(Image.open(path))
+    strip = image[thumb_h:]
+    assert strip.shape[0] > 60  # the caption strip below the slide
+    bar = strip[6:16, 8:200]
+    assert (bar[:, :, 1].astype(int) - bar[:, :, 0]).max() > 100  # viridis: a green-above-red gradient
+    assert (strip[8:12, -100:-10] < 50).all()  # the black scale bar at the right
+
+
+def test_smooth_sampling_interpolates_between_spot_centres(sample_prediction):
+    heat = sample_prediction.heatmap("ERBB2")
+    obs = sample_prediction.adata.obs
+    centre = sample_prediction.l0_centres[:1]
+    assert heat.sample_smooth(centre)[0] == pytest.approx(heat.sample(centre)[0], abs=1e-5)  # exact at a centre
+    rows, cols = obs["grid_row"].to_numpy(), obs["grid_col"].to_numpy()
+    both = [i for i in range(len(obs)) if ((rows == rows[i]) & (cols == cols[i] + 1)).any()]
+    i = both[0]
+    j = int(np.flatnonzero((rows == rows[i]) & (cols == cols[i] + 1))[0])
+    midpoint = (sample_prediction.l0_centres[i] + sample_prediction.l0_centres[j]) / 2
+    values = sample_prediction.expression("ERBB2")
+    assert heat.sample_smooth(midpoint[None])[0] == pytest.approx((values[i] + values[j]) / 2, abs=1e-4)

@@ -25,10 +25,10 @@ from ..placement import Placement
 BUNDLED = "Bundled model (her2st breast cancer)"
 FROM_FILE = "Checkpoint file..."
 MODE_ABSOLUTE = "Calibrated (absolute units)"
-SORT_NAME = "Sort genes: A-Z"
-COLOURS_FIXED = "Colours: training range (comparable between slides)"
-COLOURS_SLIDE = "Colours: this slide's 2-98th percentile"
-SORT_ACCURACY = "Sort genes: best predicted first (held-out r)"
+SORT_NAME = "Genes A-Z"
+COLOURS_FIXED = "Colours: training"
+COLOURS_SLIDE = "Colours: this slide"
+SORT_ACCURACY = "Best r first"
 GENE_ROLE = Qt.UserRole  # an item's gene name; its text also shows the held-out r
 MODE_SLIDE = "Automatic per slide"
 WHOLE_TISSUE = "(whole tissue)"
@@ -243,7 +243,6 @@ class PredictWidget(QWidget):
         self.gene_sort.setToolTip("Held-out r: how well the model predicted each gene on patients it never saw "
                                   "(its shipped evaluation); trust maps of well-predicted genes more")
         self.gene_sort.currentIndexChanged.connect(lambda *_: self._fill_gene_list())
-        g.addWidget(self.gene_sort)
         self.colour_range = QComboBox()
         self.colour_range.addItems([COLOURS_FIXED, COLOURS_SLIDE])
         self.colour_range.setToolTip("Training range: each gene's colours span its range over the model's training "
@@ -251,7 +250,10 @@ class PredictWidget(QWidget):
                                      "percentile (more contrast, not comparable)")
         self.colour_range.currentIndexChanged.connect(lambda *_: self.show_genes(self.analysis.shown_genes)
                                                       if self.analysis else None)
-        g.addWidget(self.colour_range)
+        sort_row = QHBoxLayout()
+        sort_row.addWidget(self.gene_sort)
+        sort_row.addWidget(self.colour_range)
+        g.addLayout(sort_row)
         self.gene_list = QListWidget()
         self.gene_list.setSelectionMode(QAbstractItemView.ExtendedSelection)
         from qtpy.QtGui import QFontDatabase
@@ -400,7 +402,7 @@ class PredictWidget(QWidget):
         self._fill_result_controls()
         self._show_trust(analysis.prediction)
         if analysis.tumor is not None:
-            self.threshold_label.setText(f"{analysis.tumor.threshold:.2f} ({analysis.tumor.fraction:.0%} of tissue)")
+            self.threshold_label.setText(f"{analysis.tumor.threshold:.2f} ({analysis.tumor.fraction:.0%})")
         self.r_label.setText(f"Pearson r = {analysis.last_r:.2f} ({analysis.spots_source})"
                              if analysis.spots is not None else "")
         self.status.setText(f"showing {layer_name}: {len(analysis.prediction)} spots")
@@ -493,7 +495,12 @@ class PredictWidget(QWidget):
         params = {"stride_um": self.stride_spin.value(), "roi": roi, "cancel_event": self._cancel,
                   "check_stain": self.stain_check.isChecked()}
         # _ignore_errors: _on_error turns them into one clear notification (no re-raise, no traceback popup)
-        self.worker = create_worker(self._work, slide, params, _start_thread=False, _ignore_errors=True)
+        # Every input is read here, on the GUI thread; the worker never touches a Qt widget.
+        from ..model import default_model_path
+
+        model_path, device = self._model_path or default_model_path(), self.device_combo.currentText()
+        self.worker = create_worker(self._work, slide, params, model_path, device, _start_thread=False,
+                                    _ignore_errors=True)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
@@ -503,13 +510,11 @@ class PredictWidget(QWidget):
         self.status.setText("starting...")
         self.worker.start()
 
-    def _work(self, slide, params):
+    def _work(self, slide, params, path: Path, device: str):
         """Runs in the worker thread: load the model (once), then predict with the cache."""
         from ..inference.cache import cached_predict_slide
-        from ..model import default_model_path, load_model
+        from ..model import load_model
 
-        path = self._model_path or default_model_path()
-        device = self.device_combo.currentText()
         key = f"{path}|{device}"
         if self.model is None or self._model_key != key:
             yield {"stage": "model", "done": 0, "total": 0, "message": f"loading model {path.name}"}
@@ -789,7 +794,7 @@ class PredictWidget(QWidget):
             self.threshold_slider.setValue(int(round((mask.threshold - lo) / max(hi - lo, 1e-9) * 1000)))
             self.threshold_slider.blockSignals(False)
         self.threshold_label.setText(f"{mask.threshold:.2f} ({'auto' if mask.automatic else 'manual'}, "
-                                     f"{mask.fraction:.0%} of tissue)")
+                                     f"{mask.fraction:.0%})")
         self.threshold_label.setToolTip(mask.describe() + (f"; {mask.note}" if mask.note else ""))
         if mask.note and threshold is None:
             self.status.setText(f"{self.status.text().split(' | ')[0]} | tumour: {mask.note}")

@@ -68,9 +68,21 @@ def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | 
     from .overview import caption_image, overview_image
     from .trust import trust_lines
 
-    image = overview_image(slide, prediction.heatmap(gene), None if mask is None else mask.raster)
+    from ..layers import colour_limits
+
+    heat = prediction.heatmap(gene)
+    fixed = bool((prediction.meta.get("tumor_calibration") or {}).get("gene_mean"))
+    limits = colour_limits(prediction, heat.name, fixed=fixed)
+    image = overview_image(slide, heat, None if mask is None else mask.raster, limits=limits)
     domain = (prediction.meta.get("trust") or {}).get("domain") or {}
-    lines = [f"{gene}: predicted {UNITS}, colours 2nd-98th percentile of this slide. Research use only.",
+    scale_bar = None
+    if prediction.meta.get("mpp_x"):
+        um_per_px = prediction.meta["mpp_x"] * slide.dimensions[0] / image.shape[1]
+        length_um = next((v for v in (10000, 5000, 2000, 1000, 500, 200, 100) if v / um_per_px <= image.shape[1] / 4),
+                         100)
+        scale_bar = (length_um / um_per_px, f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um} µm")
+    range_text = "its range over the model's training spots" if fixed else "the 2nd-98th percentile of this slide"
+    lines = [f"{heat.name}: predicted {UNITS}; colours span {range_text}. Research use only.",
              f"Domain: {domain.get('verdict', 'unknown')}"
              + (f" ({domain['share_out']:.0%} of spots unlike the training data)" if domain.get("share_out") is not None
                 else "")]
@@ -78,7 +90,8 @@ def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | 
         lines.append(f"Red contour: predicted tumour, {mask.fraction:.0%} of tissue, threshold {mask.describe()}"
                      + (f"; {mask.note}" if mask.note else ""))
     warn = [line for line in trust_lines(prediction.meta) if not line.lower().startswith("in domain")]
-    image = caption_image(image, lines, warnings=warn)
+    image = caption_image(image, lines, warnings=warn, colourbar=(*limits, f"{heat.name}, {UNITS}"),
+                          scale_bar=scale_bar)
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return path

@@ -42,6 +42,32 @@ class Heatmap:
         """Level-0 ``(x, y)`` of the centre of grid pixel ``(row, col)``."""
         return (self.l0_origin[0] + col * self.l0_stride[0], self.l0_origin[1] + row * self.l0_stride[1])
 
+    def sample_smooth(self, l0_xy: np.ndarray) -> np.ndarray:
+        """Values at level-0 ``(x, y)`` points, linearly interpolated between spot centres
+        (missing neighbours left out of the weights; NaN where the point's cell is off the
+        grid). What napari's linear display shows; for pictures, not for statistics."""
+        xy = np.atleast_2d(np.asarray(l0_xy, float))
+        fc = (xy[:, 0] - self.l0_origin[0]) / self.l0_stride[0]
+        fr = (xy[:, 1] - self.l0_origin[1]) / self.l0_stride[1]
+        c0, r0 = np.floor(fc).astype(int), np.floor(fr).astype(int)
+        tc, tr = fc - c0, fr - r0
+        rows, cols = self.raster.shape
+        total = np.zeros(len(xy))
+        weight = np.zeros(len(xy))
+        for dr, wr in ((0, 1 - tr), (1, tr)):
+            for dc, wc in ((0, 1 - tc), (1, tc)):
+                r, c = r0 + dr, c0 + dc
+                ok = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+                v = np.full(len(xy), np.nan)
+                v[ok] = self.raster[r[ok], c[ok]]
+                good = np.isfinite(v)
+                w = wr * wc * good
+                total[good] += (w * v)[good]
+                weight += w
+        out = np.where(weight > 1e-9, total / np.maximum(weight, 1e-9), np.nan)
+        out[np.isnan(self.sample(xy))] = np.nan  # keep the tissue outline of the grid
+        return out.astype(np.float32)
+
     def sample(self, l0_xy: np.ndarray) -> np.ndarray:
         """Values at level-0 ``(x, y)`` points (the grid cell each falls in; NaN off the grid)."""
         xy = np.atleast_2d(np.asarray(l0_xy, float))
