@@ -154,7 +154,8 @@ def main() -> None:
     print(f"\nopen -> first rendered view, median of {args.repeats} fresh processes")
     print("cold: first slide opened in a new napari session (includes one-time imports: dask.array,")
     print("      napari's unit registry); warm: a further slide opened in the same session")
-    header = f"{'slide':28s} {'file MB':>8s} {'':9s} {'plugin s':>9s} {'plugin MB':>10s} {'ref s':>7s} {'ref MB':>7s} {'s ratio':>8s}"
+    header = (f"{'slide':28s} {'file MB':>8s} {'':9s} {'plugin s':>9s} {'plugin MB':>10s} {'ref s':>7s} "
+              f"{'ref MB':>7s} {'s ratio':>8s}")
     print(header)
     for label, r in results.items():
         p, ref = r["median"]["plugin"], r["median"]["reference"]

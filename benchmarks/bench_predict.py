@@ -96,7 +96,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     slides = {"sample 7,400 x 6,300": sample_data_dir() / SAMPLE_SLIDE,
-              f"generated {LARGE_SIZE:,} x {LARGE_SIZE:,}": make_large_tiff(args.workdir / f"large_{LARGE_SIZE}_v2.tiff")}
+              f"generated {LARGE_SIZE:,} x {LARGE_SIZE:,}":
+                  make_large_tiff(args.workdir / f"large_{LARGE_SIZE}_v2.tiff")}
     results = {}
     for label, path in slides.items():
         runs = []

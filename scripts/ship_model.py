@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from napari_stpredict.model import default_model_path, read_checkpoint
 from napari_stpredict.io.atomic import atomic_path
+from napari_stpredict.model import default_model_path, read_checkpoint
 
 
 def main() -> None:

@@ -442,7 +442,8 @@ def test_gene_names_take_the_models_spelling_and_genes_lists_them(sample_slide_p
                  "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "her2st_C2" / "ERBB2.tif").exists()
     capsys.readouterr()
-    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "o2")]) == 0
+    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path),
+                 "--out", str(tmp_path / "o2")]) == 0
     captured = capsys.readouterr()
     assert "(cached)" in captured.out and "spot/s" not in captured.err  # no progress bar for a cache hit
     assert main(["genes", "--sort", "accuracy"]) == 0

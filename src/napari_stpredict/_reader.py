@@ -62,7 +62,8 @@ def _looks_like_rgb_tiff(path: Path) -> bool:
     try:
         with tifffile.TiffFile(str(path)) as tif:
             series = tif.series[0]
-            return series.axes in ("YXS", "SYX") and series.dtype.itemsize == 1 and series.shape[-1 if series.axes == "YXS" else 0] in (3, 4)
+            samples = series.shape[-1 if series.axes == "YXS" else 0]
+            return series.axes in ("YXS", "SYX") and series.dtype.itemsize == 1 and samples in (3, 4)
     except Exception:  # noqa: BLE001
         return True  # corrupt: open_slide gives the message
 

@@ -344,14 +344,14 @@ def _cmd_predict(args) -> int:
 
 def _write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path, genes, roi, args):
     """Everything ``predict`` writes for one slide, into ``folder``; returns the tumour mask."""
+    import errno
+    import shutil
+
     import yaml
 
     from . import __version__
     from .inference.export import export_gene_geotiff, export_overview, export_tumor, safe_filename
     from .inference.tumor import tumor_mask
-
-    import errno
-    import shutil
 
     needed = 2 * prediction.adata.X.nbytes + (4 << 20)  # HDF5 fails noisily on a full disk: check first
     if shutil.disk_usage(folder).free < needed:

@@ -181,7 +181,8 @@ def test_corrupt_slide_data_and_bad_checkpoint_give_notifications(make_napari_vi
             per_row = -(-page.imagewidth // page.tilewidth)
             n_rows = -(-page.imagelength // page.tilelength)
             spans += [(page.dataoffsets[r * per_row + c], page.databytecounts[r * per_row + c])
-                      for r in range(n_rows // 3, 2 * n_rows // 3 + 1) for c in range(per_row // 3, 2 * per_row // 3 + 1)]
+                      for r in range(n_rows // 3, 2 * n_rows // 3 + 1)
+                      for c in range(per_row // 3, 2 * per_row // 3 + 1)]
     with open(corrupt, "r+b") as fh:
         for offset, count in spans:
             fh.seek(offset)
@@ -439,7 +440,7 @@ def test_two_slides_in_one_window_keep_their_own_results(make_napari_viewer, qtb
     with pytest.raises(ValueError, match="outside this slide"):  # spots of another slide are refused
         import anndata as ad
 
-        spots = ad.read_h5ad(next(iter([p for p in [sample_slide_path.with_name("her2st_C2_spots.h5ad")]])))
+        spots = ad.read_h5ad(sample_slide_path.with_name("her2st_C2_spots.h5ad"))
         spots.obsm["spatial"] = spots.obsm["spatial"] + 20_000
         path = tmp_path / "elsewhere.h5ad"
         spots.write_h5ad(path)

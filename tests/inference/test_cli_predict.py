@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import yaml
 
 
@@ -72,7 +71,8 @@ def test_second_run_from_the_cache_writes_the_same_outputs(sample_slide_path, ti
     assert "(cached)" in capsys.readouterr().out
     masks = [json.loads((tmp_path / run / "her2st_C2" / "tumor.geojson").read_text()) for run in ("first", "second")]
     assert masks[0] == masks[1]
-    configs = [yaml.safe_load((tmp_path / run / "her2st_C2" / "config.yaml").read_text()) for run in ("first", "second")]
+    configs = [yaml.safe_load((tmp_path / run / "her2st_C2" / "config.yaml").read_text())
+               for run in ("first", "second")]
     assert configs[0]["markers"] == configs[1]["markers"] == ["ERBB2", "GRB7", "EPCAM"]
 
 

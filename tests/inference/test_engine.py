@@ -8,10 +8,10 @@ import threading
 import numpy as np
 import pytest
 
-from napari_stpredict.inference import PredictionCancelled, Prediction, predict_slide, run_prediction
+from napari_stpredict.inference import Prediction, PredictionCancelled, predict_slide, run_prediction
 from napari_stpredict.inference.cache import cached_predict_slide
 from napari_stpredict.inference.export import export_gene_geotiff, export_tumor
-from napari_stpredict.inference.tumor import mask_polygons, polygons_geojson, tumor_mask
+from napari_stpredict.inference.tumor import tumor_mask
 from napari_stpredict.io.slide import open_slide
 from napari_stpredict.tiling import spot_grid
 from napari_stpredict.tissue import slide_tissue_mask

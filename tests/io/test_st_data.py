@@ -6,8 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_stpredict.io.st_data import (HER2ST_MPP, STDataError, her2st_sections, match_genes, read_her2st_section,
-                                         read_st_h5ad, read_visium)
+from napari_stpredict.io.st_data import (
+    HER2ST_MPP,
+    STDataError,
+    her2st_sections,
+    match_genes,
+    read_her2st_section,
+    read_st_h5ad,
+    read_visium,
+)
 
 
 @pytest.mark.parametrize("section,n_spots,n_genes", [("C2", 187, 15706), ("B4", 283, 15289)])

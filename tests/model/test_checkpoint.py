@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_stpredict.model import (CheckpointError, IOContract, ModelConfig, create_model, fit_ridge, load_model,
-                                    save_checkpoint)
+from napari_stpredict.model import (
+    CheckpointError,
+    IOContract,
+    ModelConfig,
+    create_model,
+    fit_ridge,
+    load_model,
+    save_checkpoint,
+)
 
 GENES = [f"G{i}" for i in range(12)]
 

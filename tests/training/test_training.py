@@ -8,7 +8,7 @@ import torch
 
 from napari_stpredict.model import ModelConfig, create_model, load_model
 from napari_stpredict.model.config import IOContract
-from napari_stpredict.training.data import SpotSet, attach_her2st_patches, her2st_section, spot_set
+from napari_stpredict.training.data import attach_her2st_patches, her2st_section, spot_set
 from napari_stpredict.training.train import TrainConfig, iter_train, train
 
 GENES = ["ERBB2", "GRB7", "MUCL1", "SCD", "FASN", "GNAS", "MGP", "CD24", "IGKC", "COL1A1"]
@@ -66,7 +66,7 @@ def test_training_resumes_after_an_interrupt(her2st_dir, tmp_path):
             break
     gen.close()
     assert (tmp_path / "run" / "state.pt").exists() and not (tmp_path / "run" / "model.pt").exists()
-    stages = [p for p in iter_train(_cfg(her2st_dir, tmp_path, 2), tmp_path / "run")]
+    stages = list(iter_train(_cfg(her2st_dir, tmp_path, 2), tmp_path / "run"))
     assert {"stage": "resume", "epoch": 1} in stages
     assert all(p["epoch"] == 2 for p in stages if p["stage"] == "train")
     uninterrupted = load_model(train(_cfg(her2st_dir, tmp_path, 2), tmp_path / "straight"), device="cpu")

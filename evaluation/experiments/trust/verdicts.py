@@ -27,10 +27,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 def _images():
     import skimage.data
+    from test_stain import dab_recolour
 
     from napari_stpredict._resources import SAMPLE_SLIDE, sample_data_dir
     from napari_stpredict.io.slide import ArraySlide, open_slide
-    from test_stain import dab_recolour
 
     sk = Path(skimage.data.__file__).parent
     wsi = DATA / "wsi"
@@ -85,8 +85,8 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     (OUT / "verdicts.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    lines = ["| image | stain check | spots | out-of-domain verdict | spots out of domain | tumour, default "
-             "(absolute) | tumour, old default (per-slide Otsu) |", "|---|---|---|---|---|---|---|"]
+    lines = [("| image | stain check | spots | out-of-domain verdict | spots out of domain | tumour, default "
+              "(absolute) | tumour, old default (per-slide Otsu) |"), "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "verdict" in r:
             lines.append(f"| {r['image']} | {r['stain']} | {r['spots']} | {r['verdict']} | {r['share_out']:.0%} | "

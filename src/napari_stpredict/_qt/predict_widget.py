@@ -8,15 +8,34 @@ the model. Errors become napari notifications.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QSettings, Qt
-from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QCompleter, QDoubleSpinBox, QFileDialog, QFormLayout,
-                            QCheckBox, QFrame, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
-                            QPushButton, QScrollArea, QSlider, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QCompleter,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..analysis import SlideAnalysis
 from ..errors import StPredictError
@@ -362,15 +381,15 @@ class PredictWidget(QWidget):
         self.slide_combo.blockSignals(False)
         region = self.region_combo.currentText()
         self.region_combo.clear()
-        self.region_combo.addItems([WHOLE_TISSUE] + [l.name for l in self.viewer.layers if isinstance(l, Shapes)
-                                                     and not l.name.startswith("tumour contour")])
+        self.region_combo.addItems([WHOLE_TISSUE] + [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Shapes)
+                                                     and not lyr.name.startswith("tumour contour")])
         if region:
             self.region_combo.setCurrentText(region)
         self._on_slide_changed()
 
     def _selected_slide_layer(self):
         name = self.slide_combo.currentText()
-        return self.viewer.layers[name] if name in self.viewer.layers else None
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 - LayerList has no get
 
     def _on_slide_changed(self, *_: Any) -> None:
         from .._reader import slide_of_layer
@@ -382,7 +401,8 @@ class PredictWidget(QWidget):
         recorded = slide._file_mpp()[0] if slide is not None else None
         self.mpp_spin.setEnabled(recorded is None)
         self.mpp_spin.blockSignals(True)
-        self.mpp_spin.setValue(recorded if recorded is not None else self._typed_mpp.get(layer.name if layer else "", 0.0))
+        typed = self._typed_mpp.get(layer.name if layer else "", 0.0)
+        self.mpp_spin.setValue(recorded if recorded is not None else typed)
         self.mpp_spin.blockSignals(False)
         self._show_analysis(layer.name if layer is not None else None)
 
@@ -592,10 +612,8 @@ class PredictWidget(QWidget):
         previous = self.analyses.get(layer_name)
         self.analysis = SlideAnalysis(layer_name, prediction, placement or Placement.of_prediction(prediction))
         if previous is not None and previous.spots is not None:
-            try:  # the same slide rerun: its measured spots still belong to it
+            with contextlib.suppress(ValueError):  # the same slide rerun: its measured spots still belong to it
                 self.analysis.set_spots(previous.spots, previous.spots_source)
-            except ValueError:
-                pass
         self.analyses[layer_name] = self.analysis
         self._fill_result_controls()
         meta = prediction.meta

@@ -8,6 +8,7 @@ any re-scan or edit changes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -96,10 +97,8 @@ def _load_entry(path: Path, key: str, slide) -> Prediction | None:
     except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many kinds for a damaged file
         warnings.warn(f"{slide.name}: discarding the damaged cache entry {path.name} ({exc}); predicting again",
                       StPredictWarning, stacklevel=3)
-        try:
+        with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
-        except OSError:
-            pass
         return None
     return prediction
 

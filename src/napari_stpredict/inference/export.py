@@ -65,10 +65,9 @@ def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | 
     trust verdicts (stain, out of domain) and the tumour threshold."""
     from PIL import Image
 
+    from ..layers import colour_limits
     from .overview import caption_image, overview_image
     from .trust import trust_lines
-
-    from ..layers import colour_limits
 
     heat = prediction.heatmap(gene)
     fixed = bool((prediction.meta.get("tumor_calibration") or {}).get("gene_mean"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SlideFormatError, SlideNotFoundError, SlideReadError
+from ..errors import SlideFormatError, SlideReadError
 
 __all__ = ["sniff_content", "check_suffix_matches_content", "SLIDE_SUFFIXES", "CONTENT_NAMES"]
 

@@ -125,7 +125,7 @@ class Slide(ABC):
     def _read_level(self, level: int, level_xy: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
         """Read ``size`` pixels of ``level`` at level coordinates ``level_xy`` (may be out of bounds)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for subclasses: in-memory slides hold nothing
         """Release the file handle. Reading afterwards is an error."""
 
     # --- derived -------------------------------------------------------------------

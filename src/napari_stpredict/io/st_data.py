@@ -214,7 +214,8 @@ def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_im
     positions = positions.set_index("barcode")
     missing = [b for b in barcodes if b not in positions.index]
     if missing:
-        raise STDataError(f"{positions_path}: {len(missing)} barcodes of the matrix have no position, e.g. {missing[0]}")
+        raise STDataError(f"{positions_path}: {len(missing)} barcodes of the matrix have no position, "
+                          f"e.g. {missing[0]}")
     positions = positions.loc[barcodes]
     scalefactors = json.loads((spatial / "scalefactors_json.json").read_text(encoding="utf-8"))
     library_id = library_id or folder.name

@@ -22,5 +22,5 @@ def gene_accuracy(model) -> tuple[dict[str, float | None], str]:
     table = (model.evaluation or {}).get("per_gene_r") or {}
     figures = table.get("r") or {}
     if not figures:
-        return {g: None for g in model.genes}, "this model carries no per-gene evaluation"
+        return dict.fromkeys(model.genes), "this model carries no per-gene evaluation"
     return {g: figures.get(g) for g in model.genes}, table.get("source", "held-out evaluation")

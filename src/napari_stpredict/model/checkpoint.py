@@ -138,13 +138,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(bank, dict) or "embeddings" not in bank or "expression" not in bank:
         raise _fail(path, "bank must hold 'embeddings' and 'expression'")
     if bank["expression"].ndim != 2 or bank["expression"].shape[1] != len(genes):
-        raise _fail(path, f"bank expression has shape {tuple(bank['expression'].shape)}, expected (spots, {len(genes)})")
+        raise _fail(path, f"bank expression has shape {tuple(bank['expression'].shape)}, "
+                          f"expected (spots, {len(genes)})")
     if bank["embeddings"].shape != (bank["expression"].shape[0], config.embed_dim):
         raise _fail(path, f"bank embeddings have shape {tuple(bank['embeddings'].shape)}, expected "
                           f"({bank['expression'].shape[0]}, {config.embed_dim})")
     ridge = data.get("ridge")
     if ridge is not None and tuple(ridge["weight"].shape) != (config.embed_dim, len(genes)):
-        raise _fail(path, f"ridge head has shape {tuple(ridge['weight'].shape)}, expected ({config.embed_dim}, {len(genes)})")
+        raise _fail(path, f"ridge head has shape {tuple(ridge['weight'].shape)}, "
+                          f"expected ({config.embed_dim}, {len(genes)})")
     tensors = {f"state_dict.{k}": v for k, v in data["state_dict"].items()}
     tensors.update({f"bank.{k}": v for k, v in bank.items()})
     if ridge is not None:

@@ -39,7 +39,8 @@ def rebuild_bank(checkpoint: str | Path, out: str | Path, *, bank_sections: list
     if len(expression) > max_bank:
         rng = np.random.default_rng(seed)
         keep = np.concatenate([np.arange(len(train)),
-                               rng.choice(np.arange(len(train), len(expression)), max_bank - len(train), replace=False)])
+                               rng.choice(np.arange(len(train), len(expression)), max_bank - len(train),
+                                          replace=False)])
         expression = expression[np.sort(keep)]
     with torch.inference_mode():
         bank_emb = model.network.encode_expression(torch.from_numpy(expression))

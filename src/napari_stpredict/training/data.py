@@ -117,7 +117,8 @@ def attach_her2st_patches(spots: SpotSet, root: str | Path, section: str, patch_
     """Read a her2st section's patches at its spot centres (cached as .npy in ``cache_dir``)."""
     cache = None
     if cache_dir is not None:
-        key = hashlib.sha1(f"{section}|{patch_um}|{input_px}|{spots.xy.tobytes().hex()[:64]}|v1".encode()).hexdigest()[:12]
+        digest = f"{section}|{patch_um}|{input_px}|{spots.xy.tobytes().hex()[:64]}|v1"
+        key = hashlib.sha1(digest.encode()).hexdigest()[:12]
         cache = Path(cache_dir) / f"patches_{section}_{patch_um:g}um_{input_px}px_{key}.npy"
         if cache.exists():
             spots.patches = np.load(cache)

@@ -68,7 +68,7 @@ class TrainConfig:
         data = dict(data)
         model = from_dict(ModelConfig, data.pop("model", {}) or {})
         io = from_dict(IOContract, data.pop("io", {}) or {})
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training config keys: {', '.join(unknown)}")
