@@ -147,7 +147,8 @@ class TissueMask:
         return float(self.mask.mean())
 
 
-def slide_tissue_mask(slide, *, max_size: int = 1024, require_tissue: bool = True, **kwargs) -> TissueMask:
+def slide_tissue_mask(slide, *, max_size: int = 1024, require_tissue: bool = True, thumbnail: np.ndarray | None = None,
+                      **kwargs) -> TissueMask:
     """Detect tissue on a `Slide` thumbnail.
 
     Parameters
@@ -158,10 +159,13 @@ def slide_tissue_mask(slide, *, max_size: int = 1024, require_tissue: bool = Tru
         Longer side of the thumbnail the mask is computed on.
     require_tissue : bool
         Raise `TissueMaskError` when no tissue is found.
+    thumbnail : numpy.ndarray, optional
+        ``slide.thumbnail(max_size)`` when the caller has it already (reading it is the
+        slow part on slides without a pyramid).
     **kwargs
         Passed to `detect_tissue`.
     """
-    thumb = slide.thumbnail(max_size)
+    thumb = slide.thumbnail(max_size) if thumbnail is None else thumbnail
     width, height = slide.dimensions
     l0_per_th = (width / thumb.shape[1], height / thumb.shape[0])
     mpp = slide.mpp_x * l0_per_th[0] if slide.mpp_x is not None else None

@@ -115,7 +115,7 @@ def predict_slide(
     import torch
 
     from ..io.patches import read_patches
-    from ..stain import StainCheckError, check_slide_stain
+    from ..stain import StainCheckError, check_stain
     from ..tiling import roi_mask, spot_grid
     from ..tissue import slide_tissue_mask
     from .trust import domain_summary, tumor_calibration_meta
@@ -137,14 +137,18 @@ def predict_slide(
                               f"{io.patch_um:g} µm patch of the model; check its resolution (mpp {slide.mpp_x:g})")
     resolution = _resolution_check(slide.mpp_x, io.mpp)
     yield {"stage": "stain", "done": 0, "total": 0, "message": "checking the stain"}
-    stain = _cancellable(check_slide_stain, cancel_event, slide.name, slide)
+    # One thumbnail serves the stain check and tissue detection (reading it is the slow part
+    # on a slide without a pyramid).
+    thumb_size = _tissue_thumbnail_size(slide, io.patch_um)
+    thumbnail = _cancellable(slide.thumbnail, cancel_event, slide.name, thumb_size)
+    stain = check_stain(thumbnail)
     # A blank image is left to tissue detection, whose message also says what to do.
     if check_stain and not stain.ok and stain.kind != "blank":
         raise StainCheckError(f"{slide.name}: not an H&E slide: {stain.message} (to predict anyway: "
                               "--no-stain-check, or untick 'Check stain' in the widget)")
     yield {"stage": "tissue", "done": 0, "total": 0, "message": "detecting tissue"}
-    tissue = _cancellable(slide_tissue_mask, cancel_event, slide.name, slide,
-                          max_size=_tissue_thumbnail_size(slide, io.patch_um), require_tissue=roi is None)
+    tissue = _cancellable(slide_tissue_mask, cancel_event, slide.name, slide, max_size=thumb_size,
+                          require_tissue=roi is None, thumbnail=thumbnail)
     mask = tissue.mask
     if roi is not None:
         mask = mask & roi_mask(mask.shape, tissue.l0_per_th, roi)
