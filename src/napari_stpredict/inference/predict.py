@@ -115,7 +115,8 @@ def predict_slide(
     import torch
 
     from ..io.patches import read_patches
-    from ..stain import StainCheckError, check_stain
+    from ..stain import StainCheckError
+    from ..stain import check_stain as assess_stain  # the parameter check_stain is the on/off switch
     from ..tiling import roi_mask, spot_grid
     from ..tissue import slide_tissue_mask
     from .trust import domain_summary, tumor_calibration_meta
@@ -141,7 +142,7 @@ def predict_slide(
     # on a slide without a pyramid).
     thumb_size = _tissue_thumbnail_size(slide, io.patch_um)
     thumbnail = _cancellable(slide.thumbnail, cancel_event, slide.name, thumb_size)
-    stain = check_stain(thumbnail)
+    stain = assess_stain(thumbnail)
     # A blank image is left to tissue detection, whose message also says what to do.
     if check_stain and not stain.ok and stain.kind != "blank":
         raise StainCheckError(f"{slide.name}: not an H&E slide: {stain.message} (to predict anyway: "
