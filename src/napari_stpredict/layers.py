@@ -133,7 +133,7 @@ def tumor_contour_layer(prediction: Prediction, mask: TumorMask, placement: Plac
             shapes.append(np.column_stack([ring[:, 1], ring[:, 0]]))
     stride = float(np.mean(meta["grid_stride_l0"]))
     kwargs = {"name": "tumour contour (predicted)", "shape_type": "polygon", "edge_color": "red",
-              "face_color": "transparent", "edge_width": max(2.0, stride / 25), **placement.layer_kwargs(),
+              "face_color": "transparent", "edge_width": max(2.0, stride / 6), **placement.layer_kwargs(),
               "metadata": _provenance(prediction, kind="tumor_contour", markers=list(mask.markers))}
     return shapes, kwargs, "shapes"
 
