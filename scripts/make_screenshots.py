@@ -33,13 +33,17 @@ def main() -> None:
     viewer.open(str(sample_data_dir() / SAMPLE_SLIDE), plugin="napari-stpredict")
     _, widget = viewer.window.add_plugin_dock_widget("napari-stpredict", "Predict gene expression")
     widget.device_combo.setCurrentText("cpu")
-    widget.run()
-    t0 = time.time()
-    while (widget.worker is not None or widget.prediction is None) and time.time() - t0 < 600:
-        QApplication.processEvents()
-        time.sleep(0.05)
-    if widget.prediction is None:
-        raise SystemExit(f"prediction failed: {widget.status.text()}")
+
+    def run_and_wait() -> None:
+        widget.run()
+        t0 = time.time()
+        while (widget.worker is not None or widget.prediction is None) and time.time() - t0 < 600:
+            QApplication.processEvents()
+            time.sleep(0.05)
+        if widget.prediction is None:
+            raise SystemExit(f"prediction failed: {widget.status.text()}")
+
+    run_and_wait()
 
     def shot(name: str) -> None:
         viewer.reset_view()
@@ -65,11 +69,7 @@ def main() -> None:
             viewer.layers.remove(layer)
         viewer.open(str(skin), plugin="napari-stpredict")
         widget.slide_combo.setCurrentText("CMU-1-Small-Region")
-        widget.run()
-        t0 = time.time()
-        while (widget.worker is not None or widget.prediction is None) and time.time() - t0 < 600:
-            QApplication.processEvents()
-            time.sleep(0.05)
+        run_and_wait()
         only("CMU-1-Small-Region", "out of domain (distance / threshold) [CMU-1-Small-Region]")
         shot("widget_out_of_domain.png")
     viewer.close()

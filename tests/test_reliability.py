@@ -74,11 +74,15 @@ def giant_tiff(path: Path, side: int = 100_000, tile: int = 1024) -> Path:
     return path
 
 
-def giant_png(path: Path, side: int = 65_500) -> Path:
-    """A tiny PNG whose header declares ``side`` x ``side`` pixels."""
+def _tiny_image(fmt: str) -> bytearray:
     buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (230, 200, 220)).save(buf, format="PNG")
-    data = bytearray(buf.getvalue())
+    Image.new("RGB", (8, 8), (230, 200, 220)).save(buf, format=fmt)
+    return bytearray(buf.getvalue())
+
+
+def giant_png(path: Path, side: int = 65_500) -> Path:
+    """A tiny PNG whose header declares ``side`` x ``side`` pixels (its CRC fixed)."""
+    data = _tiny_image("PNG")
     ihdr = data.index(b"IHDR")
     data[ihdr + 4:ihdr + 12] = struct.pack(">II", side, side)
     data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
@@ -87,10 +91,8 @@ def giant_png(path: Path, side: int = 65_500) -> Path:
 
 
 def giant_jpeg(path: Path, side: int = 65_500) -> Path:
-    """A 632-byte-class JPEG whose frame header declares ``side`` x ``side`` pixels."""
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (230, 200, 220)).save(buf, format="JPEG")
-    data = bytearray(buf.getvalue())
+    """A JPEG of a few hundred bytes whose frame header declares ``side`` x ``side`` pixels."""
+    data = _tiny_image("JPEG")
     sof = data.index(b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
     path.write_bytes(bytes(data))
