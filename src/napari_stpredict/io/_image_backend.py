@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlideFormatError, SlideReadError
-from .slide import ArraySlide
+from .base import ArraySlide
 
 __all__ = ["PillowSlide"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlideFormatError, SlideReadError
-from .slide import Slide, plausible_mpp
+from .base import Slide, plausible_mpp
 
 __all__ = ["OpenSlideSlide", "openslide_format"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SlideFormatError, SlideReadError
-from .slide import Slide, paste_region, plausible_mpp
+from .base import Slide, paste_region, plausible_mpp
 
 __all__ = ["TiffSlide", "check_tiff_complete"]
 

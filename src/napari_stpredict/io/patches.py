@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .slide import Slide
+from .base import Slide
 
 __all__ = ["read_patches"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .slide import Slide
+from .base import Slide
 
 __all__ = ["slide_pyramid", "level_chunks"]
 
