@@ -259,6 +259,7 @@ def _check_predict_args(args, model) -> list[str]:
 def _cmd_predict(args) -> int:
     from tqdm import tqdm
 
+    from ._progress import drain
     from .inference.cache import cached_predict_slide
     from .io.atomic import atomic_folder
     from .io.slide import open_slide
@@ -297,7 +298,6 @@ def _cmd_predict(args) -> int:
     names = _output_names(slides)
     failures = 0
     for path in slides:
-        bar = None
         pseudonym = None
         try:
             with open_slide(path, mpp=args.mpp) as slide:
@@ -307,21 +307,22 @@ def _cmd_predict(args) -> int:
                     pseudonym = f"slide-{slide_fingerprint(path)[:12]}"
                 params = {"stride_um": args.stride_um, "roi": roi, "batch_size": args.batch_size,
                           "method": args.method, "check_stain": not args.no_stain_check}
-                gen = cached_predict_slide(slide, model, model_path=model_path, use_cache=not args.no_cache,
-                                           **params)
-                while True:
-                    try:
-                        progress = next(gen)
-                    except StopIteration as stop:
-                        prediction = stop.value
-                        break
-                    if progress.get("stage") == "predict":  # no bar for a cache hit or the quick stages
-                        if bar is None:
-                            bar = tqdm(total=progress["total"], unit="spot", desc=slide.name, dynamic_ncols=True)
-                        bar.n = progress["done"]
-                        bar.refresh()
-                if bar is not None:
-                    bar.close()
+                bars: list = []  # created at the first spot: no bar for a cache hit or the quick stages
+
+                def show(progress: dict, name=slide.name, bars=bars) -> None:
+                    if progress.get("stage") != "predict":
+                        return
+                    if not bars:
+                        bars.append(tqdm(total=progress["total"], unit="spot", desc=name, dynamic_ncols=True))
+                    bars[0].n = progress["done"]
+                    bars[0].refresh()
+
+                try:
+                    prediction = drain(cached_predict_slide(slide, model, model_path=model_path,
+                                                            use_cache=not args.no_cache, **params), show)
+                finally:
+                    for bar in bars:
+                        bar.close()  # so anything printed next starts on a line of its own
                 if pseudonym:
                     prediction.meta["slide"]["name"] = pseudonym
                 out = args.out / (pseudonym or names[path])
@@ -335,8 +336,6 @@ def _cmd_predict(args) -> int:
                                       f"({getattr(exc, 'strerror', None) or exc})") from exc
                 _report(slide, prediction, mask, out, shown_as=pseudonym)
         except (StPredictError, ValueError, OSError) as exc:
-            if bar is not None:
-                bar.close()  # so the error starts on a line of its own
             print(_slide_error(path, exc), file=sys.stderr)
             failures += 1
     return 1 if failures else 0
@@ -469,18 +468,19 @@ def _drain_with_bar(gen, describe):
     """Run a progress generator with a tqdm bar; return its return value."""
     from tqdm import tqdm
 
+    from ._progress import drain
+
     bar = tqdm(total=None, unit="step", dynamic_ncols=True)
+
+    def show(progress: dict) -> None:
+        text = describe(progress)
+        if text:
+            bar.set_description_str(text)
+        if progress.get("stage") == "train":
+            bar.update(1)
+
     try:
-        while True:
-            try:
-                progress = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            text = describe(progress)
-            if text:
-                bar.set_description_str(text)
-            if progress.get("stage") == "train":
-                bar.update(1)
+        return drain(gen, show)
     finally:
         bar.close()
 

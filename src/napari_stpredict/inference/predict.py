@@ -247,9 +247,6 @@ def _resolution_check(slide_mpp: float, model_mpp: float) -> dict[str, Any]:
 
 def run_prediction(slide, model, **kwargs) -> Prediction:
     """Run `predict_slide` to the end (no progress) and return the `Prediction`."""
-    gen = predict_slide(slide, model, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from .._progress import drain
+
+    return drain(predict_slide(slide, model, **kwargs))

@@ -318,6 +318,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
     """Run folds, yielding progress; write one JSON per (protocol, fold, variant) and skip existing ones."""
     import torch
 
+    from .._progress import relabelled
     from ..model import fit_ridge, load_model
     from .calibration import compute_calibration
     from .features import patch_features
@@ -357,14 +358,8 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                     tc = _fold_train_config(cfg, protocol, fold, variant, quick)
                     tc.genes = genes  # the fold's gene list, chosen once on its training data
                     run_dir = run_root / protocol / fold / variant
-                    gen = iter_train(tc, run_dir)
-                    while True:
-                        try:
-                            p = next(gen)
-                        except StopIteration as stop:
-                            ckpt = stop.value
-                            break
-                        yield {"protocol": protocol, "fold": fold, "variant": variant, **p}
+                    ckpt = yield from relabelled(iter_train(tc, run_dir), protocol=protocol, fold=fold,
+                                                 variant=variant)
                     model = load_model(ckpt, device=tc.device)
                     # The fold's own marker panel (its model was trained on a given gene list, so
                     # its provenance holds none): calibrate the tumour threshold on it.

@@ -319,12 +319,9 @@ def _calibrate(network, cfg: TrainConfig, bank_emb, bank_expression, ridge, prov
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Path:
     """Run `iter_train` to the end and return the checkpoint path."""
-    gen = iter_train(cfg, run_dir)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from .._progress import drain
+
+    return drain(iter_train(cfg, run_dir))
 
 
 def _yaml(data: dict) -> str:
