@@ -99,6 +99,13 @@ def test_switching_genes_does_not_rerun_the_model(predicted):
     assert "GRB7 (predicted) [her2st_C2]" in viewer.layers and calls == []
     grb7, erbb2 = viewer.layers["GRB7 (predicted) [her2st_C2]"], viewer.layers["ERBB2 (predicted) [her2st_C2]"]
     assert grb7.colorbar.visible and not erbb2.colorbar.visible
+    measured = viewer.layers["GRB7 (measured) [her2st_C2]"]  # recoloured in place for the new gene
+    assert "ERBB2 (measured) [her2st_C2]" not in viewer.layers
+    from napari_stpredict.io.st_data import match_genes
+    from napari_stpredict.training.data import log1p_cp10k
+
+    idx, _, _ = match_genes(widget.spots.var, ["GRB7"])
+    assert np.allclose(measured.features["expression"], log1p_cp10k(widget.spots, idx).ravel())
     viewer.layers.selection.active = erbb2  # the colour bar and caption follow the selected map
     assert erbb2.colorbar.visible and not grb7.colorbar.visible and "ERBB2" in canvas_caption(viewer).text
 

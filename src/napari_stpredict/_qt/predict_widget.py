@@ -881,12 +881,23 @@ class PredictWidget(QWidget):
         except KeyError as exc:
             self.r_label.setText(str(exc).strip("'\""))
             return
-        for layer in [layer for layer in self.viewer.layers if self._is_mine(layer, "measured")]:
-            self.viewer.layers.remove(layer)
         kwargs["name"] = self.analysis.label(kwargs["name"])
         kwargs["metadata"] = {"stpredict": {**kwargs["metadata"]["stpredict"],
                                             "slide_layer": self.analysis.layer_name}}
-        self.viewer.add_points(data, **kwargs)
+        existing = [layer for layer in self.viewer.layers if self._is_mine(layer, "measured")]
+        if existing and len(existing[0].data) == len(data):
+            # Same spots, another gene: recolour in place (removing and adding a Points layer
+            # costs half a second of scene-graph work in napari).
+            layer = existing[0]
+            layer.features = kwargs["features"]
+            layer.face_contrast_limits = kwargs["face_contrast_limits"]
+            layer.face_color = "expression"
+            layer.metadata = kwargs["metadata"]
+            layer.name = kwargs["name"]
+        else:
+            for layer in existing:
+                self.viewer.layers.remove(layer)
+            self.viewer.add_points(data, **kwargs)
         self.analysis.last_r = self.analysis.pearson(gene, kwargs["features"]["expression"])
         self.r_label.setText(f"{gene}: predicted vs measured at {self.spots.n_obs} spots, "
                              f"Pearson r = {self.last_r:.2f}")
