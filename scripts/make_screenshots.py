@@ -62,6 +62,14 @@ def main() -> None:
     shot("widget_tumour.png")
     only("her2st_C2", "ERBB2 (measured) [her2st_C2]", "tumour contour (predicted) [her2st_C2]")
     shot("widget_measured.png")
+    from qtpy.QtCore import Qt
+
+    widget.gene_list.clearSelection()
+    for gene in ("ERBB2", "CD24"):
+        widget.gene_list.findItems(gene, Qt.MatchStartsWith)[0].setSelected(True)
+    widget.side_by_side_button.click()
+    shot("widget_side_by_side.png")
+    widget.side_by_side_button.click()
 
     skin = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
     if skin.exists():

@@ -501,3 +501,22 @@ def test_hover_readout_names_gene_units_and_tumour_score_whatever_layer_is_selec
     expected = widget.prediction.expression("ERBB2")[len(obs) // 2]
     assert text.startswith(f"ERBB2 {expected:.2f} log1p(counts per 10,000)") and "tumour score" in text
     assert widget.readout_at((-1e6, -1e6)) == "no prediction here"
+
+
+def test_two_genes_side_by_side_in_one_click(predicted):
+    from qtpy.QtCore import Qt
+
+    viewer, widget = predicted
+    for gene in ("ERBB2", "CD24"):
+        widget.gene_list.findItems(gene, Qt.MatchStartsWith)[0].setSelected(True)
+    n_layers = len(viewer.layers)
+    widget.side_by_side_button.click()
+    assert viewer.grid.enabled and viewer.grid.stride == 2
+    assert viewer.grid.actual_shape(viewer.layers) == (1, 2)  # two views, nothing else
+    names = [layer.name for layer in viewer.layers][:4]
+    assert names == ["her2st_C2", "ERBB2 (predicted) [her2st_C2]", "slide, second view [her2st_C2]",
+                     "CD24 (predicted) [her2st_C2]"]
+    assert viewer.layers[2].data is viewer.layers[0].data or viewer.layers[2].data[0] is viewer.layers[0].data[0]
+    widget.side_by_side_button.click()  # back
+    assert not viewer.grid.enabled and len(viewer.layers) == n_layers + 1  # CD24's heatmap stays
+    assert viewer.layers["tumour contour (predicted) [her2st_C2]"].visible

@@ -286,9 +286,15 @@ class PredictWidget(QWidget):
         self.preset_combo.activated.connect(self._apply_preset)
         self.show_genes_button = QPushButton("Show selected genes")
         self.show_genes_button.clicked.connect(self.show_selected_genes)
+        self.side_by_side_button = QPushButton("Side by side")
+        self.side_by_side_button.setCheckable(True)
+        self.side_by_side_button.setToolTip("Two selected genes next to each other, each over the slide "
+                                            "(napari's grid view); press again to go back")
+        self.side_by_side_button.toggled.connect(self.set_side_by_side)
         row.addWidget(self.preset_combo)
         row.addWidget(self.show_genes_button)
         g.addLayout(row)
+        g.addWidget(self.side_by_side_button)
         layout.addWidget(genes_box)
 
         tumor_box = QGroupBox("Tumour")
@@ -358,7 +364,8 @@ class PredictWidget(QWidget):
         return devices
 
     def _set_result_controls(self, enabled: bool) -> None:
-        for w in (self.gene_search, self.gene_list, self.preset_combo, self.show_genes_button, self.markers_edit,
+        for w in (self.gene_search, self.gene_list, self.preset_combo, self.show_genes_button,
+                  self.side_by_side_button, self.markers_edit,
                   self.threshold_slider, self.auto_button, self.load_spots_button, self.save_table_button,
                   self.save_geojson_button):
             w.setEnabled(enabled)
@@ -742,6 +749,50 @@ class PredictWidget(QWidget):
             caption.text = f"{info['gene']}: predicted {info['units']}"
             caption.visible = True
         self._update_measured(genes[0] if genes else None)
+
+    def set_side_by_side(self, on: bool) -> None:
+        """Show two genes next to each other in napari's grid view, each over its own view of
+        the slide (a second layer sharing the slide's data: nothing is read twice); off
+        restores the single view and what was visible."""
+        if not on:
+            self.viewer.grid.enabled = False
+            for layer in [layer for layer in self.viewer.layers if self._is_mine(layer, "slide_copy")]:
+                self.viewer.layers.remove(layer)
+            for name, visible in getattr(self, "_visibility_before_grid", {}).items():
+                if name in self.viewer.layers:
+                    self.viewer.layers[name].visible = visible
+            self._visibility_before_grid = {}
+            return
+        genes = (self._selected_genes() or [])[:2]
+        if len(genes) < 2 and self.analysis is not None:
+            genes = (genes + [g for g in self.analysis.shown_genes if g not in genes])[:2]
+        if self.analysis is None or len(genes) < 2:
+            _notify_warning("Select two genes in the list to show them side by side")
+            self.side_by_side_button.blockSignals(True)
+            self.side_by_side_button.setChecked(False)
+            self.side_by_side_button.blockSignals(False)
+            return
+        self.show_genes(genes)
+        slide = self.viewer.layers[self.analysis.layer_name]
+        copy = self.viewer.add_image(
+            slide.data, multiscale=slide.multiscale, rgb=True, scale=slide.scale, translate=slide.translate,
+            affine=slide.affine, units=slide.units, name=self.analysis.label("slide, second view"),
+            metadata={"stpredict": {"kind": "slide_copy", "slide_layer": self.analysis.layer_name}})
+        heat = [self.viewer.layers[self.analysis.label(f"{gene} (predicted)")] for gene in genes]
+        ordered = [slide, heat[0], copy, heat[1]]
+        self._visibility_before_grid = {layer.name: layer.visible for layer in self.viewer.layers}
+        for layer in self.viewer.layers:
+            layer.visible = any(layer.name == keep.name for keep in ordered)
+        # The grid puts each run of `stride` layers, counted from the bottom, in a view of its
+        # own and drops views with nothing visible: slide + first gene, second view + second gene.
+        for index, layer in enumerate(ordered):
+            self.viewer.layers.move(self.viewer.layers.index(layer), index)
+        for layer in heat:
+            if hasattr(layer, "name_overlay"):  # napari >= 0.9: the gene's name in its view
+                layer.name_overlay.visible = True
+        self.viewer.grid.stride = 2
+        self.viewer.grid.enabled = True
+        self.viewer.reset_view()
 
     def show_selected_genes(self) -> None:
         genes = self._selected_genes()
