@@ -114,6 +114,7 @@ class PredictWidget(QWidget):
         self._cancel = threading.Event()
         self._progress = None
         self._typed_mpp: dict[str, float] = {}  # layer name -> resolution typed for it
+        self._array_slides: dict[str, tuple] = {}  # layer name -> (its data, the ArraySlide made of it)
         self._pending_placement: Placement | None = None
         self._pending_layer: str | None = None
         self._settings = QSettings("napari-stpredict", "predict-widget")
@@ -472,7 +473,7 @@ class PredictWidget(QWidget):
     # --- running ---------------------------------------------------------------------
     def _slide_for_layer(self, layer):
         from .._reader import slide_of_layer
-        from ..io.slide import ArraySlide
+        from ..io.base import ArraySlide, _mpp_pair
 
         slide = slide_of_layer(layer)
         mpp = self.mpp_spin.value() or None
@@ -486,7 +487,16 @@ class PredictWidget(QWidget):
         if mpp is None:
             raise StPredictError(f"layer {layer.name!r}: enter its resolution (µm per pixel) to predict on it")
         data = layer.data[0] if layer.multiscale else layer.data
-        return ArraySlide(np.asarray(data)[..., :3].astype(np.uint8), mpp=mpp, name=layer.name)
+        cached = self._array_slides.get(layer.name)
+        if cached is None or cached[0] is not data:
+            # Built once per layer (a copy and a halving pyramid, so thumbnails are cheap); reruns reuse it.
+            image = np.asarray(data)[..., :3].astype(np.uint8)
+            levels = 1 + max(0, int(np.log2(max(image.shape[:2]) / 1024)))
+            cached = (data, ArraySlide(image, mpp=mpp, name=layer.name, levels=levels))
+            self._array_slides[layer.name] = cached
+        slide = cached[1]
+        slide._mpp = _mpp_pair(mpp, layer.name)  # the resolution typed now
+        return slide
 
     def _region(self):
         name = self.region_combo.currentText()
