@@ -25,8 +25,9 @@ print(json.dumps({{"seconds": elapsed, "heavy": heavy}}))
 
 
 def time_import(module: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(module=module)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD.format(module=module)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout)
 
 
@@ -39,8 +40,10 @@ def main() -> None:
     heavy = sorted({h for r in runs["napari_stpredict"] for h in r["heavy"]})
     print(f"import time, median of {args.repeats} fresh processes")
     print(f"  numpy (reference): {med['numpy'] * 1000:7.1f} ms")
-    print(f"  napari_stpredict:  {med['napari_stpredict'] * 1000:7.1f} ms  "
-          f"(ratio {med['napari_stpredict'] / med['numpy']:.2f})")
+    print(
+        f"  napari_stpredict:  {med['napari_stpredict'] * 1000:7.1f} ms  "
+        f"(ratio {med['napari_stpredict'] / med['numpy']:.2f})"
+    )
     print(f"  heavy modules imported: {heavy or 'none'}")
 
 

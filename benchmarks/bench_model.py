@@ -46,8 +46,9 @@ def reference_model(model, device):
     cfg.backbone, cfg.img_size = "resnet18", 224
     io = copy.deepcopy(model.io)
     io.input_px = 224
-    return STModel(create_model(cfg), io, ReferenceBank(model.bank.embeddings.cpu(), model.bank.expression.cpu()),
-                   device=device)
+    return STModel(
+        create_model(cfg), io, ReferenceBank(model.bank.embeddings.cpu(), model.bank.expression.cpu()), device=device
+    )
 
 
 def main() -> None:
@@ -69,10 +70,14 @@ def main() -> None:
     ours = patches_per_second(model, model.io.input_px, args.batch, args.repeats)
     ref = patches_per_second(reference_model(model, args.device), 224, args.batch, args.repeats)
     size_mb = path.stat().st_size / 2**20
-    print(f"model {path.name}: {model.config.backbone} at {model.io.input_px} px, {len(model.genes)} genes, "
-          f"bank {len(model.bank)} spots, on {model.device} ({torch.get_num_threads()} threads)")
-    print(f"  inference: {ours:.0f} patches/s (median of {args.repeats} batches of {args.batch}); "
-          f"reference ResNet-18 at 224 px: {ref:.0f} patches/s; ratio {ours / ref:.2f}")
+    print(
+        f"model {path.name}: {model.config.backbone} at {model.io.input_px} px, {len(model.genes)} genes, "
+        f"bank {len(model.bank)} spots, on {model.device} ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"  inference: {ours:.0f} patches/s (median of {args.repeats} batches of {args.batch}); "
+        f"reference ResNet-18 at 224 px: {ref:.0f} patches/s; ratio {ours / ref:.2f}"
+    )
     print(f"  checkpoint: {size_mb:.1f} MB")
     speed_gate = "met" if ours >= 40 else "MISSED"
     size_gate = "met" if size_mb <= 30 else "MISSED"

@@ -154,18 +154,24 @@ def main() -> None:
     print(f"\nopen -> first rendered view, median of {args.repeats} fresh processes")
     print("cold: first slide opened in a new napari session (includes one-time imports: dask.array,")
     print("      napari's unit registry); warm: a further slide opened in the same session")
-    header = (f"{'slide':28s} {'file MB':>8s} {'':9s} {'plugin s':>9s} {'plugin MB':>10s} {'ref s':>7s} "
-              f"{'ref MB':>7s} {'s ratio':>8s}")
+    header = (
+        f"{'slide':28s} {'file MB':>8s} {'':9s} {'plugin s':>9s} {'plugin MB':>10s} {'ref s':>7s} "
+        f"{'ref MB':>7s} {'s ratio':>8s}"
+    )
     print(header)
     for label, r in results.items():
         p, ref = r["median"]["plugin"], r["median"]["reference"]
         for phase in ("cold", "warm"):
-            print(f"{label:28s} {r['file_mb']:8.0f} {phase:9s} {p[phase + '_s']:9.3f} {p[phase + '_mb']:10.1f} "
-                  f"{ref[phase + '_s']:7.3f} {ref[phase + '_mb']:7.1f} {p[phase + '_s'] / ref[phase + '_s']:8.2f}")
+            print(
+                f"{label:28s} {r['file_mb']:8.0f} {phase:9s} {p[phase + '_s']:9.3f} {p[phase + '_mb']:10.1f} "
+                f"{ref[phase + '_s']:7.3f} {ref[phase + '_mb']:7.1f} {p[phase + '_s'] / ref[phase + '_s']:8.2f}"
+            )
     small, large = (r["median"]["plugin"] for r in results.values())
     for phase in ("cold", "warm"):
-        print(f"{phase}: large / sample time x{large[phase + '_s'] / small[phase + '_s']:.2f}; memory growth "
-              f"{large[phase + '_mb']:.0f} MB (large) vs {small[phase + '_mb']:.0f} MB (sample)")
+        print(
+            f"{phase}: large / sample time x{large[phase + '_s'] / small[phase + '_s']:.2f}; memory growth "
+            f"{large[phase + '_mb']:.0f} MB (large) vs {small[phase + '_mb']:.0f} MB (sample)"
+        )
     print("target: <= 0.5 s and <= 150 MB for both files")
     print("reference = napari drawing the coarsest level from an in-memory numpy array, same run")
     if args.json:

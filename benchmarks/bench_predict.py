@@ -95,28 +95,36 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "stpredict-bench")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    slides = {"sample 7,400 x 6,300": sample_data_dir() / SAMPLE_SLIDE,
-              f"generated {LARGE_SIZE:,} x {LARGE_SIZE:,}":
-                  make_large_tiff(args.workdir / f"large_{LARGE_SIZE}_v2.tiff")}
+    slides = {
+        "sample 7,400 x 6,300": sample_data_dir() / SAMPLE_SLIDE,
+        f"generated {LARGE_SIZE:,} x {LARGE_SIZE:,}": make_large_tiff(args.workdir / f"large_{LARGE_SIZE}_v2.tiff"),
+    }
     results = {}
     for label, path in slides.items():
         runs = []
         for _ in range(args.repeats):
-            out = subprocess.run([sys.executable, "-c", _CHILD, str(path), args.model, args.device, str(args.batch)],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(path), args.model, args.device, str(args.batch)],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode != 0:
                 raise SystemExit(f"benchmark failed on {label}:\n{out.stderr[-3000:]}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         results[label] = {"median": med, "runs": runs}
     print(f"\nwhole-slide prediction on {args.device}, batch {args.batch}, median of {args.repeats} fresh processes")
-    print(f"{'slide':28s} {'Mpx':>7s} {'spots':>7s} {'read/s':>8s} {'model/s':>8s} {'e2e/s':>7s} "
-          f"{'e2e/slowest':>11s} {'peak MB':>8s} {'output MB':>9s}")
+    print(
+        f"{'slide':28s} {'Mpx':>7s} {'spots':>7s} {'read/s':>8s} {'model/s':>8s} {'e2e/s':>7s} "
+        f"{'e2e/slowest':>11s} {'peak MB':>8s} {'output MB':>9s}"
+    )
     for label, r in results.items():
         m = r["median"]
         slowest = min(m["read"], m["model"])
-        print(f"{label:28s} {m['megapixels']:7.0f} {m['spots']:7.0f} {m['read']:8.0f} {m['model']:8.0f} "
-              f"{m['end_to_end']:7.0f} {m['end_to_end'] / slowest:11.2f} {m['peak_mb']:8.0f} {m['output_mb']:9.1f}")
+        print(
+            f"{label:28s} {m['megapixels']:7.0f} {m['spots']:7.0f} {m['read']:8.0f} {m['model']:8.0f} "
+            f"{m['end_to_end']:7.0f} {m['end_to_end'] / slowest:11.2f} {m['peak_mb']:8.0f} {m['output_mb']:9.1f}"
+        )
     print("e2e/slowest: end-to-end patches/s over the slower of reading alone and the model alone (target >= 0.9)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

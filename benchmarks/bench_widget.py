@@ -88,8 +88,12 @@ def main() -> None:
         slide, mpp = next(data.glob("*.jpg")), 0.688
     runs = []
     for _ in range(args.repeats):
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(slide), str(mpp) if mpp else "none"],
-                             capture_output=True, text=True, timeout=1200)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(slide), str(mpp) if mpp else "none"],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -97,8 +101,10 @@ def main() -> None:
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(f"\n{slide.name}: {med['spots']:.0f} spots, medians of {len(runs)} fresh processes")
     print(f"first run after napari starts (imports, model load): {med['first_run_s']:.1f} s")
-    print(f"rerun, Run -> ERBB2 heatmap: {med['rerun_s']:.1f} s; model alone on the same spots: "
-          f"{med['model_alone_s']:.1f} s; ratio {med['rerun_s'] / med['model_alone_s']:.2f} (goal <= 1.2)")
+    print(
+        f"rerun, Run -> ERBB2 heatmap: {med['rerun_s']:.1f} s; model alone on the same spots: "
+        f"{med['model_alone_s']:.1f} s; ratio {med['rerun_s'] / med['model_alone_s']:.2f} (goal <= 1.2)"
+    )
     print(f"switching genes: {med['gene_switch_ms']:.0f} ms (goal < 50 ms)")
 
 

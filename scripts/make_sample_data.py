@@ -42,8 +42,9 @@ def write_pyramid_tiff(image: np.ndarray, path: Path, mpp: float) -> list[tuple[
                 subfiletype=0 if i == 0 else 1,
                 resolution=(res / 2**i, res / 2**i),
                 resolutionunit="CENTIMETER",
-                description=(None if i else
-                             "her2st section C2 H&E (Andersson et al., Nat Commun 12, 6012, 2021; Zenodo 3957257)"),
+                description=(
+                    None if i else "her2st section C2 H&E (Andersson et al., Nat Commun 12, 6012, 2021; Zenodo 3957257)"
+                ),
                 metadata=None,
             )
     tmp.replace(path)

@@ -36,17 +36,31 @@ def main() -> None:
     for fold, spec in PROTOCOLS["patient"]["folds"].items():
         model = load_model(Path(cfg.run_dir) / "full" / "patient" / fold / "cmrcnet" / "model.pt", device="cpu")
         for section in spec["test"]:
-            spots = section_spots(section, cfg.train.her2st, model.genes, patch_um=model.io.patch_um,
-                                  input_px=model.io.input_px, cache_dir=Path(cfg.train.cache_dir))
+            spots = section_spots(
+                section,
+                cfg.train.her2st,
+                model.genes,
+                patch_um=model.io.patch_um,
+                input_px=model.io.input_px,
+                cache_dir=Path(cfg.train.cache_dir),
+            )
             pred, _ = model.predict_embeddings(model.embed_many(spots.patches), method="retrieval")
             for gene, r in zip(model.genes, pearson_per_gene(pred.cpu().numpy(), spots.expression)):
                 per_gene.setdefault(gene, []).append(float(r))
             print(fold, section, flush=True)
     table = {g: (round(float(np.nanmean(v)), 4) if np.isfinite(v).any() else None) for g, v in sorted(per_gene.items())}
     out = Path(cfg.out_dir) / "full" / "per_gene_r.json"
-    out.write_text(json.dumps({"source": "patient-level folds, retrieval with the bank of other patients' spots, "
-                                         "mean Pearson r over the 6 held-out sections (B4, C2-C6)",
-                               "r": table}, indent=1), encoding="utf-8")
+    out.write_text(
+        json.dumps(
+            {
+                "source": "patient-level folds, retrieval with the bank of other patients' spots, "
+                "mean Pearson r over the 6 held-out sections (B4, C2-C6)",
+                "r": table,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
     print(f"{len(table)} genes -> {out}")
 
 

@@ -7,6 +7,7 @@ bash scripts/install_system_deps.sh
 bash scripts/setup.sh --wheel
 # Lint first (the rule set is in pyproject.toml): a finding fails the run.
 .venv/bin/ruff check src tests benchmarks scripts evaluation
+.venv/bin/ruff format --check src tests benchmarks scripts evaluation
 # Tests import the installed wheel, not src/, so missing package data fails here.
 export STPREDICT_TESTING_WHEEL=1
 set +e

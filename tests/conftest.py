@@ -84,9 +84,15 @@ def tiny_model_path(tmp_path_factory):
         emb = model.encode_expression(expr)
     ridge = fit_ridge(rng.normal(size=(200, 256)), expr.numpy())
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
-    save_checkpoint(path, model=model, io=IOContract(patch_um=112.0, input_px=32, genes=genes),
-                    bank_embeddings=emb, bank_expression=expr, ridge=ridge,
-                    provenance={"train_sections": [], "markers": {"panel": ["ERBB2", "GRB7", "EPCAM"]}})
+    save_checkpoint(
+        path,
+        model=model,
+        io=IOContract(patch_um=112.0, input_px=32, genes=genes),
+        bank_embeddings=emb,
+        bank_expression=expr,
+        ridge=ridge,
+        provenance={"train_sections": [], "markers": {"panel": ["ERBB2", "GRB7", "EPCAM"]}},
+    )
     return path
 
 

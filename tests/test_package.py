@@ -25,9 +25,7 @@ def test_import_leaves_torch_and_qt_out():
 
 
 def test_npe2_validates_the_installed_manifest():
-    out = subprocess.run(
-        [sys.executable, "-m", "npe2", "validate", "napari-stpredict"], capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-stpredict"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in (out.stdout + out.stderr)
 

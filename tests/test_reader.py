@@ -119,4 +119,4 @@ def test_pyramid_chunks_are_exact_on_levels_with_fractional_downsample(wsi_dir):
         level1 = slide_pyramid(slide)[1]
         for y0, x0 in [(0, 0), (1024, 512), (1500, 2000)]:
             expected = slide.read_level_region(1, (x0, y0), (100, 100))
-            assert np.array_equal(np.asarray(level1[y0:y0 + 100, x0:x0 + 100]), expected)
+            assert np.array_equal(np.asarray(level1[y0 : y0 + 100, x0 : x0 + 100]), expected)

@@ -31,9 +31,9 @@ def looping_tiff(path: Path) -> Path:
     tifffile.imwrite(path, np.full((64, 64, 3), 200, np.uint8), tile=(16, 16))
     data = bytearray(path.read_bytes())
     first = struct.unpack("<I", data[4:8])[0]
-    n_entries = struct.unpack("<H", data[first:first + 2])[0]
+    n_entries = struct.unpack("<H", data[first : first + 2])[0]
     next_at = first + 2 + n_entries * 12
-    data[next_at:next_at + 4] = struct.pack("<I", first)
+    data[next_at : next_at + 4] = struct.pack("<I", first)
     path.write_bytes(bytes(data))
     return path
 
@@ -44,9 +44,18 @@ def giant_tiff(path: Path, side: int = 100_000, tile: int = 1024) -> Path:
     blob = zlib.compress(np.full((tile, tile, 3), 240, np.uint8).tobytes(), 9)
     n_tiles = (-(-side // tile)) ** 2
     entries = [  # tag, type, count, value-or-offset (filled below)
-        (256, 4, 1, side), (257, 4, 1, side), (258, 3, 3, None), (259, 3, 1, 8), (262, 3, 1, 2),
-        (277, 3, 1, 3), (284, 3, 1, 1), (322, 3, 1, tile), (323, 3, 1, tile), (324, 4, n_tiles, None),
-        (325, 4, n_tiles, None)]
+        (256, 4, 1, side),
+        (257, 4, 1, side),
+        (258, 3, 3, None),
+        (259, 3, 1, 8),
+        (262, 3, 1, 2),
+        (277, 3, 1, 3),
+        (284, 3, 1, 1),
+        (322, 3, 1, tile),
+        (323, 3, 1, tile),
+        (324, 4, n_tiles, None),
+        (325, 4, n_tiles, None),
+    ]
     ifd_at = 8
     ifd_size = 2 + len(entries) * 12 + 4
     bits_at = ifd_at + ifd_size
@@ -84,8 +93,8 @@ def giant_png(path: Path, side: int = 65_500) -> Path:
     """A tiny PNG whose header declares ``side`` x ``side`` pixels (its CRC fixed)."""
     data = _tiny_image("PNG")
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", side, side)
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", side, side)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     path.write_bytes(bytes(data))
     return path
 
@@ -94,15 +103,20 @@ def giant_jpeg(path: Path, side: int = 65_500) -> Path:
     """A JPEG of a few hundred bytes whose frame header declares ``side`` x ``side`` pixels."""
     data = _tiny_image("JPEG")
     sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
+    data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)
     path.write_bytes(bytes(data))
     return path
 
 
 def _stpredict(*args, timeout=300, env=None):
     """The real command in a child process (hangs become timeouts, not a stuck test run)."""
-    return subprocess.run([sys.executable, "-m", "napari_stpredict.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_stpredict.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture
@@ -126,14 +140,24 @@ def test_looping_tiff_is_refused_at_once(tmp_path):
         reader(str(path))
 
 
-def test_looping_tiff_in_info_and_predict_does_not_stop_the_others(tmp_path, sample_slide_path, tiny_model_path,
-                                                                   cli_env):
+def test_looping_tiff_in_info_and_predict_does_not_stop_the_others(
+    tmp_path, sample_slide_path, tiny_model_path, cli_env
+):
     loop = looping_tiff(tmp_path / "loop.tif")
     out = _stpredict("info", loop, sample_slide_path, "--out", tmp_path / "info", timeout=120, env=cli_env)
     assert out.returncode == 1 and "loop.tif" in out.stderr and "loop" in out.stderr
     assert (tmp_path / "info" / "her2st_C2_summary.json").exists()
-    out = _stpredict("predict", loop, sample_slide_path, "--model", tiny_model_path, "--out", tmp_path / "p",
-                     timeout=300, env=cli_env)
+    out = _stpredict(
+        "predict",
+        loop,
+        sample_slide_path,
+        "--model",
+        tiny_model_path,
+        "--out",
+        tmp_path / "p",
+        timeout=300,
+        env=cli_env,
+    )
     assert out.returncode == 1 and "loop.tif" in out.stderr
     assert (tmp_path / "p" / "her2st_C2" / "prediction.h5ad").exists()
     assert not (tmp_path / "p" / "loop").exists()  # a failed slide leaves no folder
@@ -149,8 +173,17 @@ def test_fifo_named_like_a_slide_does_not_block(tmp_path, sample_slide_path, tin
     assert napari_get_reader(str(fifo)) is not None  # returns at once; opening explains
     with pytest.raises(SlideFormatError, match="x.svs.*named pipe"):
         open_slide(fifo)
-    out = _stpredict("predict", fifo, sample_slide_path, "--model", tiny_model_path, "--out", tmp_path / "p",
-                     timeout=300, env=cli_env)
+    out = _stpredict(
+        "predict",
+        fifo,
+        sample_slide_path,
+        "--model",
+        tiny_model_path,
+        "--out",
+        tmp_path / "p",
+        timeout=300,
+        env=cli_env,
+    )
     assert out.returncode == 1 and "x.svs" in out.stderr and "named pipe" in out.stderr
     assert (tmp_path / "p" / "her2st_C2" / "prediction.h5ad").exists()
 
@@ -173,22 +206,44 @@ def test_roi_box_as_the_readme_writes_it(sample_slide_path, tiny_model_path, tmp
     from napari_stpredict.inference import Prediction
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
-    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--roi", "2000,2000,5000,5000",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(sample_slide_path),
+                "--model",
+                str(tiny_model_path),
+                "--roi",
+                "2000,2000,5000,5000",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     centres = Prediction.load(tmp_path / "o" / "her2st_C2" / "prediction.h5ad").l0_centres
     assert len(centres) > 10 and (centres >= 2000).all() and (centres <= 5000).all()
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "file not found"),
-    ("", "not a readable GeoJSON"),
-    ("{not json", "not a readable GeoJSON"),
-    (json.dumps({"type": "Feature", "geometry": None, "properties": {}}), "no Polygon"),
-    (json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Point",
-                                                                                         "coordinates": [1, 2]}}]}),
-     "no Polygon"),
-    (json.dumps({"type": "Polygon", "coordinates": [[[0, 0], ["a", 1], [2, 2]]]}), "malformed coordinates"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "file not found"),
+        ("", "not a readable GeoJSON"),
+        ("{not json", "not a readable GeoJSON"),
+        (json.dumps({"type": "Feature", "geometry": None, "properties": {}}), "no Polygon"),
+        (
+            json.dumps(
+                {
+                    "type": "FeatureCollection",
+                    "features": [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}}],
+                }
+            ),
+            "no Polygon",
+        ),
+        (json.dumps({"type": "Polygon", "coordinates": [[[0, 0], ["a", 1], [2, 2]]]}), "malformed coordinates"),
+    ],
+)
 def test_bad_roi_files_are_named(tmp_path, content, message, capsys):
     from napari_stpredict.cli import main
 
@@ -206,22 +261,38 @@ def test_roi_from_a_qupath_list_and_null_geometries(tmp_path):
 
     square = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
     roi = tmp_path / "qupath.geojson"
-    roi.write_text(json.dumps([{"type": "Feature", "geometry": None},
-                               {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}}]))
+    roi.write_text(
+        json.dumps(
+            [
+                {"type": "Feature", "geometry": None},
+                {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}},
+            ]
+        )
+    )
     assert _parse_roi(str(roi)) == [[[float(x), float(y)] for x, y in square]]
 
 
 # --- 4: output collisions ------------------------------------------------------------------------
-def test_slides_with_the_same_name_in_two_folders_both_survive(sample_slide_path, tiny_model_path, tmp_path,
-                                                               monkeypatch, capsys):
+def test_slides_with_the_same_name_in_two_folders_both_survive(
+    sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
+):
     from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         shutil.copy(sample_slide_path, tmp_path / folder / "slide.tiff")
-    rc = main(["predict", str(tmp_path / "a" / "slide.tiff"), str(tmp_path / "b" / "slide.tiff"),
-               "--model", str(tiny_model_path), "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "predict",
+            str(tmp_path / "a" / "slide.tiff"),
+            str(tmp_path / "b" / "slide.tiff"),
+            "--model",
+            str(tiny_model_path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 0
     folders = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert len(folders) == 2 and all(f.startswith("slide-") for f in folders), folders
@@ -261,8 +332,9 @@ def _run_cached(slide, model, model_path, directory):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "zero", "flip"])
-def test_damaged_cache_entry_is_recomputed_with_a_warning(sample_slide_path, tiny_model, tiny_model_path,
-                                                          tmp_path, damage):
+def test_damaged_cache_entry_is_recomputed_with_a_warning(
+    sample_slide_path, tiny_model, tiny_model_path, tmp_path, damage
+):
     from napari_stpredict.errors import StPredictWarning
 
     with open_slide(sample_slide_path) as slide:
@@ -275,7 +347,7 @@ def test_damaged_cache_entry_is_recomputed_with_a_warning(sample_slide_path, tin
             data = bytearray(len(data))
         else:
             mid = len(data) // 2
-            data[mid:mid + 4096] = bytes(b ^ 0xFF for b in data[mid:mid + 4096])
+            data[mid : mid + 4096] = bytes(b ^ 0xFF for b in data[mid : mid + 4096])
         entry.write_bytes(bytes(data))
         with pytest.warns(StPredictWarning, match="her2st_C2.tiff.*damaged cache entry"):
             second, stages = _run_cached(slide, tiny_model, tiny_model_path, tmp_path)
@@ -291,8 +363,14 @@ def test_swapped_cache_entry_is_detected(sample_slide_path, tiny_model, tiny_mod
     with open_slide(sample_slide_path) as slide:
         first, _ = _run_cached(slide, tiny_model, tiny_model_path, tmp_path)
         entry = next(tmp_path.glob("*.h5ad"))
-        gen = cached_predict_slide(slide, tiny_model, model_path=tiny_model_path, directory=tmp_path, stride_um=224.0,
-                                   roi=[2000, 2000, 3000, 3000])
+        gen = cached_predict_slide(
+            slide,
+            tiny_model,
+            model_path=tiny_model_path,
+            directory=tmp_path,
+            stride_um=224.0,
+            roi=[2000, 2000, 3000, 3000],
+        )
         for _ in gen:
             pass
         other = next(p for p in tmp_path.glob("*.h5ad") if p != entry)
@@ -345,10 +423,12 @@ def test_header_only_giant_images_are_refused_in_bounded_memory(tmp_path):
 
     process = psutil.Process()
     before = process.memory_info().rss
-    for path, match in [(giant_tiff(tmp_path / "giant.tif"), "100,000 x 100,000.*pyramid"),
-                        (giant_tiff(tmp_path / "giant6.tif", side=1_000_000, tile=4096), "1,000,000 x 1,000,000"),
-                        (giant_png(tmp_path / "giant.png"), "giant.png"),
-                        (giant_jpeg(tmp_path / "giant.jpg"), "giant.jpg")]:
+    for path, match in [
+        (giant_tiff(tmp_path / "giant.tif"), "100,000 x 100,000.*pyramid"),
+        (giant_tiff(tmp_path / "giant6.tif", side=1_000_000, tile=4096), "1,000,000 x 1,000,000"),
+        (giant_png(tmp_path / "giant.png"), "giant.png"),
+        (giant_jpeg(tmp_path / "giant.jpg"), "giant.jpg"),
+    ]:
         assert path.stat().st_size < 2_000_000
         t0 = time.perf_counter()
         with pytest.raises(SlideFormatError, match=match):
@@ -396,14 +476,17 @@ def _crafted(tmp_path, **changes):
     return path
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"io": {"std": [0.229, 0.0, 0.225]}}, "io.std must be positive"),
-    ({"io": {"input_px": 0}}, "io.input_px must be an integer from 16"),
-    ({"io": {"input_px": 100_000}}, "io.input_px"),
-    ({"io": {"patch_um": 0.001}}, "io.patch_um must be between"),
-    ({"model_config": {"embed_dim": 10_000_000}}, "embed_dim"),
-    ({"model_config": {"backbone": "hf-hub:someone/resnet10t"}}, "hub references are refused"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"io": {"std": [0.229, 0.0, 0.225]}}, "io.std must be positive"),
+        ({"io": {"input_px": 0}}, "io.input_px must be an integer from 16"),
+        ({"io": {"input_px": 100_000}}, "io.input_px"),
+        ({"io": {"patch_um": 0.001}}, "io.patch_um must be between"),
+        ({"model_config": {"embed_dim": 10_000_000}}, "embed_dim"),
+        ({"model_config": {"backbone": "hf-hub:someone/resnet10t"}}, "hub references are refused"),
+    ],
+)
 def test_checkpoint_values_are_bounded(tmp_path, changes, message):
     from napari_stpredict.model import CheckpointError, load_model
 
@@ -414,17 +497,20 @@ def test_checkpoint_values_are_bounded(tmp_path, changes, message):
 
 
 # --- 12, 13: options checked before slow work -------------------------------------------------------
-@pytest.mark.parametrize("option, message", [
-    (["--device", "bogus"], "--device"),
-    (["--threshold", "nan"], "--threshold"),
-    (["--stride-um", "0"], "--stride-um"),
-    (["--stride-um", "-5"], "--stride-um"),
-    (["--stride-um", "nan"], "--stride-um"),
-    (["--stride-um", "13.9"], "--stride-um"),
-    (["--markers", "FOO", "BAR"], "--markers"),
-    (["--genes", "NOTAGENE"], "NOTAGENE"),
-    (["--batch-size", "0"], "--batch-size"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--device", "bogus"], "--device"),
+        (["--threshold", "nan"], "--threshold"),
+        (["--stride-um", "0"], "--stride-um"),
+        (["--stride-um", "-5"], "--stride-um"),
+        (["--stride-um", "nan"], "--stride-um"),
+        (["--stride-um", "13.9"], "--stride-um"),
+        (["--markers", "FOO", "BAR"], "--markers"),
+        (["--genes", "NOTAGENE"], "NOTAGENE"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
 def test_bad_options_are_usage_errors_before_any_slide(option, message, tmp_path, capsys):
     from napari_stpredict.cli import main
 
@@ -435,17 +521,32 @@ def test_bad_options_are_usage_errors_before_any_slide(option, message, tmp_path
     assert not (tmp_path / "o").exists() and time.perf_counter() - t0 < 30
 
 
-def test_gene_names_take_the_models_spelling_and_genes_lists_them(sample_slide_path, tiny_model_path, tmp_path,
-                                                                  monkeypatch, capsys):
+def test_gene_names_take_the_models_spelling_and_genes_lists_them(
+    sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
+):
     from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
-    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--genes", "erbb2",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(sample_slide_path),
+                "--model",
+                str(tiny_model_path),
+                "--genes",
+                "erbb2",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "o" / "her2st_C2" / "ERBB2.tif").exists()
     capsys.readouterr()
-    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path),
-                 "--out", str(tmp_path / "o2")]) == 0
+    assert (
+        main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "o2")]) == 0
+    )
     captured = capsys.readouterr()
     assert "(cached)" in captured.out and "spot/s" not in captured.err  # no progress bar for a cache hit
     assert main(["genes", "--sort", "accuracy"]) == 0
@@ -510,16 +611,19 @@ def test_one_corrupt_region_does_not_spoil_the_rest_of_the_slide(sample_slide_pa
 
 
 # --- 11: file names that identify a patient ---------------------------------------------------------------
-def test_pseudonymize_leaves_the_file_name_out_of_every_output(sample_slide_path, tiny_model_path, tmp_path,
-                                                               monkeypatch, capsys):
+def test_pseudonymize_leaves_the_file_name_out_of_every_output(
+    sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
+):
     from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     barcode = "TCGA-A2-A0T2-01Z-00-DX1"
     slide = tmp_path / f"{barcode}.tiff"
     shutil.copy(sample_slide_path, slide)
-    assert main(["predict", str(slide), "--model", str(tiny_model_path), "--pseudonymize",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(["predict", str(slide), "--model", str(tiny_model_path), "--pseudonymize", "--out", str(tmp_path / "o")])
+        == 0
+    )
     (folder,) = list((tmp_path / "o").iterdir())
     assert folder.name.startswith("slide-") and len(folder.name) == 18
     assert barcode in capsys.readouterr().out  # the user sees which file got which id
@@ -530,8 +634,10 @@ def test_pseudonymize_leaves_the_file_name_out_of_every_output(sample_slide_path
 
     adata = ad.read_h5ad(folder / "prediction.h5ad")  # compressed on disk: look inside too
     assert "TCGA" not in json.dumps(adata.uns["stpredict"], default=str) and "TCGA" not in "".join(adata.obs_names)
-    assert main(["predict", str(slide), "--model", str(tiny_model_path), "--pseudonymize",
-                 "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(["predict", str(slide), "--model", str(tiny_model_path), "--pseudonymize", "--out", str(tmp_path / "o")])
+        == 0
+    )
     assert [p.name for p in (tmp_path / "o").iterdir()] == [folder.name]  # stable id
 
 
@@ -556,8 +662,9 @@ def small_fs(tmp_path):
         subprocess.run(["umount", str(point)], capture_output=True)
 
 
-def test_full_output_disk_is_a_clear_error_and_leaves_nothing(small_fs, sample_slide_path, tiny_model_path,
-                                                              tmp_path, monkeypatch, capsys):
+def test_full_output_disk_is_a_clear_error_and_leaves_nothing(
+    small_fs, sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
+):
     from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
@@ -581,8 +688,10 @@ def test_full_cache_disk_only_costs_the_caching(small_fs, sample_slide_path, tin
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(small_fs("16k")))
     with pytest.warns(UserWarning, match="could not be cached"):
-        assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path),
-                     "--out", str(tmp_path / "o")]) == 0
+        assert (
+            main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "o")])
+            == 0
+        )
     assert (tmp_path / "o" / "her2st_C2" / "prediction.h5ad").exists()
 
 
@@ -592,7 +701,8 @@ def test_a_skip_fails_the_run_in_ci(tmp_path):
     (tmp_path / "test_skips.py").write_text("import pytest\n\ndef test_needs_data():\n    pytest.skip('no data')\n")
     run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xvfb", str(tmp_path)]
     in_ci = subprocess.run(run, capture_output=True, text=True, env=dict(os.environ, CI="true"), cwd=tmp_path)
-    local = subprocess.run(run, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "CI"},
-                           cwd=tmp_path)
+    local = subprocess.run(
+        run, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "CI"}, cwd=tmp_path
+    )
     assert in_ci.returncode == 1 and "every test must run" in in_ci.stdout, in_ci.stdout[-2000:]
     assert local.returncode == 0

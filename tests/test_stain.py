@@ -39,8 +39,9 @@ def dab_recolour(he: np.ndarray) -> np.ndarray:
     od = -np.log10((he.astype(float) + 1) / 256).reshape(-1, 3)
     h = (od @ np.linalg.inv(m))[:, 0].clip(0)
     median = np.percentile(h, 50)
-    od_ihc = np.outer(np.minimum(h, median) * 0.6, m[0]) + np.outer((h - median).clip(0) * 2.0,
-                                                                     dab_vec / np.linalg.norm(dab_vec))
+    od_ihc = np.outer(np.minimum(h, median) * 0.6, m[0]) + np.outer(
+        (h - median).clip(0) * 2.0, dab_vec / np.linalg.norm(dab_vec)
+    )
     return (256 * 10 ** (-od_ihc) - 1).clip(0, 255).reshape(he.shape).astype(np.uint8)
 
 
@@ -111,13 +112,25 @@ def test_engine_refuses_before_tissue_detection_and_can_be_overridden(sample_thu
     assert prediction.meta["trust"]["stain"]["kind"] == "grayscale"
 
 
-def test_cli_reports_the_fluorescence_slide_and_completes_the_others(wsi_dir, tiny_model_path, tmp_path,
-                                                                      monkeypatch, capsys):
+def test_cli_reports_the_fluorescence_slide_and_completes_the_others(
+    wsi_dir, tiny_model_path, tmp_path, monkeypatch, capsys
+):
     from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
-    rc = main(["predict", str(wsi_dir / "ndpi_test3-DAPI-2-387.ndpi"), str(wsi_dir / "CMU-1-Small-Region.svs"),
-               "--model", str(tiny_model_path), "--genes", "ERBB2", "--out", str(tmp_path / "out")])
+    rc = main(
+        [
+            "predict",
+            str(wsi_dir / "ndpi_test3-DAPI-2-387.ndpi"),
+            str(wsi_dir / "CMU-1-Small-Region.svs"),
+            "--model",
+            str(tiny_model_path),
+            "--genes",
+            "ERBB2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "ndpi_test3-DAPI-2-387.ndpi" in err and "fluorescence" in err
     assert (tmp_path / "out" / "CMU-1-Small-Region" / "prediction.h5ad").exists()

@@ -35,10 +35,15 @@ def main() -> None:
                 mean_pred = np.mean([p[method] for p in preds], axis=0)
                 scores = _scores(mean_pred, t.expression, fd.genes, fd.sets, t.tumor, fd.panel)
                 per_section.setdefault(method, {})[s] = {k: scores[k] for k in METRICS}
-    summary = {method: {k: nanmean([v[k] for v in rows.values()]) for k in METRICS} | {"sections": sorted(rows)}
-               for method, rows in per_section.items()}
-    out = {"what": "CMRCNet, patient-level folds, mean of the predictions of seeds 0, 1, 2",
-           "summary": summary, "per_section": per_section}
+    summary = {
+        method: {k: nanmean([v[k] for v in rows.values()]) for k in METRICS} | {"sections": sorted(rows)}
+        for method, rows in per_section.items()
+    }
+    out = {
+        "what": "CMRCNet, patient-level folds, mean of the predictions of seeds 0, 1, 2",
+        "summary": summary,
+        "per_section": per_section,
+    }
     (HERE / "seed_ensemble.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
     for method, row in summary.items():
         print(method, " ".join(f"{k} {row[k]:.3f}" for k in METRICS))

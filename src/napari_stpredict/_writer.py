@@ -19,16 +19,23 @@ __all__ = ["write_heatmap_geotiff", "write_mask_geotiff"]
 def _placement(meta: dict[str, Any], what: str):
     info = (meta or {}).get("metadata", {}).get("stpredict") or (meta or {}).get("stpredict")
     if not info or "l0_origin" not in info:
-        raise StPredictError(f"only napari-stpredict {what} layers can be saved as GeoTIFF by this writer "
-                             "(the layer has no slide placement in its metadata)")
+        raise StPredictError(
+            f"only napari-stpredict {what} layers can be saved as GeoTIFF by this writer "
+            "(the layer has no slide placement in its metadata)"
+        )
     return info
 
 
 def _tags(info: dict[str, Any]) -> dict[str, Any]:
     from .io.geotiff import provenance_tags
 
-    return provenance_tags(slide=info.get("slide"), model=info.get("model"), mpp=info["mpp"],
-                           patch_um=info.get("patch_um"), stride_um=info.get("stride_um"))
+    return provenance_tags(
+        slide=info.get("slide"),
+        model=info.get("model"),
+        mpp=info["mpp"],
+        patch_um=info.get("patch_um"),
+        stride_um=info.get("stride_um"),
+    )
 
 
 def write_heatmap_geotiff(path: str, data: Any, meta: dict) -> list[str]:
@@ -37,8 +44,14 @@ def write_heatmap_geotiff(path: str, data: Any, meta: dict) -> list[str]:
 
     info = _placement(meta, "heatmap")
     tags = _tags(info) | {"GENE": info.get("gene", ""), "UNITS": info.get("units", "")}
-    out = write_geotiff(_tif(path), np.asarray(data, np.float32), l0_origin=tuple(info["l0_origin"]),
-                        l0_stride=tuple(info["l0_stride"]), metadata=tags, nodata=np.nan)
+    out = write_geotiff(
+        _tif(path),
+        np.asarray(data, np.float32),
+        l0_origin=tuple(info["l0_origin"]),
+        l0_stride=tuple(info["l0_stride"]),
+        metadata=tags,
+        nodata=np.nan,
+    )
     return [str(out)]
 
 
@@ -47,10 +60,18 @@ def write_mask_geotiff(path: str, data: Any, meta: dict) -> list[str]:
     from .io.geotiff import write_geotiff
 
     info = _placement(meta, "tumour mask")
-    tags = _tags(info) | {"MARKERS": ",".join(info.get("markers", [])), "THRESHOLD": info.get("threshold"),
-                          "VALUES": "1 = predicted tumour, 0 = other or no tissue"}
-    out = write_geotiff(_tif(path), np.asarray(data).astype(np.uint8), l0_origin=tuple(info["l0_origin"]),
-                        l0_stride=tuple(info["l0_stride"]), metadata=tags)
+    tags = _tags(info) | {
+        "MARKERS": ",".join(info.get("markers", [])),
+        "THRESHOLD": info.get("threshold"),
+        "VALUES": "1 = predicted tumour, 0 = other or no tissue",
+    }
+    out = write_geotiff(
+        _tif(path),
+        np.asarray(data).astype(np.uint8),
+        l0_origin=tuple(info["l0_origin"]),
+        l0_stride=tuple(info["l0_stride"]),
+        metadata=tags,
+    )
     return [str(out)]
 
 

@@ -33,17 +33,21 @@ def check_spots_fit(spots, prediction, *, source: str = "measured spots") -> Non
     width, height = prediction.meta["slide"]["dimensions"]
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     if inside.mean() < 0.9:
-        raise ValueError(f"{source}: {1 - inside.mean():.0%} of its {len(xy)} spots lie outside this slide "
-                         f"({width} x {height} px at level 0); they belong to another slide or are not in its "
-                         "level-0 pixels")
+        raise ValueError(
+            f"{source}: {1 - inside.mean():.0%} of its {len(xy)} spots lie outside this slide "
+            f"({width} x {height} px at level 0); they belong to another slide or are not in its "
+            "level-0 pixels"
+        )
     centres = prediction.l0_centres
     stride = float(np.mean(prediction.meta["grid_stride_l0"]))
     from scipy.spatial import cKDTree
 
     near = cKDTree(centres).query(xy[inside], distance_upper_bound=1.5 * stride)[0]
     if np.isfinite(near).mean() < 0.5:
-        raise ValueError(f"{source}: most of its spots are not on this slide's tissue; they belong to another "
-                         "slide or use another coordinate frame")
+        raise ValueError(
+            f"{source}: most of its spots are not on this slide's tissue; they belong to another "
+            "slide or use another coordinate frame"
+        )
 
 
 @dataclass

@@ -85,9 +85,11 @@ def _cmd_info(args) -> int:
             from PIL import Image
 
             Image.fromarray(thumb).save(tmp, format="PNG")
-        print(f"{slide.name}: {summary['dimensions'][0]}x{summary['dimensions'][1]} px, "
-              f"{summary['level_count']} levels, mpp {summary['mpp_x']}, "
-              f"tissue {summary['tissue_fraction']:.0%} -> {json_path}, {png_path}")
+        print(
+            f"{slide.name}: {summary['dimensions'][0]}x{summary['dimensions'][1]} px, "
+            f"{summary['level_count']} levels, mpp {summary['mpp_x']}, "
+            f"tissue {summary['tissue_fraction']:.0%} -> {json_path}, {png_path}"
+        )
     return 1 if failures else 0
 
 
@@ -109,32 +111,60 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per slide)")
     p.add_argument("--genes", nargs="*", default=None, help="genes to export as GeoTIFF (default: ERBB2)")
     p.add_argument("--markers", nargs="*", default=None, help="tumour marker genes (default: the model's panel)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="tumour score threshold (default: the model's, calibrated on its training data)")
-    p.add_argument("--threshold-mode", choices=["auto", "absolute", "slide"], default="auto",
-                   help="tumour score units: 'absolute' (the training spots', comparable between slides; the "
-                        "default for calibrated models) or 'slide' (this slide's own, with an automatic threshold "
-                        "per slide, which always finds a tumour region)")
-    p.add_argument("--tumour-out-of-domain", action="store_true",
-                   help="also call tumour in spots (and slides) that are out of domain")
-    p.add_argument("--no-stain-check", action="store_true",
-                   help="predict even on slides that do not look like H&E (fluorescence, IHC, grayscale)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="tumour score threshold (default: the model's, calibrated on its training data)",
+    )
+    p.add_argument(
+        "--threshold-mode",
+        choices=["auto", "absolute", "slide"],
+        default="auto",
+        help="tumour score units: 'absolute' (the training spots', comparable between slides; the "
+        "default for calibrated models) or 'slide' (this slide's own, with an automatic threshold "
+        "per slide, which always finds a tumour region)",
+    )
+    p.add_argument(
+        "--tumour-out-of-domain",
+        action="store_true",
+        help="also call tumour in spots (and slides) that are out of domain",
+    )
+    p.add_argument(
+        "--no-stain-check",
+        action="store_true",
+        help="predict even on slides that do not look like H&E (fluorescence, IHC, grayscale)",
+    )
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--stride-um", type=float, default=None, help="spot spacing in µm (default: the patch size)")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="patches per model call (default 64; lower it if the GPU runs out of memory)")
-    p.add_argument("--method", choices=["retrieval", "ridge"], default="retrieval",
-                   help="retrieval: mean of the most similar reference spots (the paper; default); "
-                        "ridge: the linear head fitted on the training embeddings")
-    p.add_argument("--roi", default=None,
-                   help="region: x0,y0,x1,y1 in level-0 pixels, or a GeoJSON file of polygons (e.g. from QuPath)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="patches per model call (default 64; lower it if the GPU runs out of memory)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["retrieval", "ridge"],
+        default="retrieval",
+        help="retrieval: mean of the most similar reference spots (the paper; default); "
+        "ridge: the linear head fitted on the training embeddings",
+    )
+    p.add_argument(
+        "--roi",
+        default=None,
+        help="region: x0,y0,x1,y1 in level-0 pixels, or a GeoJSON file of polygons (e.g. from QuPath)",
+    )
     p.add_argument("--mpp", type=float, default=None, help="µm per pixel for slides that do not record it")
     p.add_argument("--no-cache", action="store_true", help="always run the model")
-    p.add_argument("--pseudonymize", action="store_true",
-                   help="leave the slide's file name (e.g. a TCGA barcode) out of every output: folders, tables, "
-                        "GeoTIFF tags and config.yaml use an id made from the file's content (slide-<12 hex>); "
-                        "the terminal shows which file got which id, nothing else records it")
+    p.add_argument(
+        "--pseudonymize",
+        action="store_true",
+        help="leave the slide's file name (e.g. a TCGA barcode) out of every output: folders, tables, "
+        "GeoTIFF tags and config.yaml use an id made from the file's content (slide-<12 hex>); "
+        "the terminal shows which file got which id, nothing else records it",
+    )
     p.set_defaults(func=_cmd_predict)
 
 
@@ -156,8 +186,12 @@ def _parse_roi(text: str | None):
         values = [float(v) for v in text.split(",")]
     except ValueError as exc:
         raise ValueError(f"--roi must be x0,y0,x1,y1 in level-0 pixels or a .geojson file, got {text!r}") from exc
-    if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[2] <= values[0] \
-            or values[3] <= values[1]:
+    if (
+        len(values) != 4
+        or not all(math.isfinite(v) for v in values)
+        or values[2] <= values[0]
+        or values[3] <= values[1]
+    ):
         raise ValueError(f"--roi must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {text!r}")
     x0, y0, x1, y1 = values
     return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1]]]
@@ -233,8 +267,10 @@ def _check_predict_args(args, model) -> list[str]:
     if args.stride_um is not None:
         smallest = model.io.patch_um / 8
         if not (math.isfinite(args.stride_um) and args.stride_um >= smallest):
-            problems.append(f"--stride-um must be at least {smallest:g} µm (1/8 of the model's "
-                            f"{model.io.patch_um:g} µm patch), got {args.stride_um}")
+            problems.append(
+                f"--stride-um must be at least {smallest:g} µm (1/8 of the model's "
+                f"{model.io.patch_um:g} µm patch), got {args.stride_um}"
+            )
     if args.batch_size < 1:
         problems.append(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.mpp is not None:
@@ -249,8 +285,9 @@ def _check_predict_args(args, model) -> list[str]:
     if unknown:
         problems.append(f"the model does not predict {', '.join(unknown)} (list its genes: stpredict genes)")
     if args.markers and not any(m.upper() in known for m in args.markers):
-        problems.append(f"--markers: the model predicts none of {', '.join(args.markers)} "
-                        "(list its genes: stpredict genes)")
+        problems.append(
+            f"--markers: the model predicts none of {', '.join(args.markers)} (list its genes: stpredict genes)"
+        )
     if args.out.exists() and not args.out.is_dir():
         problems.append(f"--out {args.out}: exists and is not a folder")
     return problems
@@ -285,8 +322,11 @@ def _cmd_predict(args) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 2
     canonical = {g.upper(): g for g in model.genes}
-    genes = [canonical[g.upper()] for g in args.genes] if args.genes else (
-        ["ERBB2"] if "ERBB2" in model.genes else model.genes[:1])
+    genes = (
+        [canonical[g.upper()] for g in args.genes]
+        if args.genes
+        else (["ERBB2"] if "ERBB2" in model.genes else model.genes[:1])
+    )
     missing_markers = [m for m in (args.markers or []) if m.upper() not in canonical]
     if missing_markers:
         print(f"warning: markers not predicted by the model, left out: {', '.join(missing_markers)}", file=sys.stderr)
@@ -305,8 +345,13 @@ def _cmd_predict(args) -> int:
                     from .inference.cache import slide_fingerprint
 
                     pseudonym = f"slide-{slide_fingerprint(path)[:12]}"
-                params = {"stride_um": args.stride_um, "roi": roi, "batch_size": args.batch_size,
-                          "method": args.method, "check_stain": not args.no_stain_check}
+                params = {
+                    "stride_um": args.stride_um,
+                    "roi": roi,
+                    "batch_size": args.batch_size,
+                    "method": args.method,
+                    "check_stain": not args.no_stain_check,
+                }
                 bars: list = []  # created at the first spot: no bar for a cache hit or the quick stages
 
                 def show(progress: dict, name=slide.name, bars=bars) -> None:
@@ -318,8 +363,12 @@ def _cmd_predict(args) -> int:
                     bars[0].refresh()
 
                 try:
-                    prediction = drain(cached_predict_slide(slide, model, model_path=model_path,
-                                                            use_cache=not args.no_cache, **params), show)
+                    prediction = drain(
+                        cached_predict_slide(
+                            slide, model, model_path=model_path, use_cache=not args.no_cache, **params
+                        ),
+                        show,
+                    )
                 finally:
                     for bar in bars:
                         bar.close()  # so anything printed next starts on a line of its own
@@ -332,8 +381,10 @@ def _cmd_predict(args) -> int:
                 except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
                     from .errors import OutputError
 
-                    raise OutputError(f"{slide.name}: cannot write the outputs to {args.out} "
-                                      f"({getattr(exc, 'strerror', None) or exc})") from exc
+                    raise OutputError(
+                        f"{slide.name}: cannot write the outputs to {args.out} "
+                        f"({getattr(exc, 'strerror', None) or exc})"
+                    ) from exc
                 _report(slide, prediction, mask, out, shown_as=pseudonym)
         except (StPredictError, ValueError, OSError) as exc:
             print(_slide_error(path, exc), file=sys.stderr)
@@ -359,22 +410,38 @@ def _write_slide_outputs(folder: Path, slide, prediction, model, model_path: Pat
     for gene in genes:
         export_gene_geotiff(prediction, gene, folder / f"{safe_filename(gene)}.tif")
     markers = [m for m in args.markers if m.upper() in {g.upper() for g in model.genes}] if args.markers else None
-    mask = tumor_mask(prediction, markers, threshold=args.threshold, mode=args.threshold_mode,
-                      include_out_of_domain=args.tumour_out_of_domain)
+    mask = tumor_mask(
+        prediction,
+        markers,
+        threshold=args.threshold,
+        mode=args.threshold_mode,
+        include_out_of_domain=args.tumour_out_of_domain,
+    )
     export_tumor(prediction, mask, folder / "tumor_mask.tif", folder / "tumor.geojson")
     export_overview(slide, prediction, genes[0], mask, folder / "overview.png")
-    config = {"napari_stpredict": __version__, "slide": prediction.meta["slide"]["name"],
-              "model": str(model_path.name),
-              "device": str(model.device), "genes": genes, "markers": mask.markers,
-              "threshold": mask.threshold, "threshold_automatic": mask.automatic,
-              "threshold_mode": mask.mode, "tumour_note": mask.note or None,
-              "tumour_fraction": round(mask.fraction, 4),
-              "stain": prediction.meta["trust"]["stain"]["kind"],
-              "domain": {k: prediction.meta["trust"]["domain"].get(k) for k in ("verdict", "share_out", "threshold")},
-              "stride_um": prediction.meta["stride_um"], "patch_um": prediction.meta["patch_um"],
-              "batch_size": args.batch_size, "method": args.method, "roi": roi,
-              "mpp": [slide.mpp_x, slide.mpp_y], "spots": len(prediction),
-              "cache": prediction.meta.get("cache")}
+    config = {
+        "napari_stpredict": __version__,
+        "slide": prediction.meta["slide"]["name"],
+        "model": str(model_path.name),
+        "device": str(model.device),
+        "genes": genes,
+        "markers": mask.markers,
+        "threshold": mask.threshold,
+        "threshold_automatic": mask.automatic,
+        "threshold_mode": mask.mode,
+        "tumour_note": mask.note or None,
+        "tumour_fraction": round(mask.fraction, 4),
+        "stain": prediction.meta["trust"]["stain"]["kind"],
+        "domain": {k: prediction.meta["trust"]["domain"].get(k) for k in ("verdict", "share_out", "threshold")},
+        "stride_um": prediction.meta["stride_um"],
+        "patch_um": prediction.meta["patch_um"],
+        "batch_size": args.batch_size,
+        "method": args.method,
+        "roi": roi,
+        "mpp": [slide.mpp_x, slide.mpp_y],
+        "spots": len(prediction),
+        "cache": prediction.meta.get("cache"),
+    }
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return mask
 
@@ -385,8 +452,10 @@ def _report(slide, prediction, mask, out: Path, shown_as: str | None = None) -> 
     verdict = prediction.meta["trust"]["domain"]["verdict"]
     source = "cached" if prediction.meta.get("cache") == "hit" else "predicted"
     name = f"{slide.name} (as {shown_as})" if shown_as else slide.name
-    print(f"{name}: {len(prediction)} spots ({source}), {verdict}, tumour {mask.fraction:.0%} of "
-          f"tissue (threshold {mask.describe()}) -> {out}")
+    print(
+        f"{name}: {len(prediction)} spots ({source}), {verdict}, tumour {mask.fraction:.0%} of "
+        f"tissue (threshold {mask.describe()}) -> {out}"
+    )
     for line in trust_lines(prediction.meta) + ([mask.note] if mask.note else []):
         print(f"  warning: {slide.name}: {line}", file=sys.stderr)
 
@@ -398,7 +467,7 @@ def _slide_error(path: Path, exc: Exception) -> str:
         return f"error: {message}"
     name_prefix = f"{Path(path).name}: "  # slide errors start with the file name; show the full path instead
     if message.startswith(name_prefix):
-        message = message[len(name_prefix):]
+        message = message[len(name_prefix) :]
     return f"error: {path}: {message}"
 
 
@@ -408,8 +477,12 @@ def _add_convert(sub) -> None:
     p.add_argument("source", type=Path, help="her2st folder, or Space Ranger output folder")
     p.add_argument("--sections", nargs="*", default=None, help="her2st sections (default: all)")
     p.add_argument("--image", type=Path, default=None, help="Visium: the full-resolution H&E image")
-    p.add_argument("--genes", nargs="*", default=None,
-                   help="only these genes (symbols, any case, or Ensembl IDs); missing ones are reported")
+    p.add_argument(
+        "--genes",
+        nargs="*",
+        default=None,
+        help="only these genes (symbols, any case, or Ensembl IDs); missing ones are reported",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=_cmd_convert)
 
@@ -434,8 +507,9 @@ def _cmd_convert(args) -> int:
         if args.genes:
             idx, found, missing = match_genes(adata.var, args.genes)
             if missing:
-                print(f"{name}: {len(missing)} requested genes are not in the data: {', '.join(missing)}",
-                      file=sys.stderr)
+                print(
+                    f"{name}: {len(missing)} requested genes are not in the data: {', '.join(missing)}", file=sys.stderr
+                )
             adata = adata[:, idx].copy()
         path = args.out / f"{name}.h5ad"
         from .io.atomic import atomic_path
@@ -451,16 +525,27 @@ def _add_train(sub) -> None:
     p.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: out_dir of the config)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
-    p.add_argument("--steps", type=int, default=None,
-                   help="override the training length in optimizer steps (replaces epochs)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="override the training length in optimizer steps (replaces epochs)"
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--rebuild-bank", type=Path, default=None, metavar="CHECKPOINT",
-                   help="do not train: write CHECKPOINT with its bank rebuilt from the config's training and "
-                        "bank_sections (to --out, default: CHECKPOINT with suffix .bank.pt)")
-    p.add_argument("--calibrate", type=Path, default=None, metavar="CHECKPOINT",
-                   help="do not train: write CHECKPOINT with its trust calibration (out-of-domain score, tumour "
-                        "threshold) computed from its training sections, bank unchanged (to --out, default: "
-                        "CHECKPOINT with suffix .calibrated.pt); for checkpoints made before calibration existed")
+    p.add_argument(
+        "--rebuild-bank",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="do not train: write CHECKPOINT with its bank rebuilt from the config's training and "
+        "bank_sections (to --out, default: CHECKPOINT with suffix .bank.pt)",
+    )
+    p.add_argument(
+        "--calibrate",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="do not train: write CHECKPOINT with its trust calibration (out-of-domain score, tumour "
+        "threshold) computed from its training sections, bank unchanged (to --out, default: "
+        "CHECKPOINT with suffix .calibrated.pt); for checkpoints made before calibration existed",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -518,8 +603,14 @@ def _cmd_train(args) -> int:
         from .training.bank import rebuild_bank
 
         out = args.out or args.rebuild_bank.with_suffix(".bank.pt")
-        path = rebuild_bank(args.rebuild_bank, out, bank_sections=cfg.bank_sections, her2st=cfg.her2st,
-                            max_bank=cfg.max_bank, seed=cfg.seed)
+        path = rebuild_bank(
+            args.rebuild_bank,
+            out,
+            bank_sections=cfg.bank_sections,
+            her2st=cfg.her2st,
+            max_bank=cfg.max_bank,
+            seed=cfg.seed,
+        )
         print(f"checkpoint with rebuilt bank: {path}")
         return 0
     run_dir = args.out or Path(cfg.out_dir)
@@ -539,10 +630,12 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--config", type=Path, default=Path("evaluation/config.yaml"))
     p.add_argument("--protocol", nargs="*", default=None, help="patient, loso_C (default: both)")
     p.add_argument("--fold", nargs="*", default=None, help="e.g. test_B test_C3 (default: all)")
-    p.add_argument("--variant", nargs="*", default=None,
-                   help="cmrcnet contrastive ridge_features untrained (default: all)")
-    p.add_argument("--quick", action="store_true",
-                   help="fewer training steps (quick_steps): the table within an hour on a CPU")
+    p.add_argument(
+        "--variant", nargs="*", default=None, help="cmrcnet contrastive ridge_features untrained (default: all)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="fewer training steps (quick_steps): the table within an hour on a CPU"
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -567,8 +660,10 @@ def _cmd_evaluate(args) -> int:
         return f"{where} {p.get('stage')}"
 
     try:
-        _drain_with_bar(iter_evaluate(cfg, protocols=args.protocol, folds=args.fold, variants=args.variant,
-                                      quick=args.quick), describe)
+        _drain_with_bar(
+            iter_evaluate(cfg, protocols=args.protocol, folds=args.fold, variants=args.variant, quick=args.quick),
+            describe,
+        )
     except (ValueError, FileNotFoundError) as exc:  # e.g. results of another recipe in the way
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -590,8 +685,12 @@ def _cmd_evaluate(args) -> int:
 def _add_genes(sub) -> None:
     p = sub.add_parser("genes", help="list the genes a model predicts, with their held-out accuracy")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled model)")
-    p.add_argument("--sort", choices=["name", "accuracy"], default="name",
-                   help="order: by name (default) or by held-out Pearson r, best first")
+    p.add_argument(
+        "--sort",
+        choices=["name", "accuracy"],
+        default="name",
+        help="order: by name (default) or by held-out Pearson r, best first",
+    )
     p.set_defaults(func=_cmd_genes)
 
 

@@ -17,8 +17,16 @@ from .inference.prediction import UNITS, Prediction
 from .inference.tumor import TumorMask, mask_polygons
 from .placement import Placement
 
-__all__ = ["colour_limits", "heatmap_layer", "confidence_layer", "tumor_labels_layer", "tumor_contour_layer",
-           "measured_points_layer", "world_per_l0", "domain_layer"]
+__all__ = [
+    "colour_limits",
+    "heatmap_layer",
+    "confidence_layer",
+    "tumor_labels_layer",
+    "tumor_contour_layer",
+    "measured_points_layer",
+    "world_per_l0",
+    "domain_layer",
+]
 
 
 def world_per_l0(prediction: Prediction) -> tuple[float, float]:
@@ -33,14 +41,21 @@ def _grid(prediction: Prediction, placement: Placement | None) -> dict[str, Any]
 
 def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
     meta = prediction.meta
-    return {"stpredict": {
-        "kind": extra.pop("kind"),
-        "model": meta["model"]["name"], "trained_on": list(meta["model"].get("trained_on", [])),
-        "slide": meta["slide"]["name"], "patch_um": meta["patch_um"], "stride_um": meta["stride_um"],
-        "l0_origin": [float(v) for v in meta["grid_origin_l0"]],
-        "l0_stride": [float(v) for v in meta["grid_stride_l0"]],
-        "mpp": [meta.get("mpp_x"), meta.get("mpp_y")],
-        "note": "Research use only; not for diagnosis.", **extra}}
+    return {
+        "stpredict": {
+            "kind": extra.pop("kind"),
+            "model": meta["model"]["name"],
+            "trained_on": list(meta["model"].get("trained_on", [])),
+            "slide": meta["slide"]["name"],
+            "patch_um": meta["patch_um"],
+            "stride_um": meta["stride_um"],
+            "l0_origin": [float(v) for v in meta["grid_origin_l0"]],
+            "l0_stride": [float(v) for v in meta["grid_stride_l0"]],
+            "mpp": [meta.get("mpp_x"), meta.get("mpp_y")],
+            "note": "Research use only; not for diagnosis.",
+            **extra,
+        }
+    }
 
 
 def colour_limits(prediction: Prediction, gene: str, *, fixed: bool = True) -> tuple[float, float]:
@@ -62,22 +77,32 @@ def colour_limits(prediction: Prediction, gene: str, *, fixed: bool = True) -> t
     else:
         heat = prediction.heatmap(gene)
         finite = heat.raster[np.isfinite(heat.raster)]
-        lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+        lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
     return float(lo), float(max(hi, lo + 1e-3))
 
 
-def heatmap_layer(prediction: Prediction, gene: str, *, opacity: float = 0.65,
-                  placement: Placement | None = None, fixed_limits: bool = True) -> tuple:
+def heatmap_layer(
+    prediction: Prediction,
+    gene: str,
+    *,
+    opacity: float = 0.65,
+    placement: Placement | None = None,
+    fixed_limits: bool = True,
+) -> tuple:
     """Image layer of one gene's predicted expression (viridis; limits from `colour_limits`)."""
     heat = prediction.heatmap(gene)
     lo, hi = colour_limits(prediction, gene, fixed=fixed_limits)
     kwargs = {
-        "name": f"{heat.name} (predicted)", **_grid(prediction, placement),
-        "colormap": "viridis", "contrast_limits": (float(lo), float(hi)), "opacity": opacity,
+        "name": f"{heat.name} (predicted)",
+        **_grid(prediction, placement),
+        "colormap": "viridis",
+        "contrast_limits": (float(lo), float(hi)),
+        "opacity": opacity,
         # Drawn with linear interpolation between spot centres: smooth at a glance instead of a
         # mosaic of 112 µm blocks, without a finer stride (which lowered ERBB2 r at the sample's
         # measured spots from 0.32 to 0.28 at 56 µm and took 3.4x as long; see the README).
-        "blending": "translucent", "interpolation2d": "linear",
+        "blending": "translucent",
+        "interpolation2d": "linear",
         "metadata": _provenance(prediction, kind="heatmap", gene=heat.name, units=UNITS),
     }
     return heat.raster, kwargs, "image"
@@ -94,9 +119,16 @@ def confidence_layer(prediction: Prediction, placement: Placement | None = None)
     finite = heat.raster[np.isfinite(heat.raster)]
     lo = float(ref.get("q05", finite.min() if finite.size else 0.0))
     hi = float(ref.get("q50", finite.max() if finite.size else 1.0))
-    kwargs = {"name": "confidence (similarity to training data)", **_grid(prediction, placement),
-              "colormap": "magma", "contrast_limits": (lo, max(hi, lo + 1e-3)), "opacity": 0.6, "visible": False,
-              "interpolation2d": "nearest", "metadata": _provenance(prediction, kind="confidence", units=heat.units)}
+    kwargs = {
+        "name": "confidence (similarity to training data)",
+        **_grid(prediction, placement),
+        "colormap": "magma",
+        "contrast_limits": (lo, max(hi, lo + 1e-3)),
+        "opacity": 0.6,
+        "visible": False,
+        "interpolation2d": "nearest",
+        "metadata": _provenance(prediction, kind="confidence", units=heat.units),
+    }
     return heat.raster, kwargs, "image"
 
 
@@ -107,9 +139,16 @@ def domain_layer(prediction: Prediction, placement: Placement | None = None) -> 
     threshold = float(prediction.meta["trust"]["domain"]["threshold"])
     values = prediction.adata.obs["domain_distance"].to_numpy(np.float32) / threshold
     heat = prediction.raster(values, "out of domain", units="distance to the training images / threshold")
-    kwargs = {"name": "out of domain (distance / threshold)", **_grid(prediction, placement),
-              "colormap": "inferno", "contrast_limits": (0.5, 1.5), "opacity": 0.6, "visible": False,
-              "interpolation2d": "nearest", "metadata": _provenance(prediction, kind="out_of_domain", units=heat.units)}
+    kwargs = {
+        "name": "out of domain (distance / threshold)",
+        **_grid(prediction, placement),
+        "colormap": "inferno",
+        "contrast_limits": (0.5, 1.5),
+        "opacity": 0.6,
+        "visible": False,
+        "interpolation2d": "nearest",
+        "metadata": _provenance(prediction, kind="out_of_domain", units=heat.units),
+    }
     return heat.raster, kwargs, "image"
 
 
@@ -117,9 +156,19 @@ def tumor_labels_layer(prediction: Prediction, mask: TumorMask, placement: Place
     """Labels layer of the tumour mask on the spot grid (1 = tumour)."""
     # Hidden at first: drawn over a heatmap it would change the colours the colour bar explains;
     # the contour shows the same region without hiding them.
-    kwargs = {"name": "tumour mask (predicted)", **_grid(prediction, placement), "opacity": 0.45, "visible": False,
-              "metadata": _provenance(prediction, kind="tumor_mask", markers=list(mask.markers),
-                                      threshold=mask.threshold, automatic=mask.automatic)}
+    kwargs = {
+        "name": "tumour mask (predicted)",
+        **_grid(prediction, placement),
+        "opacity": 0.45,
+        "visible": False,
+        "metadata": _provenance(
+            prediction,
+            kind="tumor_mask",
+            markers=list(mask.markers),
+            threshold=mask.threshold,
+            automatic=mask.automatic,
+        ),
+    }
     return mask.raster.astype(np.uint8), kwargs, "labels"
 
 
@@ -132,14 +181,26 @@ def tumor_contour_layer(prediction: Prediction, mask: TumorMask, placement: Plac
         for ring in rings:
             shapes.append(np.column_stack([ring[:, 1], ring[:, 0]]))
     stride = float(np.mean(meta["grid_stride_l0"]))
-    kwargs = {"name": "tumour contour (predicted)", "shape_type": "polygon", "edge_color": "red",
-              "face_color": "transparent", "edge_width": max(2.0, stride / 6), **placement.layer_kwargs(),
-              "metadata": _provenance(prediction, kind="tumor_contour", markers=list(mask.markers))}
+    kwargs = {
+        "name": "tumour contour (predicted)",
+        "shape_type": "polygon",
+        "edge_color": "red",
+        "face_color": "transparent",
+        "edge_width": max(2.0, stride / 6),
+        **placement.layer_kwargs(),
+        "metadata": _provenance(prediction, kind="tumor_contour", markers=list(mask.markers)),
+    }
     return shapes, kwargs, "shapes"
 
 
-def measured_points_layer(spots, gene: str, *, mpp: tuple[float | None, float | None],
-                          diameter_um: float = 100.0, placement: Placement | None = None) -> tuple:
+def measured_points_layer(
+    spots,
+    gene: str,
+    *,
+    mpp: tuple[float | None, float | None],
+    diameter_um: float = 100.0,
+    placement: Placement | None = None,
+) -> tuple:
     """Points layer of measured expression at measured spot centres (scanpy/squidpy AnnData).
 
     ``obsm["spatial"]`` must be in level-0 pixels of the slide shown; ``mpp`` (the
@@ -154,14 +215,22 @@ def measured_points_layer(spots, gene: str, *, mpp: tuple[float | None, float | 
     values = log1p_cp10k(spots, idx).ravel()
     mx, my = mpp
     if placement is None:
-        placement = Placement(((my, mx) if mx and my else (1.0, 1.0)), (0.0, 0.0), None,
-                              ("µm", "µm") if mx and my else None)
+        placement = Placement(
+            ((my, mx) if mx and my else (1.0, 1.0)), (0.0, 0.0), None, ("µm", "µm") if mx and my else None
+        )
     xy = np.asarray(spots.obsm["spatial"], float)
     coords = np.column_stack([xy[:, 1], xy[:, 0]])  # level-0 (y, x); the placement maps them
     lo, hi = np.percentile(values, [2, 98]) if len(values) else (0.0, 1.0)
-    kwargs = {"name": f"{found[0]} (measured)", "features": {"expression": values},
-              "face_color": "expression", "face_colormap": "viridis", "border_width": 0,
-              "face_contrast_limits": (float(lo), float(max(hi, lo + 1e-3))),
-              "size": diameter_um / (mx or 0.5), "opacity": 0.9, **placement.layer_kwargs(),
-              "metadata": {"stpredict": {"kind": "measured", "gene": found[0], "units": UNITS}}}
+    kwargs = {
+        "name": f"{found[0]} (measured)",
+        "features": {"expression": values},
+        "face_color": "expression",
+        "face_colormap": "viridis",
+        "border_width": 0,
+        "face_contrast_limits": (float(lo), float(max(hi, lo + 1e-3))),
+        "size": diameter_um / (mx or 0.5),
+        "opacity": 0.9,
+        **placement.layer_kwargs(),
+        "metadata": {"stpredict": {"kind": "measured", "gene": found[0], "units": UNITS}},
+    }
     return coords, kwargs, "points"

@@ -49,8 +49,9 @@ class Placement:
         units = tuple(str(u) for u in layer.units[-2:]) if getattr(layer, "units", None) is not None else None
         if units is not None and all(u in ("pixel", "pixels", "") for u in units):
             units = None
-        return cls(tuple(float(v) for v in layer.scale[-2:]), tuple(float(v) for v in layer.translate[-2:]),
-                   affine, units)
+        return cls(
+            tuple(float(v) for v in layer.scale[-2:]), tuple(float(v) for v in layer.translate[-2:]), affine, units
+        )
 
     @classmethod
     def of_prediction(cls, prediction) -> Placement:
@@ -63,8 +64,9 @@ class Placement:
             return cls((float(my), float(mx)), (0.0, 0.0), None, ("µm", "µm"))
         return cls()
 
-    def layer_kwargs(self, l0_origin: tuple[float, float] = (0.0, 0.0),
-                     l0_stride: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
+    def layer_kwargs(
+        self, l0_origin: tuple[float, float] = (0.0, 0.0), l0_stride: tuple[float, float] = (1.0, 1.0)
+    ) -> dict[str, Any]:
         """``scale``/``translate`` (and ``affine``, ``units``) for a layer whose data
         coordinate ``(row, col)`` is the level-0 point ``origin + (col, row) * stride``.
 

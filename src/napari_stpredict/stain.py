@@ -81,8 +81,11 @@ def _stats(rgb: np.ndarray) -> dict[str, float]:
     glass = np.median(content[brightness >= np.percentile(brightness, 90)], axis=0)
     od = -np.log10(np.clip((content + 1.0) / (glass + 1.0), 1e-3, 1.0)).sum(1)
     tissue = content[od > TISSUE_OD].astype(np.int16)
-    stats = {"background": float(glass.mean()), "median_luminance": float(np.median(luminance)),
-             "tissue_share": float(len(tissue) / len(content))}
+    stats = {
+        "background": float(glass.mean()),
+        "median_luminance": float(np.median(luminance)),
+        "tissue_share": float(len(tissue) / len(content)),
+    }
     if len(tissue) == 0:
         return stats
     r, g, b = tissue[:, 0], tissue[:, 1], tissue[:, 2]
@@ -116,30 +119,50 @@ def check_stain(thumbnail: np.ndarray) -> StainCheck:
     s = _stats(rgb)
     rounded = {k: round(v, 3) for k, v in s.items()}
     if s["background"] < DARK_BACKGROUND and s["median_luminance"] < 80:
-        return StainCheck("fluorescence", "refuse",
-                          "the image is dark with a dim signal (brightest tenth at "
-                          f"{s['background']:.0f}/255): a fluorescence or dark-field image, not brightfield H&E. "
-                          "The model was trained on H&E only; its predictions here would be meaningless.", rounded)
+        return StainCheck(
+            "fluorescence",
+            "refuse",
+            "the image is dark with a dim signal (brightest tenth at "
+            f"{s['background']:.0f}/255): a fluorescence or dark-field image, not brightfield H&E. "
+            "The model was trained on H&E only; its predictions here would be meaningless.",
+            rounded,
+        )
     if s["tissue_share"] < MIN_TISSUE_SHARE:
         return StainCheck("blank", "refuse", "nothing stained was found: the image is blank or nearly so.", rounded)
     if s["chroma"] < GRAY_CHROMA:
-        return StainCheck("grayscale", "refuse",
-                          f"the image has no colour (median saturation {s['chroma']:.3f}): a grayscale scan. The model "
-                          "reads hematoxylin and eosin from colour; it needs the RGB H&E image.", rounded)
+        return StainCheck(
+            "grayscale",
+            "refuse",
+            f"the image has no colour (median saturation {s['chroma']:.3f}): a grayscale scan. The model "
+            "reads hematoxylin and eosin from colour; it needs the RGB H&E image.",
+            rounded,
+        )
     if s["brown_share"] >= BROWN_REFUSE:
-        return StainCheck("dab_brown", "refuse",
-                          f"{s['brown_share']:.0%} of the stained pixels are brown, as DAB is in immunohistochemistry "
-                          "(H&E has almost none): this looks like an IHC slide or another non-H&E image. The model "
-                          "was trained on H&E only.", rounded)
+        return StainCheck(
+            "dab_brown",
+            "refuse",
+            f"{s['brown_share']:.0%} of the stained pixels are brown, as DAB is in immunohistochemistry "
+            "(H&E has almost none): this looks like an IHC slide or another non-H&E image. The model "
+            "was trained on H&E only.",
+            rounded,
+        )
     if s["he_hue_share"] < HE_HUE_REFUSE:
-        return StainCheck("not_he", "refuse",
-                          f"only {s['he_hue_share']:.0%} of the stained pixels have H&E colours (pink to purple; "
-                          "H&E slides have 70 % or more): this does not look like an H&E section (another stain, "
-                          "or not a microscope image).", rounded)
+        return StainCheck(
+            "not_he",
+            "refuse",
+            f"only {s['he_hue_share']:.0%} of the stained pixels have H&E colours (pink to purple; "
+            "H&E slides have 70 % or more): this does not look like an H&E section (another stain, "
+            "or not a microscope image).",
+            rounded,
+        )
     if s["he_hue_share"] < HE_HUE_WARN:
-        return StainCheck("unusual_colours", "warn",
-                          f"only {s['he_hue_share']:.0%} of the stained pixels have typical H&E colours: an unusual "
-                          "stain, a colour cast or pen marks. Check the maps against the tissue.", rounded)
+        return StainCheck(
+            "unusual_colours",
+            "warn",
+            f"only {s['he_hue_share']:.0%} of the stained pixels have typical H&E colours: an unusual "
+            "stain, a colour cast or pen marks. Check the maps against the tissue.",
+            rounded,
+        )
     return StainCheck("he", "ok", "colours are those of an H&E section.", rounded)
 
 

@@ -119,8 +119,10 @@ def spot_grid(
     if not stride_um > 0:
         raise ValueError(f"stride_um must be positive, got {stride_um!r}")
     if stride_um < patch_um / 8:
-        raise ValueError(f"stride_um={stride_um:g} is below 1/8 of the {patch_um:g} µm patch; "
-                         f"the smallest allowed is {patch_um / 8:g} µm")
+        raise ValueError(
+            f"stride_um={stride_um:g} is below 1/8 of the {patch_um:g} µm patch; "
+            f"the smallest allowed is {patch_um / 8:g} µm"
+        )
     if not mask.any():
         raise TissueMaskError(f"{slide_name}: no tissue (or nothing inside the region of interest) to predict on")
     stride = (stride_um / mpp[0], stride_um / mpp[1])
@@ -139,8 +141,13 @@ def spot_grid(
     keep = fraction >= min_tissue
     return SpotGrid(
         l0_centres=np.column_stack([cx[keep], cy[keep]]),
-        rows=rows.ravel()[keep], cols=cols.ravel()[keep], origin=origin, stride=stride,
-        shape=(n_rows, n_cols), patch_l0=patch, tissue_fraction=fraction[keep].astype(np.float32),
+        rows=rows.ravel()[keep],
+        cols=cols.ravel()[keep],
+        origin=origin,
+        stride=stride,
+        shape=(n_rows, n_cols),
+        patch_l0=patch,
+        tissue_fraction=fraction[keep].astype(np.float32),
     )
 
 

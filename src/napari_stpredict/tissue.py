@@ -147,8 +147,9 @@ class TissueMask:
         return float(self.mask.mean())
 
 
-def slide_tissue_mask(slide, *, max_size: int = 1024, require_tissue: bool = True, thumbnail: np.ndarray | None = None,
-                      **kwargs) -> TissueMask:
+def slide_tissue_mask(
+    slide, *, max_size: int = 1024, require_tissue: bool = True, thumbnail: np.ndarray | None = None, **kwargs
+) -> TissueMask:
     """Detect tissue on a `Slide` thumbnail.
 
     Parameters

@@ -23,8 +23,11 @@ def _run(qtbot, widget, timeout=180_000):
 
 
 def _kinds(viewer):
-    return {layer.metadata.get("stpredict", {}).get("kind"): layer for layer in viewer.layers
-            if layer.metadata.get("stpredict")}
+    return {
+        layer.metadata.get("stpredict", {}).get("kind"): layer
+        for layer in viewer.layers
+        if layer.metadata.get("stpredict")
+    }
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def test_screenshot_shows_heatmap_colours(predicted):
     def viridis_like(img):  # green above red: viridis, never H&E (where green is the lowest channel)
         covered = img.sum(-1) > 30  # the slide's area on the canvas (the rest is black)
         rows, cols = np.where(covered.any(1))[0], np.where(covered.any(0))[0]
-        box = img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        box = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         return ((box[..., 1] > box[..., 0] + 30) & (box[..., 1] > 60)).mean()
 
     assert viridis_like(with_heat) > 0.05 and viridis_like(slide_only) < 0.005
@@ -91,8 +94,11 @@ def test_switching_genes_does_not_rerun_the_model(predicted):
     from qtpy.QtCore import Qt
 
     widget.gene_search.setText("grb")
-    visible = [widget.gene_list.item(i).data(Qt.UserRole) for i in range(widget.gene_list.count())
-               if not widget.gene_list.item(i).isHidden()]
+    visible = [
+        widget.gene_list.item(i).data(Qt.UserRole)
+        for i in range(widget.gene_list.count())
+        if not widget.gene_list.item(i).isHidden()
+    ]
     assert visible == ["GRB7"]
     widget.gene_list.findItems("GRB7", Qt.MatchStartsWith)[0].setSelected(True)
     widget.show_selected_genes()
@@ -150,8 +156,9 @@ def test_exports_read_back(predicted, tmp_path):
         assert np.array_equal(ds.read(1), kinds["tumor_mask"].data)
 
 
-def test_cancel_mid_run_leaves_a_usable_viewer(make_napari_viewer, qtbot, sample_slide_path, tiny_model_path,
-                                               tmp_path, monkeypatch):
+def test_cancel_mid_run_leaves_a_usable_viewer(
+    make_napari_viewer, qtbot, sample_slide_path, tiny_model_path, tmp_path, monkeypatch
+):
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     viewer = make_napari_viewer(show=True)
     widget = _open_widget(viewer, sample_slide_path)
@@ -175,8 +182,9 @@ def _errors():
     return [str(n.message) for n in notification_manager.records if n.severity == NotificationSeverity.ERROR]
 
 
-def test_corrupt_slide_data_and_bad_checkpoint_give_notifications(make_napari_viewer, qtbot, sample_slide_path,
-                                                                   tiny_model_path, tmp_path, monkeypatch):
+def test_corrupt_slide_data_and_bad_checkpoint_give_notifications(
+    make_napari_viewer, qtbot, sample_slide_path, tiny_model_path, tmp_path, monkeypatch
+):
     import tifffile
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
@@ -187,9 +195,11 @@ def test_corrupt_slide_data_and_bad_checkpoint_give_notifications(make_napari_vi
         for page in tif.pages[:3]:
             per_row = -(-page.imagewidth // page.tilewidth)
             n_rows = -(-page.imagelength // page.tilelength)
-            spans += [(page.dataoffsets[r * per_row + c], page.databytecounts[r * per_row + c])
-                      for r in range(n_rows // 3, 2 * n_rows // 3 + 1)
-                      for c in range(per_row // 3, 2 * per_row // 3 + 1)]
+            spans += [
+                (page.dataoffsets[r * per_row + c], page.databytecounts[r * per_row + c])
+                for r in range(n_rows // 3, 2 * n_rows // 3 + 1)
+                for c in range(per_row // 3, 2 * per_row // 3 + 1)
+            ]
     with open(corrupt, "r+b") as fh:
         for offset, count in spans:
             fh.seek(offset)
@@ -218,8 +228,11 @@ def test_corrupt_file_reaches_napari_as_a_clear_reader_error(make_napari_viewer,
     from napari.settings import get_settings
 
     seen = []
-    monkeypatch.setattr(qt_viewer_module, "handle_gui_reading",
-                        lambda filenames, qt_viewer, stack, plugin=None, error=None, **kw: seen.append(str(error)))
+    monkeypatch.setattr(
+        qt_viewer_module,
+        "handle_gui_reading",
+        lambda filenames, qt_viewer, stack, plugin=None, error=None, **kw: seen.append(str(error)),
+    )
     bad = tmp_path / "scan.svs"
     bad.write_bytes(b"II*\x00" + b"\x00" * 64)
     viewer = make_napari_viewer(show=True)
@@ -260,8 +273,13 @@ def test_viewer_first_then_widget_loads_the_model_in_a_fresh_process(sample_slid
     import sys
 
     env = dict(os.environ, STPREDICT_CACHE_DIR=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, "-c", _REAL_ORDER, str(sample_slide_path), str(tiny_model_path)],
-                         capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", _REAL_ORDER, str(sample_slide_path), str(tiny_model_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout
 
@@ -280,16 +298,18 @@ def test_default_model_in_the_widget(make_napari_viewer, qtbot, sample_slide_pat
     assert "ERBB2" in widget.markers_edit.text()
 
 
-def test_region_from_a_shapes_layer(make_napari_viewer, qtbot, sample_slide_path, tiny_model_path, tmp_path,
-                                    monkeypatch):
+def test_region_from_a_shapes_layer(
+    make_napari_viewer, qtbot, sample_slide_path, tiny_model_path, tmp_path, monkeypatch
+):
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     viewer = make_napari_viewer(show=True)
     widget = _open_widget(viewer, sample_slide_path)
     widget.set_model_path(tiny_model_path)
     # a rectangle in world coordinates (µm), as a user draws it over the tissue
     y0, x0, y1, x1 = 1500.0, 2000.0, 3000.0, 3500.0
-    viewer.add_shapes([np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])], shape_type="polygon", name="region",
-                      units=("µm", "µm"))
+    viewer.add_shapes(
+        [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])], shape_type="polygon", name="region", units=("µm", "µm")
+    )
     widget.region_combo.setCurrentText("region")
     _run(qtbot, widget)
     xy_um = widget.prediction.l0_centres * 0.688
@@ -298,8 +318,7 @@ def test_region_from_a_shapes_layer(make_napari_viewer, qtbot, sample_slide_path
     assert (xy_um[:, 1] >= y0 - 1).all() and (xy_um[:, 1] <= y1 + 1).all()
 
 
-def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qtbot, wsi_dir, tmp_path,
-                                                          monkeypatch):
+def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qtbot, wsi_dir, tmp_path, monkeypatch):
     """The bundled model on normal skin: a visible banner says the slide is out of domain,
     a notification too, the out-of-domain layer is there and no spot is called tumour."""
     from napari.utils.notifications import NotificationSeverity, notification_manager
@@ -312,8 +331,9 @@ def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qt
     _run(qtbot, widget)
     assert widget.prediction is not None, widget.status.text()
     assert widget.trust_banner.isVisible() and "OUT OF DOMAIN" in widget.trust_banner.text()
-    warnings = [str(n.message) for n in notification_manager.records[before:]
-                if n.severity == NotificationSeverity.WARNING]
+    warnings = [
+        str(n.message) for n in notification_manager.records[before:] if n.severity == NotificationSeverity.WARNING
+    ]
     assert any("OUT OF DOMAIN" in w for w in warnings), warnings
     kinds = _kinds(viewer)
     assert "out_of_domain" in kinds and int(kinds["tumor_mask"].data.sum()) == 0
@@ -322,9 +342,9 @@ def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qt
     assert widget.tumor.mode == "slide" and "per slide" in widget.threshold_label.toolTip()
 
 
-def test_in_domain_sample_has_no_banner_and_refused_stain_is_a_notification(make_napari_viewer, qtbot,
-                                                                             sample_slide_path, wsi_dir, tmp_path,
-                                                                             monkeypatch):
+def test_in_domain_sample_has_no_banner_and_refused_stain_is_a_notification(
+    make_napari_viewer, qtbot, sample_slide_path, wsi_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     viewer = make_napari_viewer(show=True)
     widget = _open_widget(viewer, sample_slide_path)
@@ -355,8 +375,9 @@ def png_without_mpp(sample_slide_path, tmp_path):
     return path
 
 
-def test_layers_lie_on_a_slide_opened_by_naparis_own_reader(make_napari_viewer, qtbot, png_without_mpp,
-                                                            tiny_model_path, tmp_path, monkeypatch):
+def test_layers_lie_on_a_slide_opened_by_naparis_own_reader(
+    make_napari_viewer, qtbot, png_without_mpp, tiny_model_path, tmp_path, monkeypatch
+):
     """Item 1: no mpp in the file, napari's reader (pixels), mpp typed into the widget: a
     spot's world position through the slide layer equals that through every prediction layer."""
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
@@ -389,8 +410,9 @@ def heat_units(layer):
     return layer.units[-2:]
 
 
-def test_a_corrected_resolution_changes_the_next_run(make_napari_viewer, qtbot, png_without_mpp, sample_slide_path,
-                                                     tiny_model_path, tmp_path, monkeypatch):
+def test_a_corrected_resolution_changes_the_next_run(
+    make_napari_viewer, qtbot, png_without_mpp, sample_slide_path, tiny_model_path, tmp_path, monkeypatch
+):
     """Item 3: the field stays editable after a run on a slide without mpp, a new value is
     used, and another slide never inherits it."""
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
@@ -419,8 +441,9 @@ def _warnings():
     return [str(n.message) for n in notification_manager.records if n.severity == NotificationSeverity.WARNING]
 
 
-def test_two_slides_in_one_window_keep_their_own_results(make_napari_viewer, qtbot, sample_slide_path,
-                                                         png_without_mpp, tiny_model_path, tmp_path, monkeypatch):
+def test_two_slides_in_one_window_keep_their_own_results(
+    make_napari_viewer, qtbot, sample_slide_path, png_without_mpp, tiny_model_path, tmp_path, monkeypatch
+):
     """Items 2 and 4: each slide keeps its layers, mask and r; the sample's measured spots
     never appear over another slide; switching the slide in the dock switches its results."""
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
@@ -436,8 +459,12 @@ def test_two_slides_in_one_window_keep_their_own_results(make_napari_viewer, qtb
     widget.mpp_spin.setValue(0.688)
     _run(qtbot, widget)
     names = {layer.name for layer in viewer.layers}
-    assert {"ERBB2 (predicted) [her2st_C2]", "ERBB2 (predicted) [crop]", "tumour contour (predicted) [her2st_C2]",
-            "tumour contour (predicted) [crop]"} <= names
+    assert {
+        "ERBB2 (predicted) [her2st_C2]",
+        "ERBB2 (predicted) [crop]",
+        "tumour contour (predicted) [her2st_C2]",
+        "tumour contour (predicted) [crop]",
+    } <= names
     assert not any(name.endswith("(measured) [crop]") for name in names)  # the sample's spots stay the sample's
     assert "ERBB2 (measured) [her2st_C2]" in names and widget.spots is None and widget.r_label.text() == ""
     crop_mask = widget.tumor
@@ -474,8 +501,9 @@ def test_unknown_gene_typed_gets_a_message_and_the_mask_does_not_hide_the_colour
     assert not kinds["tumor_mask"].visible and kinds["tumor_contour"].visible
 
 
-def test_cancel_during_tissue_detection_in_the_widget(make_napari_viewer, qtbot, wsi_dir, tiny_model_path, tmp_path,
-                                                      monkeypatch):
+def test_cancel_during_tissue_detection_in_the_widget(
+    make_napari_viewer, qtbot, wsi_dir, tiny_model_path, tmp_path, monkeypatch
+):
     import time
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
@@ -514,8 +542,12 @@ def test_two_genes_side_by_side_in_one_click(predicted):
     assert viewer.grid.enabled and viewer.grid.stride == 2
     assert viewer.grid.actual_shape(viewer.layers) == (1, 2)  # two views, nothing else
     names = [layer.name for layer in viewer.layers][:4]
-    assert names == ["her2st_C2", "ERBB2 (predicted) [her2st_C2]", "slide, second view [her2st_C2]",
-                     "CD24 (predicted) [her2st_C2]"]
+    assert names == [
+        "her2st_C2",
+        "ERBB2 (predicted) [her2st_C2]",
+        "slide, second view [her2st_C2]",
+        "CD24 (predicted) [her2st_C2]",
+    ]
     assert viewer.layers[2].data is viewer.layers[0].data or viewer.layers[2].data[0] is viewer.layers[0].data[0]
     widget.side_by_side_button.click()  # back
     assert not viewer.grid.enabled and len(viewer.layers) == n_layers + 1  # CD24's heatmap stays

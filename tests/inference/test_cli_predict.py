@@ -14,14 +14,37 @@ def test_corrupt_slide_among_good_ones(sample_slide_path, tiny_model_path, tmp_p
     bad = tmp_path / "broken.svs"
     bad.write_bytes(b"II*\x00" + b"\x00" * 100)
     out = tmp_path / "out"
-    rc = main(["predict", str(bad), str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(out),
-               "--genes", "ERBB2", "grb7", "--device", "cpu", "--batch-size", "48"])  # any case: the model's spelling
+    rc = main(
+        [
+            "predict",
+            str(bad),
+            str(sample_slide_path),
+            "--model",
+            str(tiny_model_path),
+            "--out",
+            str(out),
+            "--genes",
+            "ERBB2",
+            "grb7",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "48",
+        ]
+    )  # any case: the model's spelling
     assert rc == 1
     err = capsys.readouterr().err
     assert "broken.svs" in err and "truncated" in err
     folder = out / "her2st_C2"
-    for name in ("prediction.h5ad", "ERBB2.tif", "GRB7.tif", "tumor_mask.tif", "tumor.geojson", "overview.png",
-                 "config.yaml"):
+    for name in (
+        "prediction.h5ad",
+        "ERBB2.tif",
+        "GRB7.tif",
+        "tumor_mask.tif",
+        "tumor.geojson",
+        "overview.png",
+        "config.yaml",
+    ):
         assert (folder / name).exists(), name
     config = yaml.safe_load((folder / "config.yaml").read_text())
     assert config["genes"] == ["ERBB2", "GRB7"] and config["threshold_automatic"] and config["spots"] > 300
@@ -35,11 +58,37 @@ def test_corrupt_slide_among_good_ones(sample_slide_path, tiny_model_path, tmp_p
 def test_predict_rejects_unknown_genes_and_bad_roi(sample_slide_path, tiny_model_path, tmp_path, capsys):
     from napari_stpredict.cli import main
 
-    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path),
-                 "--genes", "NOTAGENE"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(sample_slide_path),
+                "--model",
+                str(tiny_model_path),
+                "--out",
+                str(tmp_path),
+                "--genes",
+                "NOTAGENE",
+            ]
+        )
+        == 2
+    )
     assert "NOTAGENE" in capsys.readouterr().err
-    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path),
-                 "--roi", "5,5,1"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(sample_slide_path),
+                "--model",
+                str(tiny_model_path),
+                "--out",
+                str(tmp_path),
+                "--roi",
+                "5,5,1",
+            ]
+        )
+        == 2
+    )
     assert "--roi" in capsys.readouterr().err
 
 
@@ -50,16 +99,40 @@ def test_roi_from_geojson(sample_slide_path, tiny_model_path, tmp_path, monkeypa
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     poly = [[2000, 2000], [5000, 2000], [5000, 5000], [2000, 5000], [2000, 2000]]
     roi = tmp_path / "roi.geojson"
-    roi.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [poly]}, "properties": {}}]}))
-    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "o"),
-                 "--roi", str(roi), "--device", "cpu"]) == 0
+    roi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [poly]}, "properties": {}}
+                ],
+            }
+        )
+    )
+    assert (
+        main(
+            [
+                "predict",
+                str(sample_slide_path),
+                "--model",
+                str(tiny_model_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--roi",
+                str(roi),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     p = Prediction.load(tmp_path / "o" / "her2st_C2" / "prediction.h5ad")
     assert (p.l0_centres >= 2000).all() and (p.l0_centres <= 5000).all()
 
 
-def test_second_run_from_the_cache_writes_the_same_outputs(sample_slide_path, tiny_model_path, tmp_path,
-                                                             capsys, monkeypatch):
+def test_second_run_from_the_cache_writes_the_same_outputs(
+    sample_slide_path, tiny_model_path, tmp_path, capsys, monkeypatch
+):
     """The README's main command run twice: the rerun loads the cached prediction."""
     from napari_stpredict.cli import main
 
@@ -71,8 +144,9 @@ def test_second_run_from_the_cache_writes_the_same_outputs(sample_slide_path, ti
     assert "(cached)" in capsys.readouterr().out
     masks = [json.loads((tmp_path / run / "her2st_C2" / "tumor.geojson").read_text()) for run in ("first", "second")]
     assert masks[0] == masks[1]
-    configs = [yaml.safe_load((tmp_path / run / "her2st_C2" / "config.yaml").read_text())
-               for run in ("first", "second")]
+    configs = [
+        yaml.safe_load((tmp_path / run / "her2st_C2" / "config.yaml").read_text()) for run in ("first", "second")
+    ]
     assert configs[0]["markers"] == configs[1]["markers"] == ["ERBB2", "GRB7", "EPCAM"]
 
 

@@ -34,7 +34,7 @@ def test_grid_patches_are_half_tissue_and_cover_the_tissue(sample, stride_um):
     grid = spot_grid(tissue.mask, tissue.l0_per_th, sample.mpp, patch_um=112.0, stride_um=stride_um)
     assert (grid.tissue_fraction >= 0.5).all()
     # every patch is at least half tissue, recomputed independently on the mask
-    for (cx, cy) in grid.l0_centres[::7]:
+    for cx, cy in grid.l0_centres[::7]:
         half = 56.0 / sample.mpp_x
         c0, c1 = int((cx - half) / tissue.l0_per_th[0]), int((cx + half) / tissue.l0_per_th[0])
         r0, r1 = int((cy - half) / tissue.l0_per_th[1]), int((cy + half) / tissue.l0_per_th[1])
@@ -192,9 +192,11 @@ def test_cache_hit_on_rerun(sample, tiny_model, tiny_model_path, tmp_path):
 def test_run_control_never_changes_the_cache_key(sample, tiny_model, tiny_model_path, tmp_path):
     """The widget passes a fresh cancel event (and may change batch size) on every run: a
     rerun with the same result-shaping settings must still hit the cache."""
+
     def stages(**control):
-        gen = cached_predict_slide(sample, tiny_model, model_path=tiny_model_path, directory=tmp_path,
-                                   stride_um=112.0, **control)
+        gen = cached_predict_slide(
+            sample, tiny_model, model_path=tiny_model_path, directory=tmp_path, stride_um=112.0, **control
+        )
         out = [p["stage"] for p in gen]
         return out
 

@@ -80,10 +80,17 @@ def test_absolute_tumour_call_agrees_with_the_sample_labels(sample_prediction, s
     spots = ad.read_h5ad(sample_spots_path)
     labels = tumor_labels(spots.obs)
     mask = tumor_mask(sample_prediction)
-    assert mask.mode == "absolute" and mask.automatic and mask.threshold == pytest.approx(
-        sample_prediction.meta["tumor_calibration"]["threshold"])
-    heat = sample_prediction.raster(mask.raster.astype(np.float32)[
-        sample_prediction.adata.obs["grid_row"], sample_prediction.adata.obs["grid_col"]], "called")
+    assert (
+        mask.mode == "absolute"
+        and mask.automatic
+        and mask.threshold == pytest.approx(sample_prediction.meta["tumor_calibration"]["threshold"])
+    )
+    heat = sample_prediction.raster(
+        mask.raster.astype(np.float32)[
+            sample_prediction.adata.obs["grid_row"], sample_prediction.adata.obs["grid_col"]
+        ],
+        "called",
+    )
     called = heat.sample(np.asarray(spots.obsm["spatial"], float)) > 0.5
     known = labels >= 0
     cancer = labels[known] == 1
@@ -98,8 +105,9 @@ def test_absolute_scores_do_not_depend_on_the_rest_of_the_slide(sample_predictio
     part = Prediction(half)
     full_abs = tumor_mask(sample_prediction).score[: len(part)]
     assert np.allclose(tumor_mask(part).score, full_abs, atol=1e-5)
-    assert not np.allclose(tumor_mask(part, mode="slide").score,
-                           tumor_mask(sample_prediction, mode="slide").score[: len(part)], atol=1e-3)
+    assert not np.allclose(
+        tumor_mask(part, mode="slide").score, tumor_mask(sample_prediction, mode="slide").score[: len(part)], atol=1e-3
+    )
 
 
 def test_custom_markers_fall_back_to_a_named_per_slide_threshold(sample_prediction):
@@ -144,8 +152,17 @@ def test_cli_prints_the_verdict_and_records_it(wsi_dir, sample_slide_path, tmp_p
 
     with rasterio.open(tmp_path / "out" / "CMU-1-Small-Region" / "ERBB2.tif") as ds:
         assert ds.tags()["DOMAIN_VERDICT"] == "out of domain"
-    rc = main(["predict", str(wsi_dir / "CMU-1-Small-Region.svs"), "--out", str(tmp_path / "out2"),
-               "--threshold-mode", "slide", "--tumour-out-of-domain"])
+    rc = main(
+        [
+            "predict",
+            str(wsi_dir / "CMU-1-Small-Region.svs"),
+            "--out",
+            str(tmp_path / "out2"),
+            "--threshold-mode",
+            "slide",
+            "--tumour-out-of-domain",
+        ]
+    )
     assert rc == 0 and "automatic per slide" in capsys.readouterr().out
 
 
@@ -156,8 +173,9 @@ def test_colour_limits_are_the_training_range_by_default(sample_prediction, skin
 
     fixed = colour_limits(sample_prediction, "ERBB2")
     assert fixed == colour_limits(skin_prediction, "ERBB2") and fixed[0] < fixed[1]
-    assert colour_limits(sample_prediction, "ERBB2", fixed=False) != colour_limits(skin_prediction, "ERBB2",
-                                                                                    fixed=False)
+    assert colour_limits(sample_prediction, "ERBB2", fixed=False) != colour_limits(
+        skin_prediction, "ERBB2", fixed=False
+    )
     assert heatmap_layer(sample_prediction, "ERBB2")[1]["contrast_limits"] == fixed
 
 

@@ -63,8 +63,12 @@ def test_cmu_associated_images_exist_but_stay_out_of_summary(wsi_dir):
             slide.associated_image("barcode")
 
 
-BOTH_BACKENDS = ["CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs", "openslide-python_boxes.tiff",
-                 "small_HE_levels.tiff"]
+BOTH_BACKENDS = [
+    "CMU-1-Small-Region.svs",
+    "tcga-cr-7395-01a-01-ts1.svs",
+    "openslide-python_boxes.tiff",
+    "small_HE_levels.tiff",
+]
 
 
 def _compare_backends(path):
@@ -162,6 +166,7 @@ def test_reading_after_close_fails_clearly(sample_slide_path):
 
 # --- bad input ----------------------------------------------------------------------
 
+
 def test_missing_file(tmp_path):
     with pytest.raises(SlideNotFoundError, match="nothere.svs"):
         open_slide(tmp_path / "nothere.svs")
@@ -250,6 +255,7 @@ def test_array_slide_rejects_bad_arrays():
 
 # --- TIFFs that OpenSlide cannot read fully: tifffile takes them --------------------
 
+
 def _sample_crop(sample_slide_path, size=1024):
     with open_slide(sample_slide_path) as slide:
         return slide.read_region((2500, 2000), 0, (size, size))
@@ -262,8 +268,14 @@ def test_ome_tiff_subifd_pyramid_opens_with_all_levels(sample_slide_path, tmp_pa
     levels = [base, base[::2, ::2].copy(), base[::4, ::4].copy()]
     path = tmp_path / "pyramid.ome.tif"
     with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(levels[0], subifds=2, tile=(256, 256), compression="zlib", photometric="rgb",
-                  metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tif.write(
+            levels[0],
+            subifds=2,
+            tile=(256, 256),
+            compression="zlib",
+            photometric="rgb",
+            metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+        )
         for level in levels[1:]:
             tif.write(level, subfiletype=1, tile=(256, 256), compression="zlib", photometric="rgb")
     with open_slide(path) as slide:
@@ -280,8 +292,9 @@ def test_stripped_tiff_opens_with_tifffile(sample_slide_path, tmp_path):
 
     base = _sample_crop(sample_slide_path, 600)
     path = tmp_path / "stripped.tif"
-    tifffile.imwrite(path, base, photometric="rgb", rowsperstrip=64, resolution=(1e4 / 0.25, 1e4 / 0.25),
-                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path, base, photometric="rgb", rowsperstrip=64, resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER"
+    )
     with open_slide(path) as slide:
         assert slide.backend == "tifffile"
         assert slide.dimensions == (600, 600) and slide.level_count == 1
@@ -303,8 +316,11 @@ def test_files_are_closed_when_done(sample_slide_path, wsi_dir):
 
     from pathlib import Path
 
-    for path, backend in [(sample_slide_path, "openslide"), (sample_slide_path, "tifffile"),
-                          (wsi_dir / "CMU-1-Small-Region.svs", "auto")]:
+    for path, backend in [
+        (sample_slide_path, "openslide"),
+        (sample_slide_path, "tifffile"),
+        (wsi_dir / "CMU-1-Small-Region.svs", "auto"),
+    ]:
         with open_slide(path, backend=backend) as slide:
             slide.read_region((0, 0), 0, (64, 64))
             if slide.backend == "tifffile":  # OpenSlide reopens its file per read instead

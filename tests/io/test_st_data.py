@@ -82,8 +82,24 @@ def test_convert_cli(her2st_dir, tmp_path, capsys):
 
     from napari_stpredict.cli import main
 
-    assert main(["convert", "her2st", str(her2st_dir), "--sections", "C3", "--genes", "erbb2", "GRB7", "XYZ1",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "her2st",
+                str(her2st_dir),
+                "--sections",
+                "C3",
+                "--genes",
+                "erbb2",
+                "GRB7",
+                "XYZ1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert "XYZ1" in capsys.readouterr().err
     a = ad.read_h5ad(tmp_path / "C3.h5ad")
     assert list(a.var_names) == ["ERBB2", "GRB7"] and a.n_obs > 150

@@ -30,8 +30,16 @@ def checkpoint(tmp_path_factory):
         emb = model.eval().encode_expression(expr)
     ridge = fit_ridge(rng.normal(size=(30, 256)), expr.numpy())
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model=model, io=io, bank_embeddings=emb, bank_expression=expr, ridge=ridge,
-                    provenance={"train_sections": ["X1"]}, evaluation={"r": 0.1})
+    save_checkpoint(
+        path,
+        model=model,
+        io=io,
+        bank_embeddings=emb,
+        bank_expression=expr,
+        ridge=ridge,
+        provenance={"train_sections": ["X1"]},
+        evaluation={"r": 0.1},
+    )
     return path, model
 
 
@@ -61,17 +69,23 @@ def _tamper(checkpoint, tmp_path, edit):
     return out
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d.update(format_version=99), "format version 99"),
-    (lambda d: d.pop("bank"), "missing keys: bank"),
-    (lambda d: d["io"].update(genes=GENES[:-1]), "11 genes but the model predicts 12"),
-    (lambda d: d["io"].update(genes=GENES[:-1] + ["G0"]), "duplicates"),
-    (lambda d: d["state_dict"]["image_projection.fc.weight"].fill_(float("nan")), "image_projection.fc.weight.*NaN"),
-    (lambda d: d["bank"].update(expression=d["bank"]["expression"][:, :5]), "bank expression has shape"),
-    (lambda d: d["model_config"].update(backbone="resnet18"), "do not match a resnet18"),
-    (lambda d: d["model_config"].update(colour="red"), "unknown ModelConfig keys: colour"),
-    (lambda d: d.update(format="something-else"), "not a napari-stpredict checkpoint"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.update(format_version=99), "format version 99"),
+        (lambda d: d.pop("bank"), "missing keys: bank"),
+        (lambda d: d["io"].update(genes=GENES[:-1]), "11 genes but the model predicts 12"),
+        (lambda d: d["io"].update(genes=GENES[:-1] + ["G0"]), "duplicates"),
+        (
+            lambda d: d["state_dict"]["image_projection.fc.weight"].fill_(float("nan")),
+            "image_projection.fc.weight.*NaN",
+        ),
+        (lambda d: d["bank"].update(expression=d["bank"]["expression"][:, :5]), "bank expression has shape"),
+        (lambda d: d["model_config"].update(backbone="resnet18"), "do not match a resnet18"),
+        (lambda d: d["model_config"].update(colour="red"), "unknown ModelConfig keys: colour"),
+        (lambda d: d.update(format="something-else"), "not a napari-stpredict checkpoint"),
+    ],
+)
 def test_bad_checkpoints_name_the_problem(checkpoint, tmp_path, edit, message):
     bad = _tamper(checkpoint, tmp_path, edit)
     with pytest.raises(CheckpointError, match=message) as info:

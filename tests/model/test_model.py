@@ -10,8 +10,9 @@ from napari_stpredict.model import ModelConfig, ReferenceBank, create_model, fit
 from napari_stpredict.model.losses import combined_loss, contrastive_loss
 
 
-@pytest.mark.parametrize("backbone,reconstruction", [("resnet10t", True), ("resnet10t", False),
-                                                     ("vit_tiny_patch16_224", True)])
+@pytest.mark.parametrize(
+    "backbone,reconstruction", [("resnet10t", True), ("resnet10t", False), ("vit_tiny_patch16_224", True)]
+)
 def test_forward_backward_without_nan(backbone, reconstruction):
     torch.manual_seed(0)
     model = create_model(ModelConfig(backbone=backbone, n_genes=20, reconstruction=reconstruction, img_size=64))

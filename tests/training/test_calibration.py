@@ -22,10 +22,18 @@ def test_training_writes_a_calibration(her2st_dir, tmp_path):
     from napari_stpredict.model.config import IOContract, ModelConfig
     from napari_stpredict.training.train import TrainConfig, train
 
-    cfg = TrainConfig(train_sections=["C3", "C4"], her2st=str(her2st_dir), benchmark_genes=None,
-                      genes=["ERBB2", "GRB7", "SCD", "FASN", "CD24", "IGKC", "COL1A1", "MGP"],
-                      model=ModelConfig(backbone="resnet10t"), io=IOContract(patch_um=112.0, input_px=48),
-                      steps=2, batch_size=64, cache_dir=str(tmp_path / "cache"), device="cpu")
+    cfg = TrainConfig(
+        train_sections=["C3", "C4"],
+        her2st=str(her2st_dir),
+        benchmark_genes=None,
+        genes=["ERBB2", "GRB7", "SCD", "FASN", "CD24", "IGKC", "COL1A1", "MGP"],
+        model=ModelConfig(backbone="resnet10t"),
+        io=IOContract(patch_um=112.0, input_px=48),
+        steps=2,
+        batch_size=64,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     model = load_model(train(cfg, tmp_path / "run"), device="cpu")
     domain = model.calibration["domain"]
     assert domain["reference"].shape[0] == model.provenance["train_spots"]
@@ -47,10 +55,8 @@ def test_calibrate_command_reproduces_the_shipped_calibration(her2st_dir, tmp_pa
     out = tmp_path / "new.pt"
     assert main(["train", "--config", str(config), "--calibrate", str(old), "--out", str(out)]) == 0
     new, shipped = load_model(out, device="cpu"), load_model(device="cpu")
-    assert new.calibration["domain"]["threshold"] == pytest.approx(shipped.calibration["domain"]["threshold"],
-                                                                   rel=1e-3)
-    assert new.calibration["tumor"]["threshold"] == pytest.approx(shipped.calibration["tumor"]["threshold"],
-                                                                  abs=1e-3)
+    assert new.calibration["domain"]["threshold"] == pytest.approx(shipped.calibration["domain"]["threshold"], rel=1e-3)
+    assert new.calibration["tumor"]["threshold"] == pytest.approx(shipped.calibration["tumor"]["threshold"], abs=1e-3)
     for (k, a), b in zip(shipped.network.state_dict().items(), new.network.state_dict().values()):
         assert torch.equal(a, b), k  # weights and bank unchanged
     assert torch.equal(new.bank.expression, shipped.bank.expression)
@@ -64,15 +70,18 @@ def _with(tmp_path, change):
     return path
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["tumor"]["gene_std"].zero_(), "gene_std must be positive"),
-    (lambda c: c["tumor"].update(gene_mean=torch.zeros(3)), "gene_mean must be a tensor of 795"),
-    (lambda c: c["domain"].update(threshold=float("nan")), "domain.threshold must be a positive number"),
-    (lambda c: c["domain"].update(k=0), "domain.k must be a positive integer"),
-    (lambda c: c["domain"]["reference"].fill_(float("inf")), "reference holds NaN or infinite"),
-    (lambda c: c["domain"].update(reference=torch.zeros(5, 7)), "7 features per image"),
-    (lambda c: c.pop("tumor"), "calibration must hold 'domain' and 'tumor'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c["tumor"]["gene_std"].zero_(), "gene_std must be positive"),
+        (lambda c: c["tumor"].update(gene_mean=torch.zeros(3)), "gene_mean must be a tensor of 795"),
+        (lambda c: c["domain"].update(threshold=float("nan")), "domain.threshold must be a positive number"),
+        (lambda c: c["domain"].update(k=0), "domain.k must be a positive integer"),
+        (lambda c: c["domain"]["reference"].fill_(float("inf")), "reference holds NaN or infinite"),
+        (lambda c: c["domain"].update(reference=torch.zeros(5, 7)), "7 features per image"),
+        (lambda c: c.pop("tumor"), "calibration must hold 'domain' and 'tumor'"),
+    ],
+)
 def test_bad_calibration_is_refused_with_a_message(tmp_path, change, message):
     path = _with(tmp_path, change)
     with pytest.raises(CheckpointError, match=f"crafted.pt.*{message}"):

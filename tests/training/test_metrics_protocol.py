@@ -59,10 +59,24 @@ def test_folds_keep_the_held_out_patient_out(her2st_dir, protocol):
 
 
 def test_markdown_table_lists_methods_and_ceiling():
-    summary = {"patient": {"label": "patient-level folds (headline)", "tumor_auc_ceiling_measured": 0.9,
-                           "methods": {"cmrcnet:retrieval": {"r_heg50": 0.1, "r_hvg50": 0.2, "r_markers": 0.3,
-                                                             "r_all": 0.05, "gene_gene": 0.4, "tumor_auc": 0.7,
-                                                             "n_sections": 6, "sections": []}}}}
+    summary = {
+        "patient": {
+            "label": "patient-level folds (headline)",
+            "tumor_auc_ceiling_measured": 0.9,
+            "methods": {
+                "cmrcnet:retrieval": {
+                    "r_heg50": 0.1,
+                    "r_hvg50": 0.2,
+                    "r_markers": 0.3,
+                    "r_all": 0.05,
+                    "gene_gene": 0.4,
+                    "tumor_auc": 0.7,
+                    "n_sections": 6,
+                    "sections": [],
+                }
+            },
+        }
+    }
     table = markdown_table(summary)
     row = "CMRCNet, retrieval, bank + other patients' count-only spots | 0.100 | 0.200 | 0.300 | 0.050 | 0.400 | 0.700"
     assert row in table
@@ -70,8 +84,16 @@ def test_markdown_table_lists_methods_and_ceiling():
 
 
 def _summary(heg50: float, auc: float) -> dict:
-    row = {"r_heg50": heg50, "r_hvg50": 0.2, "r_markers": 0.3, "r_all": 0.05, "gene_gene": 0.4, "tumor_auc": auc,
-           "n_sections": 6, "sections": []}
+    row = {
+        "r_heg50": heg50,
+        "r_hvg50": 0.2,
+        "r_markers": 0.3,
+        "r_all": 0.05,
+        "gene_gene": 0.4,
+        "tumor_auc": auc,
+        "n_sections": 6,
+        "sections": [],
+    }
     return {"patient": {"label": "patient-level folds (headline)", "methods": {"cmrcnet:retrieval": row}}}
 
 
@@ -96,8 +118,17 @@ def test_results_of_another_recipe_are_neither_reused_nor_overwritten(tmp_path):
     full = fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False)
     quick = fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=True)
     assert full == fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False)
-    assert len({full, quick, fold_recipe(cfg, "patient", "test_C", "contrastive", quick=False),
-                fold_recipe(cfg, "patient", "test_B", "cmrcnet", quick=False)}) == 4
+    assert (
+        len(
+            {
+                full,
+                quick,
+                fold_recipe(cfg, "patient", "test_C", "contrastive", quick=False),
+                fold_recipe(cfg, "patient", "test_B", "cmrcnet", quick=False),
+            }
+        )
+        == 4
+    )
     cfg.train.out_dir = "elsewhere"  # where outputs go is not part of the recipe
     assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) == full
     cfg.train.seed = 1
@@ -127,13 +158,28 @@ def test_evaluate_refuses_to_mix_in_results_of_another_step_budget(her2st_dir, t
 
     out = tmp_path / "results"
     config = tmp_path / "eval.yaml"
-    config.write_text(f"out_dir: {out.as_posix()}\nrun_dir: {(tmp_path / 'runs').as_posix()}\nquick_steps: 400\n"
-                      f"train:\n  her2st: {her2st_dir.as_posix()}\n  steps: 450\n", encoding="utf-8")
+    config.write_text(
+        f"out_dir: {out.as_posix()}\nrun_dir: {(tmp_path / 'runs').as_posix()}\nquick_steps: 400\n"
+        f"train:\n  her2st: {her2st_dir.as_posix()}\n  steps: 450\n",
+        encoding="utf-8",
+    )
     stale = out / "quick" / "patient" / "test_B" / "untrained.json"
     stale.parent.mkdir(parents=True)
     stale.write_text(json.dumps({"training_length": {"steps": 300}, "results": {}}), encoding="utf-8")
-    code = main(["evaluate", "--config", str(config), "--quick", "--protocol", "patient", "--fold", "test_B",
-                 "--variant", "untrained"])
+    code = main(
+        [
+            "evaluate",
+            "--config",
+            str(config),
+            "--quick",
+            "--protocol",
+            "patient",
+            "--fold",
+            "test_B",
+            "--variant",
+            "untrained",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "untrained.json" in err and "300 steps, now 400 steps" in err

@@ -45,9 +45,18 @@ def test_loss_falls_over_a_few_steps(small_set):
 
 
 def _cfg(her2st_dir, tmp_path, epochs=2):
-    return TrainConfig(train_sections=["C3"], her2st=str(her2st_dir), benchmark_genes=None, genes=GENES,
-                       model=ModelConfig(backbone="resnet10t"), io=IOContract(patch_um=112.0, input_px=48),
-                       epochs=epochs, batch_size=64, cache_dir=str(tmp_path / "cache"), device="cpu")
+    return TrainConfig(
+        train_sections=["C3"],
+        her2st=str(her2st_dir),
+        benchmark_genes=None,
+        genes=GENES,
+        model=ModelConfig(backbone="resnet10t"),
+        io=IOContract(patch_um=112.0, input_px=48),
+        epochs=epochs,
+        batch_size=64,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
 
 
 def test_training_is_seeded_and_deterministic_on_cpu(her2st_dir, tmp_path):
@@ -141,5 +150,7 @@ def test_command_line_epochs_replace_a_configured_step_budget(tmp_path):
     assert training_length(by_epochs, 15) == (45, 3)
     by_steps = load_train_config(path, _train_overrides(parse(["train", "--config", str(path), "--steps", "7"])))
     assert training_length(by_steps, 15) == (7, 1)
-    assert training_length(load_train_config(path, _train_overrides(parse(["train", "--config", str(path)]))),
-                           15) == (450, 30)
+    assert training_length(load_train_config(path, _train_overrides(parse(["train", "--config", str(path)]))), 15) == (
+        450,
+        30,
+    )

@@ -39,23 +39,37 @@ def _images():
         sample_l0 = s.read_region((0, 0), 0, s.dimensions)  # 7,400 x 6,300 px, fits in memory
     gray = np.repeat(np.asarray(Image.fromarray(sample_l0).convert("L"))[..., None], 3, -1)
     yield "her2st C2 (bundled sample, held out of training)", lambda: open_slide(sample)
-    yield "her2st A1, downscaled app image (patient A, 3.2 µm/px)", lambda: open_slide(
-        DATA / "her2st" / "app_imgs" / "A1_HE_image_dark.png", mpp=3.2)
+    yield (
+        "her2st A1, downscaled app image (patient A, 3.2 µm/px)",
+        lambda: open_slide(DATA / "her2st" / "app_imgs" / "A1_HE_image_dark.png", mpp=3.2),
+    )
     yield "skin, CMU-1-Small-Region.svs (Aperio, 0.499 µm/px)", lambda: open_slide(wsi / "CMU-1-Small-Region.svs")
-    yield "TCGA section, tcga-cr-7395 (.svs, no mpp; 0.5 given)", lambda: open_slide(
-        wsi / "tcga-cr-7395-01a-01-ts1.svs", mpp=0.5)
-    yield "mouse brain H&E crop, Visium test image (1.0 µm/px given)", lambda: open_slide(
-        DATA / "visium" / "mouse_brain_subset" / "test_img.jpg", mpp=1.0)
+    yield (
+        "TCGA section, tcga-cr-7395 (.svs, no mpp; 0.5 given)",
+        lambda: open_slide(wsi / "tcga-cr-7395-01a-01-ts1.svs", mpp=0.5),
+    )
+    yield (
+        "mouse brain H&E crop, Visium test image (1.0 µm/px given)",
+        lambda: open_slide(DATA / "visium" / "mouse_brain_subset" / "test_img.jpg", mpp=1.0),
+    )
     yield "fluorescence (DAPI), ndpi_test3-DAPI-2-387.ndpi", lambda: open_slide(wsi / "ndpi_test3-DAPI-2-387.ndpi")
-    yield "IHC (DAB), scikit-image ihc.png (0.5 µm/px given)", lambda: ArraySlide(
-        np.asarray(Image.open(sk / "ihc.png").convert("RGB")), mpp=0.5, name="ihc.png")
-    yield "IHC-like DAB recolouring of the sample", lambda: ArraySlide(
-        dab_recolour(sample_l0), mpp=0.688, name="sample_dab.tif")
+    yield (
+        "IHC (DAB), scikit-image ihc.png (0.5 µm/px given)",
+        lambda: ArraySlide(np.asarray(Image.open(sk / "ihc.png").convert("RGB")), mpp=0.5, name="ihc.png"),
+    )
+    yield (
+        "IHC-like DAB recolouring of the sample",
+        lambda: ArraySlide(dab_recolour(sample_l0), mpp=0.688, name="sample_dab.tif"),
+    )
     yield "grayscale copy of the sample", lambda: ArraySlide(gray, mpp=0.688, name="sample_gray.tif")
-    yield "photograph, scikit-image coffee.png (0.5 µm/px given)", lambda: ArraySlide(
-        np.asarray(Image.open(sk / "coffee.png").convert("RGB")), mpp=0.5, name="coffee.png")
-    yield "synthetic generic TIFF, openslide-python_boxes.tiff", lambda: open_slide(
-        wsi / "openslide-python_boxes.tiff", mpp=1.0)
+    yield (
+        "photograph, scikit-image coffee.png (0.5 µm/px given)",
+        lambda: ArraySlide(np.asarray(Image.open(sk / "coffee.png").convert("RGB")), mpp=0.5, name="coffee.png"),
+    )
+    yield (
+        "synthetic generic TIFF, openslide-python_boxes.tiff",
+        lambda: open_slide(wsi / "openslide-python_boxes.tiff", mpp=1.0),
+    )
 
 
 def main() -> None:
@@ -79,18 +93,29 @@ def main() -> None:
                     row["error"] = str(exc)
                 else:
                     d = p.meta["trust"]["domain"]
-                    row.update(spots=len(p), verdict=d["verdict"], share_out=d["share_out"],
-                               tumour_default=tumor_mask(p).fraction,
-                               tumour_old=tumor_mask(p, mode="slide", include_out_of_domain=True).fraction)
+                    row.update(
+                        spots=len(p),
+                        verdict=d["verdict"],
+                        share_out=d["share_out"],
+                        tumour_default=tumor_mask(p).fraction,
+                        tumour_old=tumor_mask(p, mode="slide", include_out_of_domain=True).fraction,
+                    )
         rows.append(row)
         print(row, flush=True)
     (OUT / "verdicts.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
-    lines = [("| image | stain check | spots | out-of-domain verdict | spots out of domain | tumour, default "
-              "(absolute) | tumour, old default (per-slide Otsu) |"), "|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| image | stain check | spots | out-of-domain verdict | spots out of domain | tumour, default "
+            "(absolute) | tumour, old default (per-slide Otsu) |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "verdict" in r:
-            lines.append(f"| {r['image']} | {r['stain']} | {r['spots']} | {r['verdict']} | {r['share_out']:.0%} | "
-                         f"{r['tumour_default']:.0%} | {r['tumour_old']:.0%} |")
+            lines.append(
+                f"| {r['image']} | {r['stain']} | {r['spots']} | {r['verdict']} | {r['share_out']:.0%} | "
+                f"{r['tumour_default']:.0%} | {r['tumour_old']:.0%} |"
+            )
         else:
             lines.append(f"| {r['image']} | {r['stain']} | - | {r.get('error', 'not predicted (refused)')} | | | |")
     (OUT / "verdicts.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

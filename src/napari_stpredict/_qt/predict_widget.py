@@ -128,9 +128,11 @@ class PredictWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """Stop a running prediction and let go of the viewer's events."""
         self._cancel.set()
-        for emitter, callback in ((self.viewer.layers.events.inserted, self._refresh_layer_choices),
-                                  (self.viewer.layers.events.removed, self._refresh_layer_choices),
-                                  (self.viewer.layers.selection.events.active, self._on_active_layer)):
+        for emitter, callback in (
+            (self.viewer.layers.events.inserted, self._refresh_layer_choices),
+            (self.viewer.layers.events.removed, self._refresh_layer_choices),
+            (self.viewer.layers.selection.events.active, self._on_active_layer),
+        ):
             emitter.disconnect(callback)
         if self._on_mouse_move in self.viewer.mouse_move_callbacks:
             self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
@@ -151,8 +153,10 @@ class PredictWidget(QWidget):
         if spot is None:
             return "no prediction here"
         prediction = self.prediction
-        values = [f"{gene} {float(prediction.adata.X[spot, prediction._gene_index(gene)]):.2f}"
-                  for gene in self.analysis.shown_genes[:3]]
+        values = [
+            f"{gene} {float(prediction.adata.X[spot, prediction._gene_index(gene)]):.2f}"
+            for gene in self.analysis.shown_genes[:3]
+        ]
         text = f"{', '.join(values)} {UNITS}; confidence {prediction.confidence[spot]:.2f}"
         if self.tumor is not None:
             text += f"; tumour score {self.tumor.score[spot]:.2f} (threshold {self.tumor.threshold:.2f})"
@@ -221,8 +225,10 @@ class PredictWidget(QWidget):
         form.addRow("Region", self.region_combo)
         self.stain_check = QCheckBox("Check stain (H&&E only)")
         self.stain_check.setChecked(True)
-        self.stain_check.setToolTip("Fluorescence, IHC (DAB), grayscale and blank images give meaningless maps; "
-                                    "untick only if you know the slide is H&E")
+        self.stain_check.setToolTip(
+            "Fluorescence, IHC (DAB), grayscale and blank images give meaningless maps; "
+            "untick only if you know the slide is H&E"
+        )
         form.addRow("", self.stain_check)
         layout.addLayout(form)
 
@@ -260,16 +266,21 @@ class PredictWidget(QWidget):
         g.addWidget(self.gene_search)
         self.gene_sort = QComboBox()
         self.gene_sort.addItems([SORT_NAME, SORT_ACCURACY])
-        self.gene_sort.setToolTip("Held-out r: how well the model predicted each gene on patients it never saw "
-                                  "(its shipped evaluation); trust maps of well-predicted genes more")
+        self.gene_sort.setToolTip(
+            "Held-out r: how well the model predicted each gene on patients it never saw "
+            "(its shipped evaluation); trust maps of well-predicted genes more"
+        )
         self.gene_sort.currentIndexChanged.connect(lambda *_: self._fill_gene_list())
         self.colour_range = QComboBox()
         self.colour_range.addItems([COLOURS_FIXED, COLOURS_SLIDE])
-        self.colour_range.setToolTip("Training range: each gene's colours span its range over the model's training "
-                                     "spots, the same on every slide (comparable). This slide: its own 2nd-98th "
-                                     "percentile (more contrast, not comparable)")
-        self.colour_range.currentIndexChanged.connect(lambda *_: self.show_genes(self.analysis.shown_genes)
-                                                      if self.analysis else None)
+        self.colour_range.setToolTip(
+            "Training range: each gene's colours span its range over the model's training "
+            "spots, the same on every slide (comparable). This slide: its own 2nd-98th "
+            "percentile (more contrast, not comparable)"
+        )
+        self.colour_range.currentIndexChanged.connect(
+            lambda *_: self.show_genes(self.analysis.shown_genes) if self.analysis else None
+        )
         sort_row = QHBoxLayout()
         sort_row.addWidget(self.gene_sort)
         sort_row.addWidget(self.colour_range)
@@ -289,8 +300,9 @@ class PredictWidget(QWidget):
         self.show_genes_button.clicked.connect(self.show_selected_genes)
         self.side_by_side_button = QPushButton("Side by side")
         self.side_by_side_button.setCheckable(True)
-        self.side_by_side_button.setToolTip("Two selected genes next to each other, each over the slide "
-                                            "(napari's grid view); press again to go back")
+        self.side_by_side_button.setToolTip(
+            "Two selected genes next to each other, each over the slide (napari's grid view); press again to go back"
+        )
         self.side_by_side_button.toggled.connect(self.set_side_by_side)
         row.addWidget(self.preset_combo)
         row.addWidget(self.show_genes_button)
@@ -306,10 +318,12 @@ class PredictWidget(QWidget):
         t.addRow("Markers", self.markers_edit)
         self.threshold_mode = QComboBox()
         self.threshold_mode.addItems([MODE_ABSOLUTE, MODE_SLIDE])
-        self.threshold_mode.setToolTip("Calibrated: scores in the units of the model's training spots and the "
-                                       "threshold chosen on them (comparable between slides; a slide without "
-                                       "tumour gets little or none). Per slide: this slide's own scores and an "
-                                       "automatic threshold, which always splits the slide in two.")
+        self.threshold_mode.setToolTip(
+            "Calibrated: scores in the units of the model's training spots and the "
+            "threshold chosen on them (comparable between slides; a slide without "
+            "tumour gets little or none). Per slide: this slide's own scores and an "
+            "automatic threshold, which always splits the slide in two."
+        )
         self.threshold_mode.currentIndexChanged.connect(lambda *_: self.update_tumor(threshold=None))
         t.addRow("Units", self.threshold_mode)
         slider_row = QHBoxLayout()
@@ -365,10 +379,19 @@ class PredictWidget(QWidget):
         return devices
 
     def _set_result_controls(self, enabled: bool) -> None:
-        for w in (self.gene_search, self.gene_list, self.preset_combo, self.show_genes_button,
-                  self.side_by_side_button, self.markers_edit,
-                  self.threshold_slider, self.auto_button, self.load_spots_button, self.save_table_button,
-                  self.save_geojson_button):
+        for w in (
+            self.gene_search,
+            self.gene_list,
+            self.preset_combo,
+            self.show_genes_button,
+            self.side_by_side_button,
+            self.markers_edit,
+            self.threshold_slider,
+            self.auto_button,
+            self.load_spots_button,
+            self.save_table_button,
+            self.save_geojson_button,
+        ):
             w.setEnabled(enabled)
 
     # --- layer choices -------------------------------------------------------------
@@ -389,8 +412,14 @@ class PredictWidget(QWidget):
         self.slide_combo.blockSignals(False)
         region = self.region_combo.currentText()
         self.region_combo.clear()
-        self.region_combo.addItems([WHOLE_TISSUE] + [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Shapes)
-                                                     and not lyr.name.startswith("tumour contour")])
+        self.region_combo.addItems(
+            [WHOLE_TISSUE]
+            + [
+                lyr.name
+                for lyr in self.viewer.layers
+                if isinstance(lyr, Shapes) and not lyr.name.startswith("tumour contour")
+            ]
+        )
         if region:
             self.region_combo.setCurrentText(region)
         self._on_slide_changed()
@@ -431,8 +460,9 @@ class PredictWidget(QWidget):
         self._show_trust(analysis.prediction)
         if analysis.tumor is not None:
             self.threshold_label.setText(f"{analysis.tumor.threshold:.2f} ({analysis.tumor.fraction:.0%})")
-        self.r_label.setText(f"Pearson r = {analysis.last_r:.2f} ({analysis.spots_source})"
-                             if analysis.spots is not None else "")
+        self.r_label.setText(
+            f"Pearson r = {analysis.last_r:.2f} ({analysis.spots_source})" if analysis.spots is not None else ""
+        )
         self.status.setText(f"showing {layer_name}: {len(analysis.prediction)} spots")
 
     def _remember_typed_mpp(self, value: float) -> None:
@@ -443,8 +473,9 @@ class PredictWidget(QWidget):
     def _on_model_choice(self, index: int) -> None:
         if self.model_combo.itemText(index) != FROM_FILE:
             return
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a napari-stpredict checkpoint", self._last_dir(),
-                                              "Checkpoints (*.pt *.ckpt);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a napari-stpredict checkpoint", self._last_dir(), "Checkpoints (*.pt *.ckpt);;All files (*)"
+        )
         if path:
             self.set_model_path(path)
         else:
@@ -480,8 +511,10 @@ class PredictWidget(QWidget):
         if slide is not None:
             if slide._file_mpp()[0] is None:
                 if mpp is None:
-                    raise StPredictError(f"{slide.name}: the slide does not record its resolution; enter it "
-                                         "(µm per pixel) in the Resolution field")
+                    raise StPredictError(
+                        f"{slide.name}: the slide does not record its resolution; enter it "
+                        "(µm per pixel) in the Resolution field"
+                    )
                 slide._fallback_mpp = (mpp, mpp)  # the value typed now, also on a rerun
             return slide
         if mpp is None:
@@ -505,8 +538,10 @@ class PredictWidget(QWidget):
         layer = self.viewer.layers[name]
         slide_placement = Placement.of_layer(self._selected_slide_layer())
         region_placement = Placement.of_layer(layer)
-        polygons = [slide_placement.world_to_l0(region_placement.data_to_world(np.asarray(shape, float)[:, -2:]))
-                    for shape in layer.data]
+        polygons = [
+            slide_placement.world_to_l0(region_placement.data_to_world(np.asarray(shape, float)[:, -2:]))
+            for shape in layer.data
+        ]
         if not polygons:
             raise StPredictError(f"region layer {name!r} has no shapes; draw polygons or choose {WHOLE_TISSUE}")
         return polygons
@@ -529,15 +564,20 @@ class PredictWidget(QWidget):
         # Prediction layers take the slide layer's own transform (read here, on the GUI thread).
         self._pending_placement = Placement.of_layer(layer)
         self._pending_layer = layer.name
-        params = {"stride_um": self.stride_spin.value(), "roi": roi, "cancel_event": self._cancel,
-                  "check_stain": self.stain_check.isChecked()}
+        params = {
+            "stride_um": self.stride_spin.value(),
+            "roi": roi,
+            "cancel_event": self._cancel,
+            "check_stain": self.stain_check.isChecked(),
+        }
         # _ignore_errors: _on_error turns them into one clear notification (no re-raise, no traceback popup)
         # Every input is read here, on the GUI thread; the worker never touches a Qt widget.
         from ..model import default_model_path
 
         model_path, device = self._model_path or default_model_path(), self.device_combo.currentText()
-        self.worker = create_worker(self._work, slide, params, model_path, device, _start_thread=False,
-                                    _ignore_errors=True)
+        self.worker = create_worker(
+            self._work, slide, params, model_path, device, _start_thread=False, _ignore_errors=True
+        )
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
@@ -687,8 +727,10 @@ class PredictWidget(QWidget):
         self.gene_search.setCompleter(completer)
         meta = prediction.meta
         trained = ", ".join(meta["model"].get("trained_on", [])) or "unknown sections"
-        self.model_info.setText(f"Model {meta['model']['name']}: trained on her2st sections {trained}; "
-                                f"{len(genes)} genes, units {meta['units']}.")
+        self.model_info.setText(
+            f"Model {meta['model']['name']}: trained on her2st sections {trained}; "
+            f"{len(genes)} genes, units {meta['units']}."
+        )
         self.markers_edit.setText(", ".join(self.tumor.markers if self.tumor else self._panel()))
         self._set_result_controls(True)
 
@@ -701,8 +743,9 @@ class PredictWidget(QWidget):
         colour = {"out of domain": "#b00020", "partly out of domain": "#b35900"}.get(verdict, "#7a5c00")
         if lines:
             self.trust_banner.setText("<br>".join(f"⚠ {line}" for line in lines))
-            self.trust_banner.setStyleSheet(f"background-color: {colour}; color: white; padding: 6px; "
-                                            "border-radius: 4px;")
+            self.trust_banner.setStyleSheet(
+                f"background-color: {colour}; color: white; padding: 6px; border-radius: 4px;"
+            )
             self.trust_banner.setVisible(True)
             if notify:
                 _notify_warning(f"{prediction.meta['slide'].get('name', 'slide')}: {lines[0]}")
@@ -744,8 +787,14 @@ class PredictWidget(QWidget):
         shown = None
         for gene in genes:
             try:
-                shown = self._upsert(*heatmap_layer(self.prediction, gene, placement=self.placement,
-                                                    fixed_limits=self.colour_range.currentText() == COLOURS_FIXED))
+                shown = self._upsert(
+                    *heatmap_layer(
+                        self.prediction,
+                        gene,
+                        placement=self.placement,
+                        fixed_limits=self.colour_range.currentText() == COLOURS_FIXED,
+                    )
+                )
             except KeyError as exc:
                 _notify_error(str(exc).strip("'\""))
         if shown is not None:
@@ -785,9 +834,16 @@ class PredictWidget(QWidget):
         self.show_genes(genes)
         slide = self.viewer.layers[self.analysis.layer_name]
         copy = self.viewer.add_image(
-            slide.data, multiscale=slide.multiscale, rgb=True, scale=slide.scale, translate=slide.translate,
-            affine=slide.affine, units=slide.units, name=self.analysis.label("slide, second view"),
-            metadata={"stpredict": {"kind": "slide_copy", "slide_layer": self.analysis.layer_name}})
+            slide.data,
+            multiscale=slide.multiscale,
+            rgb=True,
+            scale=slide.scale,
+            translate=slide.translate,
+            affine=slide.affine,
+            units=slide.units,
+            name=self.analysis.label("slide, second view"),
+            metadata={"stpredict": {"kind": "slide_copy", "slide_layer": self.analysis.layer_name}},
+        )
         heat = [self.viewer.layers[self.analysis.label(f"{gene} (predicted)")] for gene in genes]
         ordered = [slide, heat[0], copy, heat[1]]
         self._visibility_before_grid = {layer.name: layer.visible for layer in self.viewer.layers}
@@ -826,8 +882,10 @@ class PredictWidget(QWidget):
                 self.show_genes([item.data(GENE_ROLE)])
                 return
         if text and self.prediction is not None:
-            _notify_warning(f"{self.gene_search.text().strip()} is not predicted by this model (it predicts "
-                            f"{len(self.prediction.genes)} genes; type part of a name to search)")
+            _notify_warning(
+                f"{self.gene_search.text().strip()} is not predicted by this model (it predicts "
+                f"{len(self.prediction.genes)} genes; type part of a name to search)"
+            )
 
     def _apply_preset(self, index: int) -> None:
         from ..training.genes import HER2_AMPLICON
@@ -872,8 +930,9 @@ class PredictWidget(QWidget):
             self.threshold_slider.blockSignals(True)
             self.threshold_slider.setValue(int(round((mask.threshold - lo) / max(hi - lo, 1e-9) * 1000)))
             self.threshold_slider.blockSignals(False)
-        self.threshold_label.setText(f"{mask.threshold:.2f} ({'auto' if mask.automatic else 'manual'}, "
-                                     f"{mask.fraction:.0%})")
+        self.threshold_label.setText(
+            f"{mask.threshold:.2f} ({'auto' if mask.automatic else 'manual'}, {mask.fraction:.0%})"
+        )
         self.threshold_label.setToolTip(mask.describe() + (f"; {mask.note}" if mask.note else ""))
         if mask.note and threshold is None:
             self.status.setText(f"{self.status.text().split(' | ')[0]} | tumour: {mask.note}")
@@ -905,8 +964,9 @@ class PredictWidget(QWidget):
                 _notify_warning(f"could not load the sample's measured spots: {exc}")
 
     def _choose_spots_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Measured spots (scanpy/squidpy .h5ad)", self._last_dir(),
-                                              "AnnData (*.h5ad)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Measured spots (scanpy/squidpy .h5ad)", self._last_dir(), "AnnData (*.h5ad)"
+        )
         if path:
             self._remember_dir(Path(path))
             try:
@@ -936,15 +996,17 @@ class PredictWidget(QWidget):
         if self.spots is None or self.prediction is None or gene is None:
             return
         try:
-            data, kwargs, kind = measured_points_layer(self.spots, gene, placement=self.placement,
-                                                       mpp=(self.prediction.meta["mpp_x"],
-                                                                               self.prediction.meta["mpp_y"]))
+            data, kwargs, kind = measured_points_layer(
+                self.spots,
+                gene,
+                placement=self.placement,
+                mpp=(self.prediction.meta["mpp_x"], self.prediction.meta["mpp_y"]),
+            )
         except KeyError as exc:
             self.r_label.setText(str(exc).strip("'\""))
             return
         kwargs["name"] = self.analysis.label(kwargs["name"])
-        kwargs["metadata"] = {"stpredict": {**kwargs["metadata"]["stpredict"],
-                                            "slide_layer": self.analysis.layer_name}}
+        kwargs["metadata"] = {"stpredict": {**kwargs["metadata"]["stpredict"], "slide_layer": self.analysis.layer_name}}
         existing = [layer for layer in self.viewer.layers if self._is_mine(layer, "measured")]
         if existing and len(existing[0].data) == len(data):
             # Same spots, another gene: recolour in place (removing and adding a Points layer
@@ -960,8 +1022,9 @@ class PredictWidget(QWidget):
                 self.viewer.layers.remove(layer)
             self.viewer.add_points(data, **kwargs)
         self.analysis.last_r = self.analysis.pearson(gene, kwargs["features"]["expression"])
-        self.r_label.setText(f"{gene}: predicted vs measured at {self.spots.n_obs} spots, "
-                             f"Pearson r = {self.last_r:.2f}")
+        self.r_label.setText(
+            f"{gene}: predicted vs measured at {self.spots.n_obs} spots, Pearson r = {self.last_r:.2f}"
+        )
 
     def _is_mine(self, layer, kind: str) -> bool:
         """Whether ``layer`` is a prediction layer of ``kind`` of the slide the dock shows."""
@@ -970,8 +1033,9 @@ class PredictWidget(QWidget):
 
     # --- export ----------------------------------------------------------------------------
     def _choose_table_file(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save spot table", self._last_dir(),
-                                              "AnnData (*.h5ad);;CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save spot table", self._last_dir(), "AnnData (*.h5ad);;CSV (*.csv)"
+        )
         if path:
             self._remember_dir(Path(path))
             self._guarded(self.save_table, path)
@@ -998,8 +1062,13 @@ class PredictWidget(QWidget):
         path = Path(path)
         if path.suffix.lower() == ".csv":
             obs = self.prediction.adata.obs
-            table = pd.concat([obs, pd.DataFrame(np.asarray(self.prediction.adata.X), index=obs.index,
-                                                 columns=self.prediction.genes)], axis=1)
+            table = pd.concat(
+                [
+                    obs,
+                    pd.DataFrame(np.asarray(self.prediction.adata.X), index=obs.index, columns=self.prediction.genes),
+                ],
+                axis=1,
+            )
             with atomic_path(path) as tmp:
                 table.to_csv(tmp, index_label="spot")
             return path

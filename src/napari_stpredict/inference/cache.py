@@ -77,8 +77,13 @@ def cache_key(slide, model_path: Path | None, params: dict[str, Any]) -> str | N
     # Only what shapes the result: run control (the cancel event, whose text holds a memory
     # address, batch size, reader threads) must never make a rerun miss the cache.
     shaping = {k: v for k, v in params.items() if k not in _RUN_CONTROL}
-    parts = {"slide": slide_fingerprint(slide.path), "mpp": slide.mpp, "model": file_sha1(Path(model_path)),
-             "params": shaping, "version": 3}
+    parts = {
+        "slide": slide_fingerprint(slide.path),
+        "mpp": slide.mpp,
+        "model": file_sha1(Path(model_path)),
+        "params": shaping,
+        "version": 3,
+    }
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -95,16 +100,20 @@ def _load_entry(path: Path, key: str, slide) -> Prediction | None:
         if stored != key:
             raise ValueError(f"it holds another prediction (key {str(stored)[:12]}..., expected {key[:12]}...)")
     except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many kinds for a damaged file
-        warnings.warn(f"{slide.name}: discarding the damaged cache entry {path.name} ({exc}); predicting again",
-                      StPredictWarning, stacklevel=3)
+        warnings.warn(
+            f"{slide.name}: discarding the damaged cache entry {path.name} ({exc}); predicting again",
+            StPredictWarning,
+            stacklevel=3,
+        )
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
         return None
     return prediction
 
 
-def cached_predict_slide(slide, model, *, model_path: Path | None = None, use_cache: bool = True,
-                         directory: Path | None = None, **params) -> Iterator[dict]:
+def cached_predict_slide(
+    slide, model, *, model_path: Path | None = None, use_cache: bool = True, directory: Path | None = None, **params
+) -> Iterator[dict]:
     """`predict_slide` with the on-disk cache; yields progress, returns the `Prediction`.
 
     An entry records its key and is checked on load: a damaged, truncated or swapped
@@ -139,7 +148,11 @@ def cached_predict_slide(slide, model, *, model_path: Path | None = None, use_ca
             prediction.save(path)
             status = "miss"
         except Exception as exc:  # noqa: BLE001 - OSError, or h5py's RuntimeError on a full disk
-            warnings.warn(f"{slide.name}: the prediction could not be cached in {path.parent} ({exc}); "
-                          "continuing without the cache", StPredictWarning, stacklevel=3)
+            warnings.warn(
+                f"{slide.name}: the prediction could not be cached in {path.parent} ({exc}); "
+                "continuing without the cache",
+                StPredictWarning,
+                stacklevel=3,
+            )
     prediction.meta["cache"] = status
     return prediction

@@ -22,9 +22,13 @@ def safe_filename(name: str) -> str:
 
 def _common_tags(prediction: Prediction) -> dict[str, Any]:
     meta = prediction.meta
-    tags = provenance_tags(slide=meta["slide"]["name"], model=meta["model"]["name"],
-                           mpp=(meta.get("mpp_x"), meta.get("mpp_y")), patch_um=meta["patch_um"],
-                           stride_um=meta["stride_um"])
+    tags = provenance_tags(
+        slide=meta["slide"]["name"],
+        model=meta["model"]["name"],
+        mpp=(meta.get("mpp_x"), meta.get("mpp_y")),
+        patch_um=meta["patch_um"],
+        stride_um=meta["stride_um"],
+    )
     domain = (meta.get("trust") or {}).get("domain") or {}
     if domain:
         tags["DOMAIN_VERDICT"] = domain.get("verdict")
@@ -36,17 +40,22 @@ def export_gene_geotiff(prediction: Prediction, gene: str, path: Path) -> Path:
     """float32 GeoTIFF of one gene's predicted expression (NaN outside tissue)."""
     heat = prediction.heatmap(gene)
     tags = _common_tags(prediction) | {"GENE": heat.name, "UNITS": UNITS}
-    return write_geotiff(path, heat.raster, l0_origin=heat.l0_origin, l0_stride=heat.l0_stride, metadata=tags,
-                         nodata=np.nan)
+    return write_geotiff(
+        path, heat.raster, l0_origin=heat.l0_origin, l0_stride=heat.l0_stride, metadata=tags, nodata=np.nan
+    )
 
 
 def export_tumor(prediction: Prediction, mask: TumorMask, tif_path: Path, geojson_path: Path) -> None:
     """uint8 tumour-mask GeoTIFF (1 tumour, 0 not) and its contours as GeoJSON (level-0 pixels)."""
     meta = prediction.meta
     origin, stride = tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"])
-    tags = _common_tags(prediction) | {"MARKERS": ",".join(mask.markers), "THRESHOLD": mask.threshold,
-                                       "THRESHOLD_AUTOMATIC": mask.automatic, "THRESHOLD_MODE": mask.mode,
-                                       "VALUES": "1 = predicted tumour, 0 = other or no tissue"}
+    tags = _common_tags(prediction) | {
+        "MARKERS": ",".join(mask.markers),
+        "THRESHOLD": mask.threshold,
+        "THRESHOLD_AUTOMATIC": mask.automatic,
+        "THRESHOLD_MODE": mask.mode,
+        "VALUES": "1 = predicted tumour, 0 = other or no tissue",
+    }
     write_geotiff(tif_path, mask.raster, l0_origin=origin, l0_stride=stride, metadata=tags)
     export_tumor_geojson(prediction, mask, geojson_path)
 
@@ -55,9 +64,12 @@ def export_tumor_geojson(prediction: Prediction, mask: TumorMask, path: Path) ->
     """Tumour contours (with holes) as a GeoJSON FeatureCollection in level-0 pixels (QuPath imports it)."""
     meta = prediction.meta
     polygons = mask_polygons(mask.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"]))
-    return write_geojson(Path(path), polygons_geojson(polygons, properties={"markers": mask.markers,
-                                                                            "threshold": mask.threshold,
-                                                                            "threshold_mode": mask.mode}))
+    return write_geojson(
+        Path(path),
+        polygons_geojson(
+            polygons, properties={"markers": mask.markers, "threshold": mask.threshold, "threshold_mode": mask.mode}
+        ),
+    )
 
 
 def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | None, path: Path) -> Path:
@@ -77,20 +89,29 @@ def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | 
     scale_bar = None
     if prediction.meta.get("mpp_x"):
         um_per_px = prediction.meta["mpp_x"] * slide.dimensions[0] / image.shape[1]
-        length_um = next((v for v in (10000, 5000, 2000, 1000, 500, 200, 100) if v / um_per_px <= image.shape[1] / 4),
-                         100)
+        length_um = next(
+            (v for v in (10000, 5000, 2000, 1000, 500, 200, 100) if v / um_per_px <= image.shape[1] / 4), 100
+        )
         scale_bar = (length_um / um_per_px, f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um} µm")
     range_text = "its range over the model's training spots" if fixed else "the 2nd-98th percentile of this slide"
-    lines = [f"{heat.name}: predicted {UNITS}; colours span {range_text}. Research use only.",
-             f"Domain: {domain.get('verdict', 'unknown')}"
-             + (f" ({domain['share_out']:.0%} of spots unlike the training data)" if domain.get("share_out") is not None
-                else "")]
+    lines = [
+        f"{heat.name}: predicted {UNITS}; colours span {range_text}. Research use only.",
+        f"Domain: {domain.get('verdict', 'unknown')}"
+        + (
+            f" ({domain['share_out']:.0%} of spots unlike the training data)"
+            if domain.get("share_out") is not None
+            else ""
+        ),
+    ]
     if mask is not None:
-        lines.append(f"Red contour: predicted tumour, {mask.fraction:.0%} of tissue, threshold {mask.describe()}"
-                     + (f"; {mask.note}" if mask.note else ""))
+        lines.append(
+            f"Red contour: predicted tumour, {mask.fraction:.0%} of tissue, threshold {mask.describe()}"
+            + (f"; {mask.note}" if mask.note else "")
+        )
     warn = [line for line in trust_lines(prediction.meta) if not line.lower().startswith("in domain")]
-    image = caption_image(image, lines, warnings=warn, colourbar=(*limits, f"{heat.name}, {UNITS}"),
-                          scale_bar=scale_bar)
+    image = caption_image(
+        image, lines, warnings=warn, colourbar=(*limits, f"{heat.name}, {UNITS}"), scale_bar=scale_bar
+    )
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return path

@@ -7,9 +7,20 @@ import numpy as np
 __all__ = ["overview_image", "colormap", "caption_image"]
 
 # Viridis at 9 anchors (matplotlib's values), interpolated: perceptually uniform.
-_VIRIDIS = np.array([
-    [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], np.float32)
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [71, 44, 122],
+        [59, 81, 139],
+        [44, 113, 142],
+        [33, 144, 141],
+        [39, 173, 129],
+        [92, 200, 99],
+        [170, 220, 50],
+        [253, 231, 37],
+    ],
+    np.float32,
+)
 
 
 def colormap(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -20,8 +31,15 @@ def colormap(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return ((1 - f) * _VIRIDIS[i] + f * _VIRIDIS[i + 1]).astype(np.uint8)
 
 
-def overview_image(slide, heatmap, tumor_raster: np.ndarray | None = None, *, max_size: int = 1024,
-                   alpha: float = 0.6, limits: tuple[float, float] | None = None) -> np.ndarray:
+def overview_image(
+    slide,
+    heatmap,
+    tumor_raster: np.ndarray | None = None,
+    *,
+    max_size: int = 1024,
+    alpha: float = 0.6,
+    limits: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Thumbnail with ``heatmap`` blended over its spots (linearly interpolated between spot
     centres, as napari shows it) and the tumour mask outlined in red.
 
@@ -49,9 +67,14 @@ def overview_image(slide, heatmap, tumor_raster: np.ndarray | None = None, *, ma
     return out
 
 
-def caption_image(image: np.ndarray, lines: list[str], *, warnings: list[str] | None = None,
-                  colourbar: tuple[float, float, str] | None = None,
-                  scale_bar: tuple[float, str] | None = None) -> np.ndarray:
+def caption_image(
+    image: np.ndarray,
+    lines: list[str],
+    *,
+    warnings: list[str] | None = None,
+    colourbar: tuple[float, float, str] | None = None,
+    scale_bar: tuple[float, str] | None = None,
+) -> np.ndarray:
     """``image`` with a white strip below it: a colour bar and a scale bar, then ``warnings``
     in red and ``lines``, wrapped to the image width (Pillow's built-in font).
 

@@ -26,8 +26,6 @@ from .prediction import Prediction
 __all__ = ["predict_slide", "run_prediction", "PredictionCancelled"]
 
 
-
-
 def _cancellable(func, cancel_event: threading.Event | None, name: str, *args, **kwargs):
     """Run a single long call (tissue detection, the stain check) so that a cancel answers
     within a tenth of a second: the call runs in a helper thread, and a cancel leaves it
@@ -124,8 +122,10 @@ def predict_slide(
     if slide.mpp_x is None or slide.mpp_y is None:
         from ..errors import SlideFormatError
 
-        raise SlideFormatError(f"{slide.name}: the slide does not record its resolution; give its mpp "
-                               "(--mpp, or the mpp field in the widget)")
+        raise SlideFormatError(
+            f"{slide.name}: the slide does not record its resolution; give its mpp "
+            "(--mpp, or the mpp field in the widget)"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     io = model.io
@@ -134,8 +134,10 @@ def predict_slide(
     if min(width_um, height_um) < io.patch_um:
         from ..errors import TissueMaskError
 
-        raise TissueMaskError(f"{slide.name}: the image is {width_um:,.0f} x {height_um:,.0f} µm, smaller than one "
-                              f"{io.patch_um:g} µm patch of the model; check its resolution (mpp {slide.mpp_x:g})")
+        raise TissueMaskError(
+            f"{slide.name}: the image is {width_um:,.0f} x {height_um:,.0f} µm, smaller than one "
+            f"{io.patch_um:g} µm patch of the model; check its resolution (mpp {slide.mpp_x:g})"
+        )
     resolution = _resolution_check(slide.mpp_x, io.mpp)
     yield {"stage": "stain", "done": 0, "total": 0, "message": "checking the stain"}
     # One thumbnail serves the stain check and tissue detection (reading it is the slow part
@@ -145,16 +147,26 @@ def predict_slide(
     stain = assess_stain(thumbnail)
     # A blank image is left to tissue detection, whose message also says what to do.
     if check_stain and not stain.ok and stain.kind != "blank":
-        raise StainCheckError(f"{slide.name}: not an H&E slide: {stain.message} (to predict anyway: "
-                              "--no-stain-check, or untick 'Check stain' in the widget)")
+        raise StainCheckError(
+            f"{slide.name}: not an H&E slide: {stain.message} (to predict anyway: "
+            "--no-stain-check, or untick 'Check stain' in the widget)"
+        )
     yield {"stage": "tissue", "done": 0, "total": 0, "message": "detecting tissue"}
-    tissue = _cancellable(slide_tissue_mask, cancel_event, slide.name, slide, max_size=thumb_size,
-                          require_tissue=roi is None, thumbnail=thumbnail)
+    tissue = _cancellable(
+        slide_tissue_mask,
+        cancel_event,
+        slide.name,
+        slide,
+        max_size=thumb_size,
+        require_tissue=roi is None,
+        thumbnail=thumbnail,
+    )
     mask = tissue.mask
     if roi is not None:
         mask = mask & roi_mask(mask.shape, tissue.l0_per_th, roi)
-    grid = spot_grid(mask, tissue.l0_per_th, slide.mpp, patch_um=io.patch_um, stride_um=stride_um,
-                     slide_name=slide.name)
+    grid = spot_grid(
+        mask, tissue.l0_per_th, slide.mpp, patch_um=io.patch_um, stride_um=stride_um, slide_name=slide.name
+    )
     n = len(grid)
     if n == 0:
         from ..errors import TissueMaskError
@@ -166,7 +178,7 @@ def predict_slide(
     distance = np.full(n, np.nan, np.float32)
 
     def read(start: int) -> np.ndarray:
-        return read_patches(slide, grid.l0_centres[start:start + batch_size], io.patch_um, io.input_px)
+        return read_patches(slide, grid.l0_centres[start : start + batch_size], io.patch_um, io.input_px)
 
     pool = ThreadPoolExecutor(max_workers=max(1, num_workers), thread_name_prefix="stpredict-read")
     pending: deque = deque()
@@ -200,33 +212,52 @@ def predict_slide(
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
 
-    obs = pd.DataFrame({
-        "x": grid.l0_centres[:, 0], "y": grid.l0_centres[:, 1],
-        "grid_row": grid.rows.astype(np.int32), "grid_col": grid.cols.astype(np.int32),
-        "confidence": confidence, "tissue_fraction": grid.tissue_fraction,
-        "domain_distance": distance,
-        "out_of_domain": (distance > model.calibration["domain"]["threshold"]) if model.calibration
-        else np.zeros(n, bool),
-    }, index=[f"spot_{i}" for i in range(n)])
+    obs = pd.DataFrame(
+        {
+            "x": grid.l0_centres[:, 0],
+            "y": grid.l0_centres[:, 1],
+            "grid_row": grid.rows.astype(np.int32),
+            "grid_col": grid.cols.astype(np.int32),
+            "confidence": confidence,
+            "tissue_fraction": grid.tissue_fraction,
+            "domain_distance": distance,
+            "out_of_domain": (distance > model.calibration["domain"]["threshold"])
+            if model.calibration
+            else np.zeros(n, bool),
+        },
+        index=[f"spot_{i}" for i in range(n)],
+    )
     adata = ad.AnnData(X=expression, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
     adata.obsm["spatial"] = grid.l0_centres.copy()
     adata.uns["stpredict"] = {
-        "model": {"name": model.source, "backbone": model.config.backbone,
-                  "trained_on": model.provenance.get("train_sections", []),
-                  "bank_spots": len(model.bank), "method": method, "top_k": top_k,
-                  "markers": list(model.provenance.get("markers", {}).get("panel", [])),
-                  "confidence_reference": dict(model.provenance.get("confidence_reference", {}))},
+        "model": {
+            "name": model.source,
+            "backbone": model.config.backbone,
+            "trained_on": model.provenance.get("train_sections", []),
+            "bank_spots": len(model.bank),
+            "method": method,
+            "top_k": top_k,
+            "markers": list(model.provenance.get("markers", {}).get("panel", [])),
+            "confidence_reference": dict(model.provenance.get("confidence_reference", {})),
+        },
         "slide": slide.summary(),
-        "mpp_x": slide.mpp_x, "mpp_y": slide.mpp_y,
-        "patch_um": io.patch_um, "input_px": io.input_px,
+        "mpp_x": slide.mpp_x,
+        "mpp_y": slide.mpp_y,
+        "patch_um": io.patch_um,
+        "input_px": io.input_px,
         "stride_um": float(stride_um if stride_um is not None else io.patch_um),
-        "grid_origin_l0": [float(v) for v in grid.origin], "grid_stride_l0": [float(v) for v in grid.stride],
+        "grid_origin_l0": [float(v) for v in grid.origin],
+        "grid_stride_l0": [float(v) for v in grid.stride],
         "grid_shape": [int(v) for v in grid.shape],
         "units": "log1p(counts per 10,000)",
         "roi": None if roi is None else np.asarray(roi, float).tolist(),
-        "trust": {"stain": stain.to_dict(), "resolution": resolution,
-                  "domain": domain_summary(distance if model.calibration else None,
-                                           model.calibration["domain"] if model.calibration else None)},
+        "trust": {
+            "stain": stain.to_dict(),
+            "resolution": resolution,
+            "domain": domain_summary(
+                distance if model.calibration else None, model.calibration["domain"] if model.calibration else None
+            ),
+        },
         "tumor_calibration": tumor_calibration_meta(model.calibration),
         "seconds": round(time.perf_counter() - t_start, 2),
         "note": "Research use only; not for diagnosis.",
@@ -238,11 +269,19 @@ def _resolution_check(slide_mpp: float, model_mpp: float) -> dict[str, Any]:
     """Whether the slide is sharp enough for the model: patches of a slide scanned much
     coarser than the model reads them are upsampled and lack the detail it learnt from."""
     coarse = slide_mpp > 1.5 * model_mpp
-    message = (f"the slide's finest resolution is {slide_mpp:.2f} µm/px, coarser than the {model_mpp:.2f} µm/px the "
-               "model reads patches at: they are upsampled and blurrier than what it was trained on, so expect "
-               "less accurate maps" if coarse else "")
-    return {"slide_mpp": round(float(slide_mpp), 4), "model_mpp": round(float(model_mpp), 4), "coarse": coarse,
-            "message": message}
+    message = (
+        f"the slide's finest resolution is {slide_mpp:.2f} µm/px, coarser than the {model_mpp:.2f} µm/px the "
+        "model reads patches at: they are upsampled and blurrier than what it was trained on, so expect "
+        "less accurate maps"
+        if coarse
+        else ""
+    )
+    return {
+        "slide_mpp": round(float(slide_mpp), 4),
+        "model_mpp": round(float(model_mpp), 4),
+        "coarse": coarse,
+        "message": message,
+    }
 
 
 def run_prediction(slide, model, **kwargs) -> Prediction:

@@ -110,8 +110,10 @@ class Prediction:
         lookup = {g.upper(): i for i, g in enumerate(self.adata.var_names)}
         idx = lookup.get(str(gene).upper())
         if idx is None:
-            raise KeyError(f"gene {gene!r} is not predicted by model {self.meta.get('model', {}).get('name', '?')}; "
-                           f"it predicts {len(lookup)} genes, e.g. {', '.join(self.genes[:5])}")
+            raise KeyError(
+                f"gene {gene!r} is not predicted by model {self.meta.get('model', {}).get('name', '?')}; "
+                f"it predicts {len(lookup)} genes, e.g. {', '.join(self.genes[:5])}"
+            )
         return idx
 
     # --- rasters on the grid -------------------------------------------------------
@@ -134,8 +136,9 @@ class Prediction:
         out = np.full((rows, cols), fill, np.float32)
         out[self.adata.obs["grid_row"].to_numpy(int), self.adata.obs["grid_col"].to_numpy(int)] = values
         scale, translate = self._placement()
-        return Heatmap(out, scale, translate, tuple(self.meta["grid_origin_l0"]), tuple(self.meta["grid_stride_l0"]),
-                       name, units)
+        return Heatmap(
+            out, scale, translate, tuple(self.meta["grid_origin_l0"]), tuple(self.meta["grid_stride_l0"]), name, units
+        )
 
     def heatmap(self, gene: str) -> Heatmap:
         """Predicted expression of ``gene`` as a raster on the spot grid (NaN off tissue)."""
@@ -168,8 +171,10 @@ class Prediction:
         return self.adata.n_obs
 
     def __repr__(self) -> str:
-        return (f"<Prediction {self.meta.get('slide', {}).get('name', '?')}: {self.adata.n_obs} spots x "
-                f"{self.adata.n_vars} genes, stride {self.meta['stride_um']:g} µm>")
+        return (
+            f"<Prediction {self.meta.get('slide', {}).get('name', '?')}: {self.adata.n_obs} spots x "
+            f"{self.adata.n_vars} genes, stride {self.meta['stride_um']:g} µm>"
+        )
 
 
 def _plain(value: Any) -> Any:

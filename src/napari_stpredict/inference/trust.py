@@ -33,9 +33,13 @@ def domain_summary(distance: np.ndarray | None, calibration: dict[str, Any] | No
         threshold), ``threshold``, ``message`` (for the user) and the cut-offs used.
     """
     if calibration is None or distance is None:
-        return {"verdict": "unknown", "share_out": None, "threshold": None,
-                "message": "this model carries no out-of-domain calibration, so nothing tells whether this slide "
-                           "resembles its training data (recalibrate it: stpredict train --calibrate MODEL)"}
+        return {
+            "verdict": "unknown",
+            "share_out": None,
+            "threshold": None,
+            "message": "this model carries no out-of-domain calibration, so nothing tells whether this slide "
+            "resembles its training data (recalibrate it: stpredict train --calibrate MODEL)",
+        }
     threshold = float(calibration["threshold"])
     share = float(np.mean(np.asarray(distance) > threshold)) if len(distance) else 0.0
     held_out = calibration.get("held_out_share") or {}
@@ -43,20 +47,32 @@ def domain_summary(distance: np.ndarray | None, calibration: dict[str, Any] | No
     partly, out = float(calibration["partly_share"]), float(calibration["out_share"])
     if share >= out:
         verdict = "out of domain"
-        message = (f"OUT OF DOMAIN: {share:.0%} of the tissue is unlike anything the model was trained on "
-                   f"(sections held out of training: at most {typical:.0%}). The maps of this slide are not "
-                   "meaningful; the model knows HER2-positive breast cancer H&E only.")
+        message = (
+            f"OUT OF DOMAIN: {share:.0%} of the tissue is unlike anything the model was trained on "
+            f"(sections held out of training: at most {typical:.0%}). The maps of this slide are not "
+            "meaningful; the model knows HER2-positive breast cancer H&E only."
+        )
     elif share >= partly:
         verdict = "partly out of domain"
-        message = (f"PARTLY OUT OF DOMAIN: {share:.0%} of the tissue is unlike the training data (held-out "
-                   f"sections: at most {typical:.0%}); those spots are marked and never called tumour. Trust "
-                   "the maps only where the tissue is in domain.")
+        message = (
+            f"PARTLY OUT OF DOMAIN: {share:.0%} of the tissue is unlike the training data (held-out "
+            f"sections: at most {typical:.0%}); those spots are marked and never called tumour. Trust "
+            "the maps only where the tissue is in domain."
+        )
     else:
         verdict = "in domain"
-        message = (f"in domain: {share:.0%} of the tissue is unlike the training data (held-out sections: at "
-                   f"most {typical:.0%}).")
-    return {"verdict": verdict, "share_out": round(share, 4), "threshold": threshold, "partly_share": partly,
-            "out_share": out, "message": message}
+        message = (
+            f"in domain: {share:.0%} of the tissue is unlike the training data (held-out sections: at "
+            f"most {typical:.0%})."
+        )
+    return {
+        "verdict": verdict,
+        "share_out": round(share, 4),
+        "threshold": threshold,
+        "partly_share": partly,
+        "out_share": out,
+        "message": message,
+    }
 
 
 def tumor_calibration_meta(calibration: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -53,10 +53,12 @@ class TumorMask:
 
     def describe(self) -> str:
         """The threshold in words, e.g. ``0.33 (calibrated on training data, absolute units)``."""
-        how = {("absolute", True): "calibrated on training data, absolute units",
-               ("absolute", False): "given, absolute units",
-               ("slide", True): "automatic per slide (Otsu), units of this slide",
-               ("slide", False): "given, units of this slide"}[(self.mode, self.automatic)]
+        how = {
+            ("absolute", True): "calibrated on training data, absolute units",
+            ("absolute", False): "given, absolute units",
+            ("slide", True): "automatic per slide (Otsu), units of this slide",
+            ("slide", False): "given, units of this slide",
+        }[(self.mode, self.automatic)]
         return f"{self.threshold:.2f} ({how})"
 
 
@@ -75,8 +77,7 @@ def _used_markers(prediction: Prediction, markers) -> tuple[list[str], list[str]
     return used, missing
 
 
-def tumor_score(prediction: Prediction, markers, *, absolute: bool = False
-                ) -> tuple[np.ndarray, list[str], list[str]]:
+def tumor_score(prediction: Prediction, markers, *, absolute: bool = False) -> tuple[np.ndarray, list[str], list[str]]:
     """Mean z-score of the predicted marker genes present.
 
     Parameters
@@ -101,8 +102,16 @@ def tumor_score(prediction: Prediction, markers, *, absolute: bool = False
     return z.mean(1), used, missing
 
 
-def tumor_mask(prediction: Prediction, markers=None, *, threshold: float | None = None, mode: str = "auto",
-               include_out_of_domain: bool = False, min_island_spots: int = 3, max_hole_spots: int = 2) -> TumorMask:
+def tumor_mask(
+    prediction: Prediction,
+    markers=None,
+    *,
+    threshold: float | None = None,
+    mode: str = "auto",
+    include_out_of_domain: bool = False,
+    min_island_spots: int = 3,
+    max_hole_spots: int = 2,
+) -> TumorMask:
     """Threshold the tumour score into a mask on the spot grid and clean it.
 
     Parameters
@@ -136,19 +145,27 @@ def tumor_mask(prediction: Prediction, markers=None, *, threshold: float | None 
     cal = prediction.meta.get("tumor_calibration") or {}
     note = ""
     if mode == "absolute" and not cal:
-        raise ValueError("mode='absolute' needs a model with a tumour calibration (this one has none; "
-                         "recalibrate it with 'stpredict train --calibrate')")
+        raise ValueError(
+            "mode='absolute' needs a model with a tumour calibration (this one has none; "
+            "recalibrate it with 'stpredict train --calibrate')"
+        )
     if mode == "auto":
         mode = "absolute" if cal else "slide"
         if not cal:
             note = "the model carries no tumour calibration: threshold chosen per slide"
     calibrated_panel = {g.upper() for g in cal.get("markers", [])}
-    if mode == "absolute" and threshold is None and (cal.get("threshold") is None
-                                                     or {m.upper() for m in markers} != calibrated_panel):
+    if (
+        mode == "absolute"
+        and threshold is None
+        and (cal.get("threshold") is None or {m.upper() for m in markers} != calibrated_panel)
+    ):
         # The calibrated threshold belongs to the calibrated panel; other markers get a per-slide one.
         mode = "slide"
-        note = ("the calibrated threshold applies to the model's marker panel only: threshold chosen per slide"
-                if cal.get("threshold") is not None else "the model's calibration has no threshold: chosen per slide")
+        note = (
+            "the calibrated threshold applies to the model's marker panel only: threshold chosen per slide"
+            if cal.get("threshold") is not None
+            else "the model's calibration has no threshold: chosen per slide"
+        )
     score, used, missing = tumor_score(prediction, markers, absolute=mode == "absolute")
     automatic = threshold is None
     if automatic:
@@ -171,12 +188,23 @@ def tumor_mask(prediction: Prediction, markers=None, *, threshold: float | None 
     tumour = morphology.remove_small_objects(tumour, max_size=max(0, min_island_spots - 1))
     # Hole filling must not bring back out-of-domain spots.
     tumour = morphology.remove_small_holes(tumour, max_size=max_hole_spots) & tissue & ~ood_cells
-    return TumorMask(score, float(threshold), automatic, used, missing, tumour.astype(np.uint8), tissue,
-                     mode=mode, excluded_out_of_domain=excluded, note=note)
+    return TumorMask(
+        score,
+        float(threshold),
+        automatic,
+        used,
+        missing,
+        tumour.astype(np.uint8),
+        tissue,
+        mode=mode,
+        excluded_out_of_domain=excluded,
+        note=note,
+    )
 
 
-def mask_polygons(raster: np.ndarray, origin: tuple[float, float], stride: tuple[float, float]
-                  ) -> list[list[np.ndarray]]:
+def mask_polygons(
+    raster: np.ndarray, origin: tuple[float, float], stride: tuple[float, float]
+) -> list[list[np.ndarray]]:
     """Polygons (outer ring, then hole rings) around each connected region of a grid mask.
 
     Rings are closed ``(n, 2)`` arrays of level-0 ``(x, y)``; a grid cell covers
@@ -222,12 +250,18 @@ def polygons_geojson(polygons, *, name: str = "Tumour (predicted)", properties: 
             if (k == 0 and area < 0) or (k > 0 and area > 0):
                 pts = pts[::-1]
             coords.append(pts)
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": coords},
-            "properties": {"objectType": "annotation", "name": name,
-                           "classification": {"name": "Tumor", "color": [200, 0, 0]}, **(properties or {})},
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": coords},
+                "properties": {
+                    "objectType": "annotation",
+                    "name": name,
+                    "classification": {"name": "Tumor", "color": [200, 0, 0]},
+                    **(properties or {}),
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..errors import SlideFormatError, SlideNotFoundError
 
-__all__ = ["check_regular_file", "check_tiff_ifd_chain", "MAX_UNPYRAMIDED_PIXELS", "MAX_TIFF_IFDS",
-           "MIN_PLAUSIBLE_MPP"]
+__all__ = ["check_regular_file", "check_tiff_ifd_chain", "MAX_UNPYRAMIDED_PIXELS", "MAX_TIFF_IFDS", "MIN_PLAUSIBLE_MPP"]
 
 #: A level must be read whole for the thumbnail when no coarser one exists: above this
 #: many pixels (about 1.5 GB of RGB) the slide needs a pyramid.
@@ -43,8 +42,9 @@ def check_regular_file(path: Path) -> None:
         raise SlideNotFoundError(f"Slide file not found: {path}") from None
     except OSError as exc:  # ELOOP and friends
         if Path(path).is_symlink():
-            raise SlideFormatError(f"{path}: a symbolic link that cannot be resolved ({exc.strerror}); "
-                                   "a link loop?") from None
+            raise SlideFormatError(
+                f"{path}: a symbolic link that cannot be resolved ({exc.strerror}); a link loop?"
+            ) from None
         raise SlideFormatError(f"{path}: cannot be accessed ({exc.strerror})") from None
     if stat.S_ISDIR(mode):
         raise SlideFormatError(f"{path} is a folder; open one slide file inside it")
@@ -87,11 +87,14 @@ def check_tiff_ifd_chain(path: Path, *, max_ifds: int = MAX_TIFF_IFDS) -> int:
         seen: set[int] = set()
         while offset:
             if offset in seen:
-                raise SlideFormatError(f"{path}: the TIFF's image directories form a loop (directory "
-                                       f"{len(seen) + 1} points back to an earlier one); the file is corrupt")
+                raise SlideFormatError(
+                    f"{path}: the TIFF's image directories form a loop (directory "
+                    f"{len(seen) + 1} points back to an earlier one); the file is corrupt"
+                )
             if len(seen) >= max_ifds:
-                raise SlideFormatError(f"{path}: the TIFF has more than {max_ifds:,} image directories; the file "
-                                       "is corrupt or not a slide")
+                raise SlideFormatError(
+                    f"{path}: the TIFF has more than {max_ifds:,} image directories; the file is corrupt or not a slide"
+                )
             if offset + count_size > size:
                 break
             seen.add(offset)

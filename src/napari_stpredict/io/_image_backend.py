@@ -33,7 +33,8 @@ class PillowSlide(ArraySlide):
                 if width * height > MAX_UNPYRAMIDED_PIXELS:
                     raise SlideFormatError(
                         f"{path}: the image declares {width:,} x {height:,} px, more than a plain image can be "
-                        f"loaded into memory ({MAX_UNPYRAMIDED_PIXELS:,} px); save it as a pyramidal TIFF")
+                        f"loaded into memory ({MAX_UNPYRAMIDED_PIXELS:,} px); save it as a pyramidal TIFF"
+                    )
                 fmt = (im.format or "image").lower()
                 image = np.asarray(im.convert("RGB"))
         except SlideFormatError:

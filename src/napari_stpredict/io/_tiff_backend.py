@@ -221,12 +221,17 @@ class TiffSlide(Slide):
                 f"(x, y) = ({round(x0 * ds)}, {round(y0 * ds)}), level {level}: {exc}"
             ) from exc
         rgb = _to_rgb(np.asarray(data), self._axes)
-        return paste_region(rgb, (x0 - sx0, y0 - sy0), size) if (sx0, sy0, sx1, sy1) != (
-            x0,
-            y0,
-            x0 + width,
-            y0 + height,
-        ) else rgb
+        return (
+            paste_region(rgb, (x0 - sx0, y0 - sy0), size)
+            if (sx0, sy0, sx1, sy1)
+            != (
+                x0,
+                y0,
+                x0 + width,
+                y0 + height,
+            )
+            else rgb
+        )
 
     def close(self) -> None:
         with self._lock:

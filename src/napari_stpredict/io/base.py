@@ -206,9 +206,7 @@ class Slide(ABC):
         assert region.shape == (height, width, 3) and region.dtype == np.uint8, region.shape
         return region
 
-    def read_region_at_mpp(
-        self, l0_location: tuple[int, int], size: tuple[int, int], mpp: float
-    ) -> np.ndarray:
+    def read_region_at_mpp(self, l0_location: tuple[int, int], size: tuple[int, int], mpp: float) -> np.ndarray:
         """Read a region resampled to a requested resolution.
 
         The best pyramid level is read (the coarsest that is at least as fine as
@@ -305,9 +303,7 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized)
 
 
-def paste_region(
-    source: np.ndarray, level_xy: tuple[int, int], size: tuple[int, int], fill: int = 255
-) -> np.ndarray:
+def paste_region(source: np.ndarray, level_xy: tuple[int, int], size: tuple[int, int], fill: int = 255) -> np.ndarray:
     """Cut ``size`` pixels at ``level_xy`` out of an in-memory level, padding outside with ``fill``."""
     x0, y0 = level_xy
     width, height = size

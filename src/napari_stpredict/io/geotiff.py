@@ -36,10 +36,17 @@ def geotiff_transform(l0_origin: tuple[float, float], l0_stride: tuple[float, fl
 
 def provenance_tags(*, slide, model, mpp, patch_um, stride_um) -> dict[str, Any]:
     """GDAL metadata items every exported raster carries (no folder path, no label)."""
-    return {"SLIDE": slide, "MODEL": model, "MPP_X": mpp[0], "MPP_Y": mpp[1], "PATCH_UM": patch_um,
-            "STRIDE_UM": stride_um,
-            "COORDINATES": "level-0 slide pixels (x right, y down); multiply by MPP for micrometres",
-            "SOFTWARE": "napari-stpredict", "NOTE": "Research use only; not for diagnosis."}
+    return {
+        "SLIDE": slide,
+        "MODEL": model,
+        "MPP_X": mpp[0],
+        "MPP_Y": mpp[1],
+        "PATCH_UM": patch_um,
+        "STRIDE_UM": stride_um,
+        "COORDINATES": "level-0 slide pixels (x right, y down); multiply by MPP for micrometres",
+        "SOFTWARE": "napari-stpredict",
+        "NOTE": "Research use only; not for diagnosis.",
+    }
 
 
 def _gdal_metadata(items: dict[str, Any]) -> str:
@@ -99,10 +106,16 @@ def write_geotiff(
         with tifffile.TiffWriter(tmp) as tif:
             for i, level in enumerate(levels):
                 t = min(tile, max(16, 16 * int(np.ceil(max(level.shape) / 16))))
-                tif.write(level, tile=(t, t), compression="zlib", predictor=3 if level.dtype == np.float32 else 2,
-                          subfiletype=0 if i == 0 else 1, photometric="minisblack", metadata=None,
-                          extratags=extratags if i == 0 else [
-                              e for e in extratags if e[0] in (_GDAL_NODATA,)])
+                tif.write(
+                    level,
+                    tile=(t, t),
+                    compression="zlib",
+                    predictor=3 if level.dtype == np.float32 else 2,
+                    subfiletype=0 if i == 0 else 1,
+                    photometric="minisblack",
+                    metadata=None,
+                    extratags=extratags if i == 0 else [e for e in extratags if e[0] in (_GDAL_NODATA,)],
+                )
     return path
 
 

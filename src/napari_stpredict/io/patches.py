@@ -21,6 +21,7 @@ def read_patches(slide: Slide, l0_centres: np.ndarray, patch_um: float, input_px
     out = np.empty((len(l0_centres), input_px, input_px, 3), np.uint8)
     target_mpp = patch_um / input_px
     for i, (cx, cy) in enumerate(np.asarray(l0_centres, float)):
-        out[i] = slide.read_region_at_mpp((int(round(cx - half_x)), int(round(cy - half_y))),
-                                          (input_px, input_px), target_mpp)
+        out[i] = slide.read_region_at_mpp(
+            (int(round(cx - half_x)), int(round(cy - half_y))), (input_px, input_px), target_mpp
+        )
     return out

@@ -203,8 +203,9 @@ def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_im
         barcodes = [b.decode() for b in m["barcodes"][:]]
         gene_ids = [g.decode() for g in m["features/id"][:]]
         names = [g.decode() for g in m["features/name"][:]]
-    positions_path = next((p for p in (spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv")
-                           if p.exists()), None)
+    positions_path = next(
+        (p for p in (spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv") if p.exists()), None
+    )
     if positions_path is None:
         raise STDataError(f"{folder}: no spatial/tissue_positions.csv or tissue_positions_list.csv")
     cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
@@ -214,8 +215,9 @@ def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_im
     positions = positions.set_index("barcode")
     missing = [b for b in barcodes if b not in positions.index]
     if missing:
-        raise STDataError(f"{positions_path}: {len(missing)} barcodes of the matrix have no position, "
-                          f"e.g. {missing[0]}")
+        raise STDataError(
+            f"{positions_path}: {len(missing)} barcodes of the matrix have no position, e.g. {missing[0]}"
+        )
     positions = positions.loc[barcodes]
     scalefactors = json.loads((spatial / "scalefactors_json.json").read_text(encoding="utf-8"))
     library_id = library_id or folder.name

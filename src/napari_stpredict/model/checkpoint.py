@@ -67,8 +67,9 @@ def save_checkpoint(
         "io": to_dict(io),
         "state_dict": {k: pack(v) for k, v in model.state_dict().items()},
         "bank": {"embeddings": pack(bank_embeddings), "expression": pack(bank_expression)},
-        "ridge": None if ridge is None else {"weight": pack(ridge.weight), "bias": pack(ridge.bias),
-                                            "alpha": float(ridge.alpha)},
+        "ridge": None
+        if ridge is None
+        else {"weight": pack(ridge.weight), "bias": pack(ridge.bias), "alpha": float(ridge.alpha)},
         "provenance": provenance or {},
         "evaluation": evaluation or {},
     }
@@ -76,8 +77,11 @@ def save_checkpoint(
         payload["calibration"] = {
             **calibration,
             "domain": {**calibration["domain"], "reference": pack(calibration["domain"]["reference"])},
-            "tumor": {**calibration["tumor"], "gene_mean": calibration["tumor"]["gene_mean"].detach().cpu().float(),
-                      "gene_std": calibration["tumor"]["gene_std"].detach().cpu().float()},
+            "tumor": {
+                **calibration["tumor"],
+                "gene_mean": calibration["tumor"]["gene_mean"].detach().cpu().float(),
+                "gene_std": calibration["tumor"]["gene_std"].detach().cpu().float(),
+            },
         }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,8 +113,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         import pickle
 
         if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
-            reason = ("it is not a torch file, or it holds pickled Python objects, which are refused for "
-                      "safety (a napari-stpredict checkpoint holds only tensors and plain values)")
+            reason = (
+                "it is not a torch file, or it holds pickled Python objects, which are refused for "
+                "safety (a napari-stpredict checkpoint holds only tensors and plain values)"
+            )
         else:
             reason = f"{type(exc).__name__}: {exc}"
         raise _fail(path, f"not a readable napari-stpredict checkpoint: {reason}") from exc
@@ -118,8 +124,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise _fail(path, f"not a napari-stpredict checkpoint (no format tag {FORMAT!r})")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
-        raise _fail(path, f"format version {version!r} is not supported (this version reads {FORMAT_VERSION}); "
-                          "update napari-stpredict or re-export the model")
+        raise _fail(
+            path,
+            f"format version {version!r} is not supported (this version reads {FORMAT_VERSION}); "
+            "update napari-stpredict or re-export the model",
+        )
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise _fail(path, f"missing keys: {', '.join(missing)}")
@@ -138,15 +147,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(bank, dict) or "embeddings" not in bank or "expression" not in bank:
         raise _fail(path, "bank must hold 'embeddings' and 'expression'")
     if bank["expression"].ndim != 2 or bank["expression"].shape[1] != len(genes):
-        raise _fail(path, f"bank expression has shape {tuple(bank['expression'].shape)}, "
-                          f"expected (spots, {len(genes)})")
+        raise _fail(
+            path, f"bank expression has shape {tuple(bank['expression'].shape)}, expected (spots, {len(genes)})"
+        )
     if bank["embeddings"].shape != (bank["expression"].shape[0], config.embed_dim):
-        raise _fail(path, f"bank embeddings have shape {tuple(bank['embeddings'].shape)}, expected "
-                          f"({bank['expression'].shape[0]}, {config.embed_dim})")
+        raise _fail(
+            path,
+            f"bank embeddings have shape {tuple(bank['embeddings'].shape)}, expected "
+            f"({bank['expression'].shape[0]}, {config.embed_dim})",
+        )
     ridge = data.get("ridge")
     if ridge is not None and tuple(ridge["weight"].shape) != (config.embed_dim, len(genes)):
-        raise _fail(path, f"ridge head has shape {tuple(ridge['weight'].shape)}, "
-                          f"expected ({config.embed_dim}, {len(genes)})")
+        raise _fail(
+            path, f"ridge head has shape {tuple(ridge['weight'].shape)}, expected ({config.embed_dim}, {len(genes)})"
+        )
     tensors = {f"state_dict.{k}": v for k, v in data["state_dict"].items()}
     tensors.update({f"bank.{k}": v for k, v in bank.items()})
     if ridge is not None:
@@ -171,6 +185,7 @@ _EMBED_DIM = (8, 4096)
 
 def _check_values(path: Path, config: ModelConfig, io: IOContract) -> None:
     """Refuse architecture and IO values that pass type checks but cannot be right."""
+
     def number(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -179,8 +194,11 @@ def _check_values(path: Path, config: ModelConfig, io: IOContract) -> None:
     if not (isinstance(io.input_px, int) and _INPUT_PX[0] <= io.input_px <= _INPUT_PX[1]):
         raise _fail(path, f"io.input_px must be an integer from {_INPUT_PX[0]} to {_INPUT_PX[1]}, got {io.input_px!r}")
     if not (isinstance(config.embed_dim, int) and _EMBED_DIM[0] <= config.embed_dim <= _EMBED_DIM[1]):
-        raise _fail(path, f"model_config.embed_dim must be an integer from {_EMBED_DIM[0]} to {_EMBED_DIM[1]}, "
-                          f"got {config.embed_dim!r}")
+        raise _fail(
+            path,
+            f"model_config.embed_dim must be an integer from {_EMBED_DIM[0]} to {_EMBED_DIM[1]}, "
+            f"got {config.embed_dim!r}",
+        )
     for name in ("mean", "std"):
         values = getattr(io, name)
         if len(values) != 3 or not all(number(v) for v in values):
@@ -191,8 +209,11 @@ def _check_values(path: Path, config: ModelConfig, io: IOContract) -> None:
     if not backbone or any(c in backbone for c in ":/\\"):
         # timm resolves "hf-hub:org/name" and "org/name" from a model hub, over the network,
         # even without weights; a checkpoint holds all its weights and needs no download.
-        raise _fail(path, f"model_config.backbone must be a plain timm architecture name, got {backbone!r} "
-                          "(hub references are refused: nothing is downloaded at run time)")
+        raise _fail(
+            path,
+            f"model_config.backbone must be a plain timm architecture name, got {backbone!r} "
+            "(hub references are refused: nothing is downloaded at run time)",
+        )
 
 
 def _positive(value) -> bool:
@@ -216,8 +237,11 @@ def _check_calibration(path: Path, cal: Any, n_genes: int) -> None:
         t = tumor.get(key)
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n_genes,):
             raise _fail(path, f"calibration.tumor.{key} must be a tensor of {n_genes} values (one per gene)")
-    tensors = {"calibration.domain.reference": ref, "calibration.tumor.gene_mean": tumor["gene_mean"],
-               "calibration.tumor.gene_std": tumor["gene_std"]}
+    tensors = {
+        "calibration.domain.reference": ref,
+        "calibration.tumor.gene_mean": tumor["gene_mean"],
+        "calibration.tumor.gene_std": tumor["gene_std"],
+    }
     for name, t in tensors.items():
         if not torch.isfinite(t).all():
             raise _fail(path, f"{name} holds NaN or infinite values")

@@ -46,8 +46,12 @@ class GeneTokenizer(nn.Module):
         super().__init__()
         self.n_tokens, self.dim = n_tokens, dim
         self.mlp = nn.Sequential(
-            nn.Linear(n_genes, dim), nn.SELU(), nn.AlphaDropout(dropout),
-            nn.Linear(dim, n_tokens * dim), nn.SELU(), nn.AlphaDropout(dropout),
+            nn.Linear(n_genes, dim),
+            nn.SELU(),
+            nn.AlphaDropout(dropout),
+            nn.Linear(dim, n_tokens * dim),
+            nn.SELU(),
+            nn.AlphaDropout(dropout),
         )
 
     def forward(self, expression: torch.Tensor) -> torch.Tensor:
@@ -78,7 +82,9 @@ def _create_backbone(config: ModelConfig) -> nn.Module:
     try:
         if config.backbone_weights:
             return timm.create_model(
-                config.backbone, pretrained=True, pretrained_cfg_overlay={"file": str(config.backbone_weights)},
+                config.backbone,
+                pretrained=True,
+                pretrained_cfg_overlay={"file": str(config.backbone_weights)},
                 **kwargs,
             )
         return timm.create_model(config.backbone, pretrained=False, **kwargs)

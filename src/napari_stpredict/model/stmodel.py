@@ -145,7 +145,7 @@ class STModel:
 
     def embed_many(self, patches: np.ndarray, *, batch_size: int = 128) -> torch.Tensor:
         """Image embeddings of any number of uint8 patches, computed in batches."""
-        return torch.cat([self.embed(patches[i:i + batch_size]) for i in range(0, len(patches), batch_size)])
+        return torch.cat([self.embed(patches[i : i + batch_size]) for i in range(0, len(patches), batch_size)])
 
     @torch.inference_mode()
     def predict_embeddings(
@@ -175,8 +175,10 @@ class STModel:
         return pred.cpu().numpy(), conf.cpu().numpy()
 
     def __repr__(self) -> str:
-        return (f"<STModel {self.config.backbone}, {len(self.genes)} genes, bank {len(self.bank)} spots, "
-                f"{self.io.patch_um:g} µm / {self.io.input_px} px, on {self.device}>")
+        return (
+            f"<STModel {self.config.backbone}, {len(self.genes)} genes, bank {len(self.bank)} spots, "
+            f"{self.io.patch_um:g} µm / {self.io.input_px} px, on {self.device}>"
+        )
 
 
 def load_model(path: str | Path | None = None, *, device: str | torch.device = "auto") -> STModel:
@@ -212,8 +214,19 @@ def load_model(path: str | Path | None = None, *, device: str | torch.device = "
     if calibration is not None:
         n_features = network.backbone.num_features
         if calibration["domain"]["reference"].shape[1] != n_features:
-            raise CheckpointError(f"checkpoint {path}: calibration.domain.reference has "
-                                  f"{calibration['domain']['reference'].shape[1]} features per image, the backbone "
-                                  f"gives {n_features}")
-    return STModel(network, data["io"], bank, ridge, provenance=data["provenance"], evaluation=data.get("evaluation"),
-                   calibration=calibration, source=path.name, device=device)
+            raise CheckpointError(
+                f"checkpoint {path}: calibration.domain.reference has "
+                f"{calibration['domain']['reference'].shape[1]} features per image, the backbone "
+                f"gives {n_features}"
+            )
+    return STModel(
+        network,
+        data["io"],
+        bank,
+        ridge,
+        provenance=data["provenance"],
+        evaluation=data.get("evaluation"),
+        calibration=calibration,
+        source=path.name,
+        device=device,
+    )

@@ -23,8 +23,9 @@ def _hed_jitter(x: torch.Tensor, sigma: float, generator: torch.Generator | None
     return torch.exp(-od).clamp(0, 1)
 
 
-def augment_batch(x: torch.Tensor, *, hed_sigma: float = 0.05, brightness: float = 0.05,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, *, hed_sigma: float = 0.05, brightness: float = 0.05, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Augment RGB tensors in ``[0, 1]``, shape ``(B, 3, H, W)``: dihedral flips/rotations,
     stain (HED) jitter and mild brightness; each image gets its own draw."""
     b = x.shape[0]

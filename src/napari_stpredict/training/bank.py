@@ -14,8 +14,15 @@ import numpy as np
 __all__ = ["rebuild_bank"]
 
 
-def rebuild_bank(checkpoint: str | Path, out: str | Path, *, bank_sections: list[str], her2st: str | None,
-                 max_bank: int = 6000, seed: int = 0) -> Path:
+def rebuild_bank(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    bank_sections: list[str],
+    her2st: str | None,
+    max_bank: int = 6000,
+    seed: int = 0,
+) -> Path:
     """Write a copy of ``checkpoint`` whose bank is its training spots plus ``bank_sections``.
 
     The confidence reference and the trust calibration (out-of-domain score, tumour
@@ -32,27 +39,45 @@ def rebuild_bank(checkpoint: str | Path, out: str | Path, *, bank_sections: list
     model = load_model(checkpoint, device="cpu")
     prov = dict(model.provenance)
     genes, io = model.genes, model.io
-    train = SpotSet.concat([section_spots(s, her2st, genes, patch_um=io.patch_um, input_px=io.input_px,
-                                          cache_dir=Path("runs/cache")) for s in prov["train_sections"]])
+    train = SpotSet.concat(
+        [
+            section_spots(s, her2st, genes, patch_um=io.patch_um, input_px=io.input_px, cache_dir=Path("runs/cache"))
+            for s in prov["train_sections"]
+        ]
+    )
     extra = [section_spots(s, her2st, genes) for s in bank_sections]
     expression = np.concatenate([train.expression] + [e.expression for e in extra])
     if len(expression) > max_bank:
         rng = np.random.default_rng(seed)
-        keep = np.concatenate([np.arange(len(train)),
-                               rng.choice(np.arange(len(train), len(expression)), max_bank - len(train),
-                                          replace=False)])
+        keep = np.concatenate(
+            [
+                np.arange(len(train)),
+                rng.choice(np.arange(len(train), len(expression)), max_bank - len(train), replace=False),
+            ]
+        )
         expression = expression[np.sort(keep)]
     with torch.inference_mode():
         bank_emb = model.network.encode_expression(torch.from_numpy(expression))
         train_emb = model.embed_many(train.patches)
-    prov.update(bank_sections=list(bank_sections), bank_spots=int(len(expression)),
-                confidence_reference=_confidence_reference(train_emb, bank_emb, 50))
+    prov.update(
+        bank_sections=list(bank_sections),
+        bank_spots=int(len(expression)),
+        confidence_reference=_confidence_reference(train_emb, bank_emb, 50),
+    )
     from ..model import ReferenceBank
     from .calibration import compute_calibration
 
     model.bank = ReferenceBank(bank_emb, torch.from_numpy(expression))
     model.provenance = prov
     calibration = compute_calibration(model, train)
-    return save_checkpoint(out, model=model.network, io=io, bank_embeddings=bank_emb,
-                           bank_expression=torch.from_numpy(expression), ridge=model.ridge, provenance=prov,
-                           evaluation=model.evaluation, calibration=calibration)
+    return save_checkpoint(
+        out,
+        model=model.network,
+        io=io,
+        bank_embeddings=bank_emb,
+        bank_expression=torch.from_numpy(expression),
+        ridge=model.ridge,
+        provenance=prov,
+        evaluation=model.evaluation,
+        calibration=calibration,
+    )

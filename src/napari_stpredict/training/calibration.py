@@ -111,11 +111,13 @@ def compute_calibration(model, train, *, markers: list[str] | None = None, top_k
     n = len(train)
     bank_head = model.bank.expression[:n].cpu().numpy()
     if bank_head.shape[0] < n or not np.allclose(bank_head, train.expression, atol=2e-2):
-        raise ValueError("the model's bank does not start with its training spots in order; cannot leave a "
-                         "section out of it for calibration (retrain, or rebuild the bank with --rebuild-bank)")
+        raise ValueError(
+            "the model's bank does not start with its training spots in order; cannot leave a "
+            "section out of it for calibration (retrain, or rebuild the bank with --rebuild-bank)"
+        )
     embs, feats = [], []
     for i in range(0, n, 128):
-        e, f = model.embed_with_features(train.patches[i:i + 128])
+        e, f = model.embed_with_features(train.patches[i : i + 128])
         embs.append(e)
         feats.append(f)
     emb = torch.cat(embs)
@@ -136,8 +138,10 @@ def compute_calibration(model, train, *, markers: list[str] | None = None, top_k
         keep[:n] = torch.from_numpy(others)
         query = emb[torch.from_numpy(inside).to(emb.device)]
         if keep.any():
-            bank = ReferenceBank(model.bank.embeddings[keep.to(model.bank.embeddings.device)],
-                                 model.bank.expression[keep.to(model.bank.expression.device)])
+            bank = ReferenceBank(
+                model.bank.embeddings[keep.to(model.bank.embeddings.device)],
+                model.bank.expression[keep.to(model.bank.expression.device)],
+            )
             pred, _ = retrieve(query, bank, top_k=top_k)
         else:  # the bank is this one section: leave each spot's own entry out instead
             pred = _retrieve_leaving_out(query, model.bank, np.flatnonzero(inside), top_k)
@@ -151,30 +155,47 @@ def compute_calibration(model, train, *, markers: list[str] | None = None, top_k
     panel = list(markers if markers is not None else model.provenance.get("markers", {}).get("panel", []))
     index = {g.upper(): i for i, g in enumerate(model.genes)}
     used = [g for g in panel if g.upper() in index]
-    tumor: dict[str, Any] = {"markers": used, "gene_mean": torch.from_numpy(gene_mean),
-                             "gene_std": torch.from_numpy(gene_std), "threshold": None, "training_auc": None,
-                             "sensitivity": None, "specificity": None,
-                             "how": "predicted expression of the training spots, each section's spots retrieved "
-                                    "from the bank without that section; threshold: Youden's J against the "
-                                    "data's cancer labels"}
+    tumor: dict[str, Any] = {
+        "markers": used,
+        "gene_mean": torch.from_numpy(gene_mean),
+        "gene_std": torch.from_numpy(gene_std),
+        "threshold": None,
+        "training_auc": None,
+        "sensitivity": None,
+        "specificity": None,
+        "how": "predicted expression of the training spots, each section's spots retrieved "
+        "from the bank without that section; threshold: Youden's J against the "
+        "data's cancer labels",
+    }
     known = train.tumor >= 0
     if used and known.any() and len(np.unique(train.tumor[known])) == 2:
         idx = [index[g.upper()] for g in used]
         score = ((predicted[:, idx] - gene_mean[idx]) / gene_std[idx]).mean(1)
         label = train.tumor[known] == 1
         t, sens, spec = youden_threshold(score[known], label)
-        tumor.update(threshold=round(t, 4), training_auc=round(float(roc_auc(score[known], label)), 4),
-                     sensitivity=round(sens, 4), specificity=round(spec, 4),
-                     cancer_share=round(float(label.mean()), 4))
+        tumor.update(
+            threshold=round(t, 4),
+            training_auc=round(float(roc_auc(score[known], label)), 4),
+            sensitivity=round(sens, 4),
+            specificity=round(spec, 4),
+            cancer_share=round(float(label.mean()), 4),
+        )
     return {
         "version": 1,
-        "domain": {"reference": torch.from_numpy(features), "k": DOMAIN_K, "threshold": threshold,
-                   "quantile": DOMAIN_QUANTILE, "partly_share": PARTLY_SHARE, "out_share": OUT_SHARE,
-                   "held_out_share": held_out_share, "sections": sections,
-                   "measure": f"mean cosine distance of pooled backbone features to the {DOMAIN_K} most similar "
-                              "training images",
-                   "how": "threshold: the quantile of that distance on each training section scored against the "
-                          "other sections' images"},
+        "domain": {
+            "reference": torch.from_numpy(features),
+            "k": DOMAIN_K,
+            "threshold": threshold,
+            "quantile": DOMAIN_QUANTILE,
+            "partly_share": PARTLY_SHARE,
+            "out_share": OUT_SHARE,
+            "held_out_share": held_out_share,
+            "sections": sections,
+            "measure": f"mean cosine distance of pooled backbone features to the {DOMAIN_K} most similar "
+            "training images",
+            "how": "threshold: the quantile of that distance on each training section scored against the "
+            "other sections' images",
+        },
         "tumor": tumor,
     }
 
@@ -199,15 +220,33 @@ def calibrate_checkpoint(checkpoint, out, *, her2st: str | None, cache_dir=None)
     data = read_checkpoint(checkpoint)
     model = load_model(checkpoint, device="cpu")
     io = model.io
-    train = SpotSet.concat([section_spots(s, her2st, model.genes, patch_um=io.patch_um, input_px=io.input_px,
-                                          cache_dir=Path(cache_dir) if cache_dir else None)
-                            for s in model.provenance["train_sections"]])
+    train = SpotSet.concat(
+        [
+            section_spots(
+                s,
+                her2st,
+                model.genes,
+                patch_um=io.patch_um,
+                input_px=io.input_px,
+                cache_dir=Path(cache_dir) if cache_dir else None,
+            )
+            for s in model.provenance["train_sections"]
+        ]
+    )
     calibration = compute_calibration(model, train)
     half = data["bank"]["embeddings"].dtype == _half()
-    return save_checkpoint(out, model=model.network, io=io, bank_embeddings=data["bank"]["embeddings"].float(),
-                           bank_expression=data["bank"]["expression"].float(), ridge=model.ridge,
-                           provenance=model.provenance, evaluation=model.evaluation, calibration=calibration,
-                           half=half)
+    return save_checkpoint(
+        out,
+        model=model.network,
+        io=io,
+        bank_embeddings=data["bank"]["embeddings"].float(),
+        bank_expression=data["bank"]["expression"].float(),
+        ridge=model.ridge,
+        provenance=model.provenance,
+        evaluation=model.evaluation,
+        calibration=calibration,
+        half=half,
+    )
 
 
 def _half():

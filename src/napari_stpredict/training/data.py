@@ -74,8 +74,14 @@ class SpotSet:
     def subset(self, mask: np.ndarray) -> SpotSet:
         """The spots where ``mask`` is True."""
         return SpotSet(
-            self.genes, self.expression[mask], self.section[mask], self.patient[mask], self.tumor[mask],
-            self.xy[mask], None if self.patches is None else self.patches[mask], dict(self.meta),
+            self.genes,
+            self.expression[mask],
+            self.section[mask],
+            self.patient[mask],
+            self.tumor[mask],
+            self.xy[mask],
+            None if self.patches is None else self.patches[mask],
+            dict(self.meta),
         )
 
     @staticmethod
@@ -112,8 +118,9 @@ def spot_set(adata, genes: list[str]) -> SpotSet:
     )
 
 
-def attach_her2st_patches(spots: SpotSet, root: str | Path, section: str, patch_um: float, input_px: int,
-                          cache_dir: Path | None = None) -> SpotSet:
+def attach_her2st_patches(
+    spots: SpotSet, root: str | Path, section: str, patch_um: float, input_px: int, cache_dir: Path | None = None
+) -> SpotSet:
     """Read a her2st section's patches at its spot centres (cached as .npy in ``cache_dir``)."""
     cache = None
     if cache_dir is not None:

@@ -42,8 +42,10 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
     "loso_C": {
         "label": "leave-one-section-out within patient C (optimistic: adjacent slices in training)",
-        "folds": {f"test_{s}": {"train": ["B4"] + [c for c in IMAGED_C if c != s], "test": [s], "patient": None}
-                  for s in IMAGED_C},
+        "folds": {
+            f"test_{s}": {"train": ["B4"] + [c for c in IMAGED_C if c != s], "test": [s], "patient": None}
+            for s in IMAGED_C
+        },
     },
 }
 
@@ -90,8 +92,11 @@ def _fold_train_config(cfg: EvalConfig, protocol: str, fold: str, variant: str, 
     # the bank; the held-out patient's (or, within C, the held-out section's) never do.
     held_out_patient = spec["patient"]
     held_out = set(spec["test"])
-    others = [s for s in her2st_sections(tc.her2st) if s not in held_out and s not in tc.train_sections
-              and (held_out_patient is None or s[0] != held_out_patient)]
+    others = [
+        s
+        for s in her2st_sections(tc.her2st)
+        if s not in held_out and s not in tc.train_sections and (held_out_patient is None or s[0] != held_out_patient)
+    ]
     tc.marker_sections = others
     tc.bank_sections = others if cfg.bank_other_patients else []
     return tc
@@ -116,8 +121,12 @@ def fold_recipe(cfg: EvalConfig, protocol: str, fold: str, variant: str, quick: 
         (output and cache folders and the device do not count).
     """
     tc = recipe_fields(_fold_train_config(cfg, protocol, fold, variant, quick))
-    relevant = {"train": tc, "variant": variant, "bank_other_patients": cfg.bank_other_patients,
-                "n_genes_set": cfg.n_genes_set}
+    relevant = {
+        "train": tc,
+        "variant": variant,
+        "bank_other_patients": cfg.bank_other_patients,
+        "n_genes_set": cfg.n_genes_set,
+    }
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -153,14 +162,22 @@ def result_is_current(path: Path, recipe: str, steps: int | None = None) -> bool
             return True
         stored, recipe = f"{stored_steps} steps", f"{steps} steps"
     if stored != recipe:
-        raise ValueError(f"{path}: computed with another training recipe than this configuration's "
-                         f"({stored}, now {recipe}); move that results folder aside or set another "
-                         "out_dir, so results of two recipes are never averaged together")
+        raise ValueError(
+            f"{path}: computed with another training recipe than this configuration's "
+            f"({stored}, now {recipe}); move that results folder aside or set another "
+            "out_dir, so results of two recipes are never averaged together"
+        )
     return True
 
 
-def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], sets: dict[str, list[str]],
-            tumor: np.ndarray, panel: list[str]) -> dict[str, Any]:
+def _scores(
+    pred: np.ndarray,
+    true: np.ndarray,
+    genes: list[str],
+    sets: dict[str, list[str]],
+    tumor: np.ndarray,
+    panel: list[str],
+) -> dict[str, Any]:
     r = pearson_per_gene(pred, true)
     out: dict[str, Any] = {}
     for name, subset in sets.items():
@@ -171,8 +188,11 @@ def _scores(pred: np.ndarray, true: np.ndarray, genes: list[str], sets: dict[str
     out["gene_gene"] = gene_gene_agreement(pred[:, hvg], true[:, hvg])
     known = tumor >= 0
     out["tumor_auc"] = roc_auc(tumor_score(pred[known], genes, panel), tumor[known] == 1) if known.any() else None
-    out["r_per_gene"] = {g: (None if not np.isfinite(v) else round(float(v), 4))
-                         for g, v in zip(genes, r) if g in set(sum(sets.values(), []))}
+    out["r_per_gene"] = {
+        g: (None if not np.isfinite(v) else round(float(v), 4))
+        for g, v in zip(genes, r)
+        if g in set(sum(sets.values(), []))
+    }
     return out
 
 
@@ -190,14 +210,19 @@ def _predict_sets(model, spots, top_k: int, train_expression: np.ndarray) -> dic
         train_expr = torch.from_numpy(train_expression).to(model.device)
         train_bank = ReferenceBank(model.network.encode_expression(train_expr), train_expr)
     retrieval_train, _ = retrieve(embs, train_bank, top_k=top_k)
-    return {"retrieval": retrieval.cpu().numpy(), "ridge": ridge.cpu().numpy(),
-            "retrieval_train_bank": retrieval_train.cpu().numpy()}
+    return {
+        "retrieval": retrieval.cpu().numpy(),
+        "ridge": ridge.cpu().numpy(),
+        "retrieval_train_bank": retrieval_train.cpu().numpy(),
+    }
 
 
 def _calls(called: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    return {"sensitivity": round(float((called & label).sum() / max(label.sum(), 1)), 4),
-            "specificity": round(float((~called & ~label).sum() / max((~label).sum(), 1)), 4),
-            "called_share": round(float(called.mean()), 4)}
+    return {
+        "sensitivity": round(float((called & label).sum() / max(label.sum(), 1)), 4),
+        "specificity": round(float((~called & ~label).sum() / max((~label).sum(), 1)), 4),
+        "called_share": round(float(called.mean()), 4),
+    }
 
 
 def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str]) -> dict[str, Any]:
@@ -225,10 +250,9 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str]) -> dict[
     import torch
     from skimage.filters import threshold_otsu
 
-    feats = torch.cat([model.embed_with_features(spots.patches[i:i + 128])[1]
-                       for i in range(0, len(spots), 128)])
+    feats = torch.cat([model.embed_with_features(spots.patches[i : i + 128])[1] for i in range(0, len(spots), 128)])
     cal = model.calibration
-    ood = (model.domain_distance(feats).cpu().numpy() > cal["domain"]["threshold"])
+    ood = model.domain_distance(feats).cpu().numpy() > cal["domain"]["threshold"]
     genes = model.genes
     idx = [genes.index(g) for g in panel if g in genes]
     mean = cal["tumor"]["gene_mean"].cpu().numpy()[idx]
@@ -237,16 +261,26 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str]) -> dict[
     per_slide = tumor_score(retrieval, genes, panel)
     known = spots.tumor >= 0
     label = spots.tumor[known] == 1
-    out: dict[str, Any] = {"ood_share": round(float(ood.mean()), 4), "spots": int(len(spots)),
-                           "labelled": int(known.sum()), "cancer_share": round(float(label.mean()), 4)}
+    out: dict[str, Any] = {
+        "ood_share": round(float(ood.mean()), 4),
+        "spots": int(len(spots)),
+        "labelled": int(known.sum()),
+        "cancer_share": round(float(label.mean()), 4),
+    }
     threshold = cal["tumor"]["threshold"]
     if threshold is not None:
         called = (absolute > threshold) & ~ood
-        out["absolute"] = {"threshold": threshold, "auc": round(roc_auc(absolute[known], label), 4),
-                           **_calls(called[known], label)}
+        out["absolute"] = {
+            "threshold": threshold,
+            "auc": round(roc_auc(absolute[known], label), 4),
+            **_calls(called[known], label),
+        }
     otsu = float(threshold_otsu(per_slide))
-    out["slide_otsu"] = {"threshold": round(otsu, 4), "auc": round(roc_auc(per_slide[known], label), 4),
-                         **_calls((per_slide > otsu)[known], label)}
+    out["slide_otsu"] = {
+        "threshold": round(otsu, 4),
+        "auc": round(roc_auc(per_slide[known], label), 4),
+        **_calls((per_slide > otsu)[known], label),
+    }
     return out
 
 
@@ -307,14 +341,15 @@ def fold_data(cfg: EvalConfig, protocol: str, fold: str, quick: bool = False) ->
     kw = {"patch_um": tc.io.patch_um, "input_px": tc.io.input_px, "cache_dir": Path(tc.cache_dir)}
     train = SpotSet.concat([section_spots(s, tc.her2st, genes, **kw) for s in spec["train"]])
     tests = {s: section_spots(s, tc.her2st, genes, **kw) for s in spec["test"]}
-    sets = {"heg50": top_genes(train.expression, genes, cfg.n_genes_set, by="mean"),
-            "hvg50": top_genes(train.expression, genes, cfg.n_genes_set, by="var"),
-            "markers": [g for g in panel if g in genes]}
+    sets = {
+        "heg50": top_genes(train.expression, genes, cfg.n_genes_set, by="mean"),
+        "hvg50": top_genes(train.expression, genes, cfg.n_genes_set, by="var"),
+        "markers": [g for g in panel if g in genes],
+    }
     return FoldData(tc, genes, markers, panel, train, tests, sets)
 
 
-def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None, quick: bool = False
-                  ) -> Iterator[dict]:
+def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None, quick: bool = False) -> Iterator[dict]:
     """Run folds, yielding progress; write one JSON per (protocol, fold, variant) and skip existing ones."""
     import torch
 
@@ -332,24 +367,37 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                 continue
             spec = PROTOCOLS[protocol]["folds"][fold]
             steps = _fold_train_config(cfg, protocol, fold, "cmrcnet", quick).steps
-            recipes = {v: fold_recipe(cfg, protocol, fold, v, quick)
-                       for v in (variants or list(VARIANTS) + list(BASELINES))}
-            todo = [v for v, recipe in recipes.items()
-                    if not result_is_current(out_root / protocol / fold / f"{v}.json", recipe, steps)]
+            recipes = {
+                v: fold_recipe(cfg, protocol, fold, v, quick) for v in (variants or list(VARIANTS) + list(BASELINES))
+            }
+            todo = [
+                v
+                for v, recipe in recipes.items()
+                if not result_is_current(out_root / protocol / fold / f"{v}.json", recipe, steps)
+            ]
             if not todo:
                 yield {"protocol": protocol, "fold": fold, "stage": "skip", "message": "results exist"}
                 continue
             fd = fold_data(cfg, protocol, fold, quick)
             base_tc, genes, markers, panel = fd.train_config, fd.genes, fd.markers, fd.panel
             train, tests, sets = fd.train, fd.tests, fd.sets
-            context = {"protocol": protocol, "protocol_label": PROTOCOLS[protocol]["label"], "fold": fold,
-                       "train_sections": spec["train"], "test_sections": spec["test"], "genes": len(genes),
-                       "marker_panel": markers, "gene_sets": sets, "quick": quick,
-                       "training_length": {"steps": base_tc.steps,
-                                           "epochs": None if base_tc.steps else base_tc.epochs},
-                       "bank_sections": base_tc.bank_sections}
-            ceiling = {s: roc_auc(tumor_score(t.expression[t.tumor >= 0], genes, panel), t.tumor[t.tumor >= 0] == 1)
-                       for s, t in tests.items()}
+            context = {
+                "protocol": protocol,
+                "protocol_label": PROTOCOLS[protocol]["label"],
+                "fold": fold,
+                "train_sections": spec["train"],
+                "test_sections": spec["test"],
+                "genes": len(genes),
+                "marker_panel": markers,
+                "gene_sets": sets,
+                "quick": quick,
+                "training_length": {"steps": base_tc.steps, "epochs": None if base_tc.steps else base_tc.epochs},
+                "bank_sections": base_tc.bank_sections,
+            }
+            ceiling = {
+                s: roc_auc(tumor_score(t.expression[t.tumor >= 0], genes, panel), t.tumor[t.tumor >= 0] == 1)
+                for s, t in tests.items()
+            }
             for variant in todo:
                 yield {"protocol": protocol, "fold": fold, "variant": variant, "stage": "start"}
                 results: dict[str, dict] = {}
@@ -358,8 +406,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                     tc = _fold_train_config(cfg, protocol, fold, variant, quick)
                     tc.genes = genes  # the fold's gene list, chosen once on its training data
                     run_dir = run_root / protocol / fold / variant
-                    ckpt = yield from relabelled(iter_train(tc, run_dir), protocol=protocol, fold=fold,
-                                                 variant=variant)
+                    ckpt = yield from relabelled(iter_train(tc, run_dir), protocol=protocol, fold=fold, variant=variant)
                     model = load_model(ckpt, device=tc.device)
                     # The fold's own marker panel (its model was trained on a given gene list, so
                     # its provenance holds none): calibrate the tumour threshold on it.
@@ -378,12 +425,19 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                 elif variant == "untrained":
                     model = _untrained_model(base_tc, genes, train.expression)
                     for s, t in tests.items():
-                        pred, _ = model.predict_embeddings(model.embed_many(t.patches), method="retrieval",
-                                                           top_k=base_tc.top_k)
-                        results.setdefault("retrieval", {})[s] = _scores(pred.numpy(), t.expression, genes, sets,
-                                                                         t.tumor, panel)
-                record = {**context, "variant": variant, "recipe": recipes[variant], "results": results,
-                          "tumor_auc_ceiling_measured": ceiling}
+                        pred, _ = model.predict_embeddings(
+                            model.embed_many(t.patches), method="retrieval", top_k=base_tc.top_k
+                        )
+                        results.setdefault("retrieval", {})[s] = _scores(
+                            pred.numpy(), t.expression, genes, sets, t.tumor, panel
+                        )
+                record = {
+                    **context,
+                    "variant": variant,
+                    "recipe": recipes[variant],
+                    "results": results,
+                    "tumor_auc_ceiling_measured": ceiling,
+                }
                 if trust:
                     record["trust"] = trust
                 path = out_root / protocol / fold / f"{variant}.json"
@@ -423,9 +477,11 @@ def summarise(results_dir: str | Path) -> dict[str, Any]:
                 ceilings += [v for v in rec["tumor_auc_ceiling_measured"].values() if v is not None]
         summary[protocol] = {
             "label": PROTOCOLS[protocol]["label"],
-            "methods": {name: {m: nanmean([v for v in row[m] if v is not None]) for m in METRICS}
-                        | {"n_sections": len(row["sections"]), "sections": sorted(row["sections"])}
-                        for name, row in rows.items()},
+            "methods": {
+                name: {m: nanmean([v for v in row[m] if v is not None]) for m in METRICS}
+                | {"n_sections": len(row["sections"]), "sections": sorted(row["sections"])}
+                for name, row in rows.items()
+            },
             "tumor_auc_ceiling_measured": nanmean(ceilings) if ceilings else None,
         }
     return summary
@@ -466,8 +522,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def agreement_table(quick: dict[str, Any], full: dict[str, Any], tolerance: float = 0.03,
-                    heading: str = "Quick minus full") -> str:
+def agreement_table(
+    quick: dict[str, Any], full: dict[str, Any], tolerance: float = 0.03, heading: str = "Quick minus full"
+) -> str:
     """How far the ``--quick`` summary is from the full one, cell by cell.
 
     Parameters

@@ -30,8 +30,11 @@ def patch_features(patches: np.ndarray) -> np.ndarray:
             f.append(ndimage.gaussian_gradient_magnitude(grey, sigma).mean())
         mx, mn = rgb.max(-1), rgb.min(-1)
         sat = (mx - mn) / np.maximum(mx, 1e-3)
-        f += [(grey > 0.85).mean(), (hed[..., 0] > np.percentile(hed[..., 0], 50) + 0.02).mean(),
-              ((rgb[..., 0] > rgb[..., 2]) & (sat > 0.15)).mean()]
+        f += [
+            (grey > 0.85).mean(),
+            (hed[..., 0] > np.percentile(hed[..., 0], 50) + 0.02).mean(),
+            ((rgb[..., 0] > rgb[..., 2]) & (sat > 0.15)).mean(),
+        ]
         h = hed[..., 0]
         for size in (3, 9):
             m = ndimage.uniform_filter(h, size)

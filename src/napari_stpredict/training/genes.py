@@ -27,8 +27,9 @@ def common_genes(adatas) -> list[str]:
     return [g for g in adatas[0].var_names if g in common]
 
 
-def select_marker_panel(adatas, candidates: list[str], *, n_markers: int = 8, min_spots: int = 5,
-                        amplicon_min_effect: float = 0.3) -> dict:
+def select_marker_panel(
+    adatas, candidates: list[str], *, n_markers: int = 8, min_spots: int = 5, amplicon_min_effect: float = 0.3
+) -> dict:
     """Choose tumour marker genes from labelled training sections.
 
     For each section with at least ``min_spots`` cancer and non-cancer spots (the
@@ -70,8 +71,10 @@ def select_marker_panel(adatas, candidates: list[str], *, n_markers: int = 8, mi
         "panel": panel,
         "effect": {g: round(float(mean_effect[position[g]]), 3) for g in panel},
         "sections": used,
-        "why": (f"top {n_markers} genes by standardised cancer-vs-other difference averaged over "
-                f"{len(used)} training sections, plus HER2-amplicon genes with mean effect > {amplicon_min_effect}"),
+        "why": (
+            f"top {n_markers} genes by standardised cancer-vs-other difference averaged over "
+            f"{len(used)} training sections, plus HER2-amplicon genes with mean effect > {amplicon_min_effect}"
+        ),
     }
 
 

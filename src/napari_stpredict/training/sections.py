@@ -30,8 +30,15 @@ def _image_of(adata) -> tuple[str | None, float | None]:
     return path, mpp
 
 
-def section_spots(spec: str, her2st_root: str | None, genes: list[str], *, patch_um: float | None = None,
-                  input_px: int | None = None, cache_dir: Path | None = None) -> SpotSet:
+def section_spots(
+    spec: str,
+    her2st_root: str | None,
+    genes: list[str],
+    *,
+    patch_um: float | None = None,
+    input_px: int | None = None,
+    cache_dir: Path | None = None,
+) -> SpotSet:
     """Spots of a section with expression of ``genes``; with patches when ``patch_um`` is given."""
     adata = load_section(spec, her2st_root)
     spots = spot_set(adata, genes)
@@ -41,8 +48,10 @@ def section_spots(spec: str, her2st_root: str | None, genes: list[str], *, patch
         return attach_her2st_patches(spots, her2st_root, spec, patch_um, input_px, cache_dir)
     image, mpp = _image_of(adata)
     if image is None or mpp is None:
-        raise ValueError(f"{spec}: training needs uns['spatial'][library]['metadata']['image_path'] and "
-                         "scalefactors['mpp_fullres'] (stpredict convert --image sets them)")
+        raise ValueError(
+            f"{spec}: training needs uns['spatial'][library]['metadata']['image_path'] and "
+            "scalefactors['mpp_fullres'] (stpredict convert --image sets them)"
+        )
     from ..io.slide import open_slide
 
     with open_slide(image, mpp=mpp) as slide:

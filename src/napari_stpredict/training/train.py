@@ -169,8 +169,12 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     cfg.model.n_genes = len(genes)
     cfg.model.img_size = cfg.io.input_px
     cache = Path(cfg.cache_dir)
-    train = SpotSet.concat([section_spots(s, cfg.her2st, genes, patch_um=cfg.io.patch_um, input_px=cfg.io.input_px,
-                                          cache_dir=cache) for s in cfg.train_sections])
+    train = SpotSet.concat(
+        [
+            section_spots(s, cfg.her2st, genes, patch_um=cfg.io.patch_um, input_px=cfg.io.input_px, cache_dir=cache)
+            for s in cfg.train_sections
+        ]
+    )
     (run_dir / "config.yaml").write_text(_yaml(cfg.to_dict() | {"resolved": {"markers": markers}}), encoding="utf-8")
 
     model = create_model(cfg.model).to(device)
@@ -216,14 +220,30 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
             scaler.update()
             scheduler.step()
             losses.append(out["loss"].item())
-            yield {"stage": "train", "epoch": epoch + 1, "epochs": n_epochs, "step": step + 1,
-                   "steps": steps_per_epoch, "global_step": epoch * steps_per_epoch + step + 1,
-                   "total_steps": total_steps, "loss": losses[-1]}
+            yield {
+                "stage": "train",
+                "epoch": epoch + 1,
+                "epochs": n_epochs,
+                "step": step + 1,
+                "steps": steps_per_epoch,
+                "global_step": epoch * steps_per_epoch + step + 1,
+                "total_steps": total_steps,
+                "loss": losses[-1],
+            }
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0]})
         with atomic_path(state_path) as tmp:
-            torch.save({"config_hash": config_hash, "epoch": epoch + 1, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "history": json.dumps(history), "torch_rng": torch.get_rng_state()}, tmp)
+            torch.save(
+                {
+                    "config_hash": config_hash,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": json.dumps(history),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                tmp,
+            )
 
     yield {"stage": "bank", "message": "embedding the reference bank"}
     model.eval()
@@ -235,26 +255,51 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
         keep = np.concatenate([np.arange(len(train)), rng.choice(extra, cfg.max_bank - len(train), replace=False)])
         bank = bank.subset(np.sort(keep))
     with torch.inference_mode():
-        bank_emb = torch.cat([model.encode_expression(torch.from_numpy(bank.expression[i:i + 512]).to(device)).cpu()
-                              for i in range(0, len(bank), 512)])
-        train_emb = torch.cat([model.encode_image(((images_u8[i:i + 128].permute(0, 3, 1, 2).float() / 255 - mean)
-                                                   / std).to(device)).float().cpu()
-                               for i in range(0, len(train), 128)])
+        bank_emb = torch.cat(
+            [
+                model.encode_expression(torch.from_numpy(bank.expression[i : i + 512]).to(device)).cpu()
+                for i in range(0, len(bank), 512)
+            ]
+        )
+        train_emb = torch.cat(
+            [
+                model.encode_image(((images_u8[i : i + 128].permute(0, 3, 1, 2).float() / 255 - mean) / std).to(device))
+                .float()
+                .cpu()
+                for i in range(0, len(train), 128)
+            ]
+        )
     ridge = fit_ridge(train_emb.numpy(), train.expression)
     confidence_reference = _confidence_reference(train_emb, bank_emb, cfg.top_k)
     provenance = {
-        "train_sections": cfg.train_sections, "bank_sections": cfg.bank_sections, "bank_spots": len(bank),
-        "train_spots": len(train), "patients": sorted(set(train.patient) | set(bank.patient)),
-        "markers": markers, "epochs": n_epochs, "steps": total_steps, "seed": cfg.seed, "config_hash": config_hash,
-        "history": history, "seconds": round(time.perf_counter() - t_start, 1),
+        "train_sections": cfg.train_sections,
+        "bank_sections": cfg.bank_sections,
+        "bank_spots": len(bank),
+        "train_spots": len(train),
+        "patients": sorted(set(train.patient) | set(bank.patient)),
+        "markers": markers,
+        "epochs": n_epochs,
+        "steps": total_steps,
+        "seed": cfg.seed,
+        "config_hash": config_hash,
+        "history": history,
+        "seconds": round(time.perf_counter() - t_start, 1),
         "data": "her2st (Andersson et al. 2021)" if cfg.her2st else "user data",
         "confidence_reference": confidence_reference,
     }
     yield {"stage": "calibrate", "message": "calibrating the out-of-domain score and the tumour threshold"}
     calibration = _calibrate(model, cfg, bank_emb, bank.expression, ridge, provenance, train)
-    path = save_checkpoint(run_dir / "model.pt", model=model, io=cfg.io, bank_embeddings=bank_emb,
-                           bank_expression=torch.from_numpy(bank.expression), ridge=ridge,
-                           provenance=provenance, calibration=calibration, half=cfg.half)
+    path = save_checkpoint(
+        run_dir / "model.pt",
+        model=model,
+        io=cfg.io,
+        bank_embeddings=bank_emb,
+        bank_expression=torch.from_numpy(bank.expression),
+        ridge=ridge,
+        provenance=provenance,
+        calibration=calibration,
+        half=cfg.half,
+    )
     (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
     yield {"stage": "done", "checkpoint": str(path)}
     return path
@@ -300,8 +345,11 @@ def _confidence_reference(train_emb, bank_emb, top_k: int) -> dict[str, float]:
     sims[torch.arange(n), torch.arange(n)] = -float("inf")
     k = max(1, min(top_k, sims.shape[1] - 1))
     mean_topk = torch.topk(sims, k, dim=1).values.mean(1).numpy()
-    return {"q05": float(np.percentile(mean_topk, 5)), "q50": float(np.percentile(mean_topk, 50)),
-            "measure": f"mean cosine similarity of the top {k} bank spots, own spot left out"}
+    return {
+        "q05": float(np.percentile(mean_topk, 5)),
+        "q50": float(np.percentile(mean_topk, 50)),
+        "measure": f"mean cosine similarity of the top {k} bank spots, own spot left out",
+    }
 
 
 def _calibrate(network, cfg: TrainConfig, bank_emb, bank_expression, ridge, provenance, train) -> dict:
@@ -312,8 +360,14 @@ def _calibrate(network, cfg: TrainConfig, bank_emb, bank_expression, ridge, prov
     from ..model import ReferenceBank, STModel
     from .calibration import compute_calibration
 
-    model = STModel(network, cfg.io, ReferenceBank(bank_emb, torch.from_numpy(bank_expression)), ridge,
-                    provenance=provenance, device=next(network.parameters()).device)
+    model = STModel(
+        network,
+        cfg.io,
+        ReferenceBank(bank_emb, torch.from_numpy(bank_expression)),
+        ridge,
+        provenance=provenance,
+        device=next(network.parameters()).device,
+    )
     return compute_calibration(model, train, top_k=cfg.top_k)
 
 
