@@ -24,15 +24,8 @@ __all__ = [
     "tumor_labels_layer",
     "tumor_contour_layer",
     "measured_points_layer",
-    "world_per_l0",
     "domain_layer",
 ]
-
-
-def world_per_l0(prediction: Prediction) -> tuple[float, float]:
-    """World units per level-0 pixel along (y, x)."""
-    mx, my = prediction.meta.get("mpp_x"), prediction.meta.get("mpp_y")
-    return (my, mx) if mx and my else (1.0, 1.0)
 
 
 def _grid(prediction: Prediction, placement: Placement | None) -> dict[str, Any]:

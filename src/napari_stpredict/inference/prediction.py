@@ -118,17 +118,12 @@ class Prediction:
 
     # --- rasters on the grid -------------------------------------------------------
     def _placement(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """napari scale and translate of grid rasters (world units: µm if mpp known)."""
-        meta = self.meta
-        sx, sy = meta["grid_stride_l0"]
-        ox, oy = meta["grid_origin_l0"]
-        mpp_x, mpp_y = meta.get("mpp_x"), meta.get("mpp_y")
-        unit_x, unit_y = (mpp_x, mpp_y) if mpp_x and mpp_y else (1.0, 1.0)
-        # napari puts the centre of data pixel (i, j) at translate + scale * (i, j), so the
-        # slide's level-0 pixel x (spanning [x, x + 1)) is centred at world x * mpp, and a
-        # continuous level-0 coordinate x sits at world (x - 0.5) * mpp. Grid cell (0, 0)
-        # is centred at the continuous coordinate origin.
-        return (sy * unit_y, sx * unit_x), ((oy - 0.5) * unit_y, (ox - 0.5) * unit_x)
+        """napari scale and translate of grid rasters in the frame this plugin's reader gives
+        the slide (µm when its mpp is known, else level-0 pixels); `Placement` converts."""
+        from ..placement import Placement
+
+        kwargs = Placement.of_prediction(self).grid_kwargs(self)
+        return tuple(kwargs["scale"]), tuple(kwargs["translate"])
 
     def raster(self, values: np.ndarray, name: str, fill: float = np.nan, units: str = UNITS) -> Heatmap:
         """Any per-spot values as a `Heatmap` on the grid."""
