@@ -101,3 +101,10 @@ def tiny_model(tiny_model_path):
     from napari_stpredict.model import load_model
 
     return load_model(tiny_model_path, device="cpu")
+
+
+def predict_cli(slide, model_path, *options: str) -> int:
+    """Run ``stpredict predict SLIDE --model MODEL OPTIONS...`` in-process; return its exit status."""
+    from napari_stpredict.cli import main
+
+    return main(["predict", str(slide), "--model", str(model_path), *options])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import predict_cli
 from PIL import Image
 
 from napari_stpredict.errors import SlideFormatError, StPredictError
@@ -202,23 +203,11 @@ def test_symlink_loop_and_zeroed_file_are_named_for_what_they_are(tmp_path):
 
 # --- 3: regions ------------------------------------------------------------------------------
 def test_roi_box_as_the_readme_writes_it(sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
-    from napari_stpredict.cli import main
     from napari_stpredict.inference import Prediction
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     assert (
-        main(
-            [
-                "predict",
-                str(sample_slide_path),
-                "--model",
-                str(tiny_model_path),
-                "--roi",
-                "2000,2000,5000,5000",
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
+        predict_cli(sample_slide_path, tiny_model_path, "--roi", "2000,2000,5000,5000", "--out", str(tmp_path / "o"))
         == 0
     )
     centres = Prediction.load(tmp_path / "o" / "her2st_C2" / "prediction.h5ad").l0_centres
@@ -407,13 +396,12 @@ def test_leftovers_of_a_killed_cache_write_are_removed(sample_slide_path, tiny_m
 
 
 def test_unwritable_cache_only_costs_the_caching(sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys):
-    from napari_stpredict.cli import main
 
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(blocker / "predictions"))
     with pytest.warns(UserWarning, match="could not be cached"):
-        rc = main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "o")])
+        rc = predict_cli(sample_slide_path, tiny_model_path, "--out", str(tmp_path / "o"))
     assert rc == 0 and (tmp_path / "o" / "her2st_C2" / "config.yaml").exists()
 
 
@@ -527,26 +515,10 @@ def test_gene_names_take_the_models_spelling_and_genes_lists_them(
     from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
-    assert (
-        main(
-            [
-                "predict",
-                str(sample_slide_path),
-                "--model",
-                str(tiny_model_path),
-                "--genes",
-                "erbb2",
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
-        == 0
-    )
+    assert predict_cli(sample_slide_path, tiny_model_path, "--genes", "erbb2", "--out", str(tmp_path / "o")) == 0
     assert (tmp_path / "o" / "her2st_C2" / "ERBB2.tif").exists()
     capsys.readouterr()
-    assert (
-        main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "o2")]) == 0
-    )
+    assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(tmp_path / "o2")) == 0
     captured = capsys.readouterr()
     assert "(cached)" in captured.out and "spot/s" not in captured.err  # no progress bar for a cache hit
     assert main(["genes", "--sort", "accuracy"]) == 0
@@ -614,16 +586,12 @@ def test_one_corrupt_region_does_not_spoil_the_rest_of_the_slide(sample_slide_pa
 def test_pseudonymize_leaves_the_file_name_out_of_every_output(
     sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
 ):
-    from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     barcode = "TCGA-A2-A0T2-01Z-00-DX1"
     slide = tmp_path / f"{barcode}.tiff"
     shutil.copy(sample_slide_path, slide)
-    assert (
-        main(["predict", str(slide), "--model", str(tiny_model_path), "--pseudonymize", "--out", str(tmp_path / "o")])
-        == 0
-    )
+    assert predict_cli(slide, tiny_model_path, "--pseudonymize", "--out", str(tmp_path / "o")) == 0
     (folder,) = list((tmp_path / "o").iterdir())
     assert folder.name.startswith("slide-") and len(folder.name) == 18
     assert barcode in capsys.readouterr().out  # the user sees which file got which id
@@ -634,10 +602,7 @@ def test_pseudonymize_leaves_the_file_name_out_of_every_output(
 
     adata = ad.read_h5ad(folder / "prediction.h5ad")  # compressed on disk: look inside too
     assert "TCGA" not in json.dumps(adata.uns["stpredict"], default=str) and "TCGA" not in "".join(adata.obs_names)
-    assert (
-        main(["predict", str(slide), "--model", str(tiny_model_path), "--pseudonymize", "--out", str(tmp_path / "o")])
-        == 0
-    )
+    assert predict_cli(slide, tiny_model_path, "--pseudonymize", "--out", str(tmp_path / "o")) == 0
     assert [p.name for p in (tmp_path / "o").iterdir()] == [folder.name]  # stable id
 
 
@@ -665,11 +630,10 @@ def small_fs(tmp_path):
 def test_full_output_disk_is_a_clear_error_and_leaves_nothing(
     small_fs, sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
 ):
-    from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
     full = small_fs("64k")
-    assert main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(full / "o")]) == 1
+    assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(full / "o")) == 1
     err = capsys.readouterr().err
     assert "her2st_C2.tiff" in err and "No space left" in err and "Traceback" not in err
     assert list((full / "o").iterdir()) == []  # no partial folder, no hidden leftovers
@@ -684,14 +648,10 @@ def test_read_only_output_is_a_usage_error(small_fs, tmp_path, capsys):
 
 
 def test_full_cache_disk_only_costs_the_caching(small_fs, sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
-    from napari_stpredict.cli import main
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(small_fs("16k")))
     with pytest.warns(UserWarning, match="could not be cached"):
-        assert (
-            main(["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "o")])
-            == 0
-        )
+        assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(tmp_path / "o")) == 0
     assert (tmp_path / "o" / "her2st_C2" / "prediction.h5ad").exists()
 
 

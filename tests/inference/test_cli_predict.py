@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
+from conftest import predict_cli
 
 
 def test_corrupt_slide_among_good_ones(sample_slide_path, tiny_model_path, tmp_path, capsys, monkeypatch):
@@ -56,44 +57,14 @@ def test_corrupt_slide_among_good_ones(sample_slide_path, tiny_model_path, tmp_p
 
 
 def test_predict_rejects_unknown_genes_and_bad_roi(sample_slide_path, tiny_model_path, tmp_path, capsys):
-    from napari_stpredict.cli import main
 
-    assert (
-        main(
-            [
-                "predict",
-                str(sample_slide_path),
-                "--model",
-                str(tiny_model_path),
-                "--out",
-                str(tmp_path),
-                "--genes",
-                "NOTAGENE",
-            ]
-        )
-        == 2
-    )
+    assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(tmp_path), "--genes", "NOTAGENE") == 2
     assert "NOTAGENE" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "predict",
-                str(sample_slide_path),
-                "--model",
-                str(tiny_model_path),
-                "--out",
-                str(tmp_path),
-                "--roi",
-                "5,5,1",
-            ]
-        )
-        == 2
-    )
+    assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(tmp_path), "--roi", "5,5,1") == 2
     assert "--roi" in capsys.readouterr().err
 
 
 def test_roi_from_geojson(sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
-    from napari_stpredict.cli import main
     from napari_stpredict.inference import Prediction
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
@@ -110,19 +81,8 @@ def test_roi_from_geojson(sample_slide_path, tiny_model_path, tmp_path, monkeypa
         )
     )
     assert (
-        main(
-            [
-                "predict",
-                str(sample_slide_path),
-                "--model",
-                str(tiny_model_path),
-                "--out",
-                str(tmp_path / "o"),
-                "--roi",
-                str(roi),
-                "--device",
-                "cpu",
-            ]
+        predict_cli(
+            sample_slide_path, tiny_model_path, "--out", str(tmp_path / "o"), "--roi", str(roi), "--device", "cpu"
         )
         == 0
     )
