@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -394,18 +393,14 @@ def _cmd_predict(args) -> int:
 
 def _write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path, genes, roi, args):
     """Everything ``predict`` writes for one slide, into ``folder``; returns the tumour mask."""
-    import errno
-    import shutil
-
     import yaml
 
     from . import __version__
     from .inference.export import export_gene_geotiff, export_overview, export_tumor, safe_filename
     from .inference.tumor import tumor_mask
+    from .io.atomic import require_free_space
 
-    needed = 2 * prediction.adata.X.nbytes + (4 << 20)  # HDF5 fails noisily on a full disk: check first
-    if shutil.disk_usage(folder).free < needed:
-        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (about {needed:,} bytes needed)")
+    require_free_space(folder, 2 * prediction.adata.X.nbytes + (4 << 20))  # the table plus maps and images
     prediction.save(folder / "prediction.h5ad")
     for gene in genes:
         export_gene_geotiff(prediction, gene, folder / f"{safe_filename(gene)}.tif")

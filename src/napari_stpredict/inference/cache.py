@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,6 +122,7 @@ def cached_predict_slide(
     import warnings
 
     from ..errors import StPredictWarning
+    from ..io.atomic import require_free_space
 
     key = cache_key(slide, model_path, params) if use_cache else None
     path = (directory or cache_dir()) / f"{key}.h5ad" if key else None
@@ -140,11 +140,7 @@ def cached_predict_slide(
             path.parent.mkdir(parents=True, exist_ok=True)
             for leftover in path.parent.glob(f".{path.name}.*.part"):  # of a write that was killed
                 leftover.unlink(missing_ok=True)
-            # HDF5 fails noisily on a full disk (errors printed from its destructors): check first.
-            needed = 2 * prediction.adata.X.nbytes + (1 << 20)
-            free = shutil.disk_usage(path.parent).free
-            if free < needed:
-                raise OSError(f"{free:,} bytes free, about {needed:,} needed")
+            require_free_space(path.parent, 2 * prediction.adata.X.nbytes + (1 << 20))
             prediction.save(path)
             status = "miss"
         except Exception as exc:  # noqa: BLE001 - OSError, or h5py's RuntimeError on a full disk

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_folder"]
+__all__ = ["atomic_path", "atomic_folder", "require_free_space"]
 
 
 @contextlib.contextmanager
@@ -83,3 +83,17 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def require_free_space(folder: str | Path, needed: int) -> None:
+    """Raise OSError (ENOSPC) unless ``folder``'s file system has ``needed`` bytes free.
+
+    Checked before writing HDF5 files: on a full disk h5py fails noisily, printing errors
+    from its destructors after the exception.
+    """
+    import errno
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free:,} bytes free, about {needed:,} needed)")
