@@ -258,187 +258,89 @@ def _output_names(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
-def _check_predict_args(args, model) -> list[str]:
+def _check_predict_args(args, options, model) -> list[str]:
     """Problems with the options, found before any slide is read (empty when all is well)."""
-    from .io.slide import _mpp_pair
-
-    problems = []
-    if args.stride_um is not None:
-        smallest = model.io.patch_um / 8
-        if not (math.isfinite(args.stride_um) and args.stride_um >= smallest):
-            problems.append(
-                f"--stride-um must be at least {smallest:g} µm (1/8 of the model's "
-                f"{model.io.patch_um:g} µm patch), got {args.stride_um}"
-            )
-    if args.batch_size < 1:
-        problems.append(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.mpp is not None:
-        try:
-            _mpp_pair(args.mpp, "--mpp")
-        except ValueError as exc:
-            problems.append(str(exc))
-    if args.threshold is not None and not math.isfinite(args.threshold):
-        problems.append(f"--threshold must be a finite number, got {args.threshold}")
-    known = {g.upper() for g in model.genes}
-    unknown = [g for g in (args.genes or []) if g.upper() not in known]
-    if unknown:
-        problems.append(f"the model does not predict {', '.join(unknown)} (list its genes: stpredict genes)")
-    if args.markers and not any(m.upper() in known for m in args.markers):
-        problems.append(
-            f"--markers: the model predicts none of {', '.join(args.markers)} (list its genes: stpredict genes)"
-        )
+    problems = options.problems(model)
     if args.out.exists() and not args.out.is_dir():
         problems.append(f"--out {args.out}: exists and is not a folder")
     return problems
 
 
-def _cmd_predict(args) -> int:
-    from tqdm import tqdm
+def _load_checked(args):
+    """The options, model and its path of a ``predict``/``cohort`` command line, checked.
 
-    from ._progress import drain
-    from .inference.cache import cached_predict_slide
-    from .io.atomic import atomic_folder
-    from .io.slide import open_slide
+    Returns ``(options, model, model_path)``, or None after printing what is wrong.
+    """
+    from .inference.job import PredictOptions
     from .model import default_model_path, load_model
 
-    slides = _slide_paths(args)
-    if not slides:
-        print("stpredict predict: give slide files or --sample", file=sys.stderr)
-        return 2
     try:
-        roi = _parse_roi(args.roi)
+        options = PredictOptions.from_args(args, roi=_parse_roi(args.roi))
         model_path = args.model or default_model_path()
         model = load_model(model_path, device=args.device)
     except (StPredictError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return None
     except RuntimeError as exc:  # torch.device() on a name it does not know
         print(f"error: --device {args.device!r}: {exc}", file=sys.stderr)
-        return 2
-    problems = _check_predict_args(args, model)
+        return None
+    problems = _check_predict_args(args, options, model)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
     if problems:
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
-    canonical = {g.upper(): g for g in model.genes}
-    genes = (
-        [canonical[g.upper()] for g in args.genes]
-        if args.genes
-        else (["ERBB2"] if "ERBB2" in model.genes else model.genes[:1])
-    )
-    missing_markers = [m for m in (args.markers or []) if m.upper() not in canonical]
+        return None
+    missing_markers = [m for m in (args.markers or []) if m.upper() not in {g.upper() for g in model.genes}]
     if missing_markers:
         print(f"warning: markers not predicted by the model, left out: {', '.join(missing_markers)}", file=sys.stderr)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"error: --out {args.out}: cannot create the folder ({exc.strerror or exc})", file=sys.stderr)
+        return None
+    return options, model, model_path
+
+
+def _cmd_predict(args) -> int:
+    from tqdm import tqdm
+
+    from .inference.cache import slide_fingerprint
+    from .inference.job import predict_to_folder
+
+    slides = _slide_paths(args)
+    if not slides:
+        print("stpredict predict: give slide files or --sample", file=sys.stderr)
         return 2
+    checked = _load_checked(args)
+    if checked is None:
+        return 2
+    options, model, model_path = checked
     names = _output_names(slides)
     failures = 0
     for path in slides:
-        pseudonym = None
+        bars: list = []  # created at the first spot: no bar for a cache hit or the quick stages
+
+        def show(progress: dict, name=path.name, bars=bars) -> None:
+            if progress.get("stage") != "predict":
+                return
+            if not bars:
+                bars.append(tqdm(total=progress["total"], unit="spot", desc=name, dynamic_ncols=True))
+            bars[0].n = progress["done"]
+            bars[0].refresh()
+
         try:
-            with open_slide(path, mpp=args.mpp) as slide:
-                if args.pseudonymize:
-                    from .inference.cache import slide_fingerprint
-
-                    pseudonym = f"slide-{slide_fingerprint(path)[:12]}"
-                params = {
-                    "stride_um": args.stride_um,
-                    "roi": roi,
-                    "batch_size": args.batch_size,
-                    "method": args.method,
-                    "check_stain": not args.no_stain_check,
-                }
-                bars: list = []  # created at the first spot: no bar for a cache hit or the quick stages
-
-                def show(progress: dict, name=slide.name, bars=bars) -> None:
-                    if progress.get("stage") != "predict":
-                        return
-                    if not bars:
-                        bars.append(tqdm(total=progress["total"], unit="spot", desc=name, dynamic_ncols=True))
-                    bars[0].n = progress["done"]
-                    bars[0].refresh()
-
-                try:
-                    prediction = drain(
-                        cached_predict_slide(
-                            slide, model, model_path=model_path, use_cache=not args.no_cache, **params
-                        ),
-                        show,
-                    )
-                finally:
-                    for bar in bars:
-                        bar.close()  # so anything printed next starts on a line of its own
-                if pseudonym:
-                    prediction.meta["slide"]["name"] = pseudonym
-                out = args.out / (pseudonym or names[path])
-                try:
-                    with atomic_folder(out) as tmp:
-                        mask = _write_slide_outputs(tmp, slide, prediction, model, model_path, genes, roi, args)
-                except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
-                    from .errors import OutputError
-
-                    raise OutputError(
-                        f"{slide.name}: cannot write the outputs to {args.out} "
-                        f"({getattr(exc, 'strerror', None) or exc})"
-                    ) from exc
-                _report(slide, prediction, mask, out, shown_as=pseudonym)
+            pseudonym = f"slide-{slide_fingerprint(path)[:12]}" if args.pseudonymize and path.is_file() else None
+            try:
+                outcome = predict_to_folder(
+                    path, model, model_path, options, args.out / (pseudonym or names[path]), shown_as=pseudonym, progress=show
+                )
+            finally:
+                for bar in bars:
+                    bar.close()  # so anything printed next starts on a line of its own
+            _report(outcome.slide, outcome.prediction, outcome.mask, outcome.folder, shown_as=pseudonym)
         except (StPredictError, ValueError, OSError) as exc:
             print(_slide_error(path, exc), file=sys.stderr)
             failures += 1
     return 1 if failures else 0
-
-
-def _write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path, genes, roi, args):
-    """Everything ``predict`` writes for one slide, into ``folder``; returns the tumour mask."""
-    import yaml
-
-    from . import __version__
-    from .inference.export import export_gene_geotiff, export_overview, export_tumor, safe_filename
-    from .inference.tumor import tumor_mask
-    from .io.atomic import require_free_space
-
-    require_free_space(folder, 2 * prediction.adata.X.nbytes + (4 << 20))  # the table plus maps and images
-    prediction.save(folder / "prediction.h5ad")
-    for gene in genes:
-        export_gene_geotiff(prediction, gene, folder / f"{safe_filename(gene)}.tif")
-    markers = [m for m in args.markers if m.upper() in {g.upper() for g in model.genes}] if args.markers else None
-    mask = tumor_mask(
-        prediction,
-        markers,
-        threshold=args.threshold,
-        mode=args.threshold_mode,
-        include_out_of_domain=args.tumour_out_of_domain,
-    )
-    export_tumor(prediction, mask, folder / "tumor_mask.tif", folder / "tumor.geojson")
-    export_overview(slide, prediction, genes[0], mask, folder / "overview.png")
-    config = {
-        "napari_stpredict": __version__,
-        "slide": prediction.meta["slide"]["name"],
-        "model": str(model_path.name),
-        "device": str(model.device),
-        "genes": genes,
-        "markers": mask.markers,
-        "threshold": mask.threshold,
-        "threshold_automatic": mask.automatic,
-        "threshold_mode": mask.mode,
-        "tumour_note": mask.note or None,
-        "tumour_fraction": round(mask.fraction, 4),
-        "stain": prediction.meta["trust"]["stain"]["kind"],
-        "domain": {k: prediction.meta["trust"]["domain"].get(k) for k in ("verdict", "share_out", "threshold")},
-        "stride_um": prediction.meta["stride_um"],
-        "patch_um": prediction.meta["patch_um"],
-        "batch_size": args.batch_size,
-        "method": args.method,
-        "roi": roi,
-        "mpp": [slide.mpp_x, slide.mpp_y],
-        "spots": len(prediction),
-        "cache": prediction.meta.get("cache"),
-    }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return mask
 
 
 def _report(slide, prediction, mask, out: Path, shown_as: str | None = None) -> None:
