@@ -331,7 +331,13 @@ def _cmd_predict(args) -> int:
             pseudonym = f"slide-{slide_fingerprint(path)[:12]}" if args.pseudonymize and path.is_file() else None
             try:
                 outcome = predict_to_folder(
-                    path, model, model_path, options, args.out / (pseudonym or names[path]), shown_as=pseudonym, progress=show
+                    path,
+                    model,
+                    model_path,
+                    options,
+                    args.out / (pseudonym or names[path]),
+                    shown_as=pseudonym,
+                    progress=show,
                 )
             finally:
                 for bar in bars:

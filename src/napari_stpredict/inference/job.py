@@ -11,9 +11,10 @@ table.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -227,8 +228,7 @@ def predict_to_folder(
                 mask = write_slide_outputs(tmp, slide, prediction, model, model_path, genes, options)
         except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
             raise OutputError(
-                f"{slide.name}: cannot write the outputs to {folder.parent} "
-                f"({getattr(exc, 'strerror', None) or exc})"
+                f"{slide.name}: cannot write the outputs to {folder.parent} ({getattr(exc, 'strerror', None) or exc})"
             ) from exc
     return SlideOutcome(slide=slide, prediction=prediction, mask=mask, folder=folder, genes=genes)
 
