@@ -108,6 +108,20 @@ def _add_predict(sub) -> None:
     p.add_argument("slides", nargs="*", type=Path, help="slide files")
     p.add_argument("--sample", action="store_true", help="also predict the bundled sample slide (her2st C2)")
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per slide)")
+    _add_prediction_options(p)
+    p.add_argument("--no-cache", action="store_true", help="always run the model")
+    p.add_argument(
+        "--pseudonymize",
+        action="store_true",
+        help="leave the slide's file name (e.g. a TCGA barcode) out of every output: folders, tables, "
+        "GeoTIFF tags and config.yaml use an id made from the file's content (slide-<12 hex>); "
+        "the terminal shows which file got which id, nothing else records it",
+    )
+    p.set_defaults(func=_cmd_predict)
+
+
+def _add_prediction_options(p) -> None:
+    """The options ``predict`` and ``cohort`` share (`PredictOptions.from_args` reads them)."""
     p.add_argument("--genes", nargs="*", default=None, help="genes to export as GeoTIFF (default: ERBB2)")
     p.add_argument("--markers", nargs="*", default=None, help="tumour marker genes (default: the model's panel)")
     p.add_argument(
@@ -156,15 +170,54 @@ def _add_predict(sub) -> None:
         help="region: x0,y0,x1,y1 in level-0 pixels, or a GeoJSON file of polygons (e.g. from QuPath)",
     )
     p.add_argument("--mpp", type=float, default=None, help="µm per pixel for slides that do not record it")
-    p.add_argument("--no-cache", action="store_true", help="always run the model")
+
+
+def _add_cohort(sub) -> None:
+    p = sub.add_parser(
+        "cohort",
+        help="predict a cohort of slides on a Dask cluster (local or running), resumable, with a cohort table",
+        description="Predict many slides, one Dask task per slide: on a LocalCluster started for the "
+        "command, or on a running cluster (--scheduler). Each slide gets the folder 'predict' writes, "
+        "whole or not at all, with a completion record; a rerun skips slides complete with the same "
+        "settings. Writes cohort.csv, cohort.h5ad, cohort_overview.png, cohort_<gene>.png, cohort.log. "
+        "Research use only; not for diagnosis.",
+    )
+    p.add_argument(
+        "slides",
+        nargs="+",
+        help="slide files, quoted globs ('slides/*.svs'), folders, or CSV manifests (columns: slide, optional mpp, id)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_prediction_options(p)
+    p.add_argument(
+        "--workers", type=int, default=None, help="LocalCluster worker processes (default: one per GPU, else cores/4)"
+    )
+    p.add_argument(
+        "--threads-per-worker", type=int, default=None, help="torch threads per worker (default: cores / workers)"
+    )
+    p.add_argument(
+        "--memory-limit", default="auto", help="per LocalCluster worker, e.g. 8GB (default: Dask's share of RAM)"
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="address (tcp://host:8786) or scheduler file (.json) of a running Dask cluster, e.g. one started "
+        "with dask-jobqueue on Slurm/PBS or dask-kubernetes; without it a LocalCluster is started",
+    )
+    p.add_argument(
+        "--allowed-failures",
+        type=int,
+        default=2,
+        help="workers a slide may take down (crash, out of memory) before it is marked failed (default 2)",
+    )
     p.add_argument(
         "--pseudonymize",
         action="store_true",
-        help="leave the slide's file name (e.g. a TCGA barcode) out of every output: folders, tables, "
-        "GeoTIFF tags and config.yaml use an id made from the file's content (slide-<12 hex>); "
-        "the terminal shows which file got which id, nothing else records it",
+        help="ids from each file's content (slide-<12 hex>) instead of file names; the table has no slide column",
     )
-    p.set_defaults(func=_cmd_predict)
+    # The completion records do the cache's job for a cohort; a second copy of every
+    # prediction in the user's cache folder would only fill the disk.
+    p.set_defaults(func=_cmd_cohort, no_cache=True)
 
 
 def _parse_roi(text: str | None):
@@ -347,6 +400,67 @@ def _cmd_predict(args) -> int:
             print(_slide_error(path, exc), file=sys.stderr)
             failures += 1
     return 1 if failures else 0
+
+
+def _cmd_cohort(args) -> int:
+    from tqdm import tqdm
+
+    from .cohort import run_cohort
+    from .inference.job import PredictOptions
+
+    try:
+        options = PredictOptions.from_args(args, roi=_parse_roi(args.roi))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar: list = []
+
+    def show(event: dict) -> None:
+        if event["event"] == "planned":
+            print(
+                f"{event['total']} slides: {event['reused']} complete with these settings (reused), "
+                f"{event['failed']} missing, {event['to_run']} to predict",
+                file=sys.stderr,
+            )
+            bar.append(tqdm(total=event["total"], initial=event["reused"] + event["failed"], unit="slide"))
+        elif event["event"] == "started":
+            link = event.get("dashboard")
+            print(
+                f"Dask dashboard: {link}" if link else "Dask dashboard: pip install bokeh to get one", file=sys.stderr
+            )
+        elif event["event"] == "slide" and bar:
+            bar[0].update(1)
+            bar[0].set_postfix(done=event["done"], failed=event["failed"], running=event["running"], refresh=True)
+
+    try:
+        table = run_cohort(
+            args.slides,
+            out=args.out,
+            model=args.model,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            memory_limit=args.memory_limit,
+            allowed_failures=args.allowed_failures,
+            device=args.device,
+            pseudonymize=args.pseudonymize,
+            options=options,
+            progress=show,
+        )
+    except (StPredictError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for b in bar:
+            b.close()
+    counts = table["status"].value_counts().to_dict()
+    print(
+        f"{len(table)} slides: {counts.get('done', 0)} predicted, {counts.get('reused', 0)} reused, "
+        f"{counts.get('failed', 0)} failed -> {args.out / 'cohort.csv'} (details: {args.out / 'cohort.log'})"
+    )
+    for row in table[table["status"] == "failed"].itertuples(index=False):
+        print(f"error: {row.id}: {row.error}", file=sys.stderr)
+    return 1 if counts.get("failed", 0) else 0
 
 
 def _report(slide, prediction, mask, out: Path, shown_as: str | None = None) -> None:
@@ -630,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-stpredict {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_predict(sub)
+    _add_cohort(sub)
     _add_info(sub)
     _add_genes(sub)
     _add_convert(sub)

@@ -176,6 +176,7 @@ def predict_to_folder(
     shown_as: str | None = None,
     progress: Callable[[dict], None] | None = None,
     cancel_event=None,
+    also_write: Callable[..., None] | None = None,
 ) -> SlideOutcome:
     """Predict one slide and write its output folder (whole or not at all).
 
@@ -195,6 +196,9 @@ def predict_to_folder(
         A pseudonym that replaces the slide's name in every output.
     progress : callable, optional
         Called with each progress dict of the engine.
+    also_write : callable, optional
+        ``also_write(folder, slide, prediction, mask)`` writes more files into the
+        temporary folder, so they appear together with the outputs (or not at all).
 
     Raises
     ------
@@ -226,6 +230,8 @@ def predict_to_folder(
         try:
             with atomic_folder(folder) as tmp:
                 mask = write_slide_outputs(tmp, slide, prediction, model, model_path, genes, options)
+                if also_write is not None:
+                    also_write(tmp, slide, prediction, mask)
         except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
             raise OutputError(
                 f"{slide.name}: cannot write the outputs to {folder.parent} ({getattr(exc, 'strerror', None) or exc})"

@@ -1,0 +1,373 @@
+"""`run_cohort`: many slides on a Dask cluster, one task per slide, resumable.
+
+The client (this process) checks the options against the model, resolves the slides,
+skips those whose output folder holds a completion record with the same fingerprint,
+and submits one task per remaining slide. Workers load the model once (`ModelPlugin`).
+A slide that cannot be read fails alone (its task returns the error); a worker that dies
+has its slide moved to another worker by the scheduler, and a slide that kills
+``allowed_failures`` workers is given up (Dask's ``KilledWorker``). The table and the
+figures are written at the end, from every slide's row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..inference.job import PredictOptions
+
+__all__ = ["run_cohort", "default_workers"]
+
+logger = logging.getLogger("napari_stpredict.cohort")
+
+# Columns in the order a reader wants them; gene columns follow.
+BASE_COLUMNS = [
+    "id",
+    "slide",
+    "status",
+    "error",
+    "tissue_mm2",
+    "spots",
+    "tumour_fraction",
+    "mean_confidence",
+    "share_out_of_domain",
+    "domain",
+    "stain",
+]
+TAIL_COLUMNS = ["seconds", "worker"]
+
+
+def default_workers() -> tuple[int, int]:
+    """``(workers, threads per worker)`` for a `LocalCluster` on this machine.
+
+    One worker per GPU when CUDA is present; otherwise a few processes sharing the cores
+    (a slide keeps about 4 cores busy: torch's kernels plus patch reading), at least one.
+    """
+    import torch
+
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        return gpus, max(1, cores // gpus)
+    workers = max(1, min(8, cores // 4))
+    return workers, max(1, cores // workers)
+
+
+def run_cohort(
+    slides: Iterable[str | Path],
+    *,
+    out: str | Path,
+    model: str | Path | None = None,
+    client=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | float | None = "auto",
+    allowed_failures: int = 2,
+    device: str = "auto",
+    pseudonymize: bool = False,
+    options: PredictOptions | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    **option_values,
+) -> pd.DataFrame:
+    """Predict a cohort of slides on a Dask cluster; returns the cohort table.
+
+    Parameters
+    ----------
+    slides : iterable of str or Path
+        Slide files, globs, folders or CSV manifests (see `resolve_slides`).
+    out : str or Path
+        Output folder: one sub-folder per slide (as ``stpredict predict`` writes it, plus
+        a completion record and a tile), ``cohort.csv``, ``cohort.h5ad``,
+        ``cohort_overview.png``, ``cohort_<gene>.png`` and ``cohort.log``.
+    model : str or Path, optional
+        Checkpoint (default: the bundled model); every worker must be able to read it.
+    client : distributed.Client, optional
+        An existing client (e.g. in a notebook); it is left open.
+    scheduler : str, optional
+        Address (``tcp://host:8786``) or scheduler-file path of a running cluster.
+        Without ``client`` and ``scheduler`` a `LocalCluster` is started and closed.
+    workers, threads_per_worker : int, optional
+        `LocalCluster` size (default: `default_workers`). Each worker runs one slide at a
+        time; ``threads_per_worker`` is the torch threads it uses.
+    memory_limit : str or float
+        Per `LocalCluster` worker (Dask's meaning: "auto", "4GB", ...). A worker beyond
+        it is restarted by Dask and its slide tried elsewhere.
+    allowed_failures : int
+        Workers a slide may take down before it is marked failed (`LocalCluster` only;
+        a running cluster keeps its scheduler's setting).
+    device : str
+        ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+    pseudonymize : bool
+        Ids from file content; the table has no ``slide`` column.
+    options : PredictOptions, optional
+        The prediction options; or give them as keywords (``genes=["ERBB2"]``, ...).
+    progress : callable, optional
+        Called with ``{"event": "planned", "total", "to_run", "reused", "failed"}`` once
+        the slides are resolved, ``{"event": "started", "dashboard"}`` once the cluster
+        is up, and ``{"event": "slide", "done", "failed", "reused", "running", "total",
+        "id", "status"}`` after each slide.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per slide (see ``BASE_COLUMNS``; per gene ``<gene>_mean`` and
+        ``<gene>_tumour_mean``), ``status`` one of ``done``, ``reused``, ``failed``.
+
+    Raises
+    ------
+    ValueError, StPredictError
+        Bad options, slides or model, before any slide is read.
+    """
+    from ..inference.cache import file_sha1
+    from ..model import default_model_path, load_model
+    from ..model.stmodel import select_device
+    from .manifest import resolve_slides
+
+    if options is None:
+        options = PredictOptions(**option_values)
+    elif option_values:
+        options = replace(options, **option_values)
+    out = Path(out)
+    model_path = Path(model) if model is not None else default_model_path()
+    try:
+        select_device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device {device!r}: {exc}") from exc
+    for name, value in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if allowed_failures < 1:
+        raise ValueError(f"--allowed-failures must be at least 1, got {allowed_failures}")
+    checker = load_model(model_path, device="cpu")  # checks the file before any worker starts
+    problems = options.problems(checker)
+    if problems:
+        raise ValueError("; ".join(problems))
+    genes = options.chosen_genes(checker)
+    del checker
+    cohort = resolve_slides(slides, pseudonymize=pseudonymize)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    log_handler = _log_to(out / "cohort.log")
+    try:
+        model_sha1 = file_sha1(model_path)
+        logger.info("cohort of %d slides, model %s, options %s", len(cohort), model_path.name, options)
+        rows, jobs = _plan(cohort, out, options, model_sha1, genes[0], pseudonymize)
+        if progress is not None:
+            progress(
+                {
+                    "event": "planned",
+                    "total": len(cohort),
+                    "to_run": len(jobs),
+                    "reused": sum(r["status"] == "reused" for r in rows.values()),
+                    "failed": sum(r["status"] == "failed" for r in rows.values()),
+                }
+            )
+        if jobs:
+            rows.update(
+                _submit_all(
+                    jobs,
+                    options,
+                    model_path,
+                    rows,
+                    client=client,
+                    scheduler=scheduler,
+                    workers=workers,
+                    threads_per_worker=threads_per_worker,
+                    memory_limit=memory_limit,
+                    allowed_failures=allowed_failures,
+                    device=device,
+                    progress=progress,
+                )
+            )
+        table = _table([rows[s.id] for s in cohort], genes, pseudonymize)
+        from .figures import write_cohort_outputs
+
+        write_cohort_outputs(table, out, genes)
+        counts = table["status"].value_counts().to_dict()
+        logger.info("finished: %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
+        return table
+    finally:
+        logger.removeHandler(log_handler)
+        log_handler.close()
+
+
+def _plan(cohort, out: Path, options, model_sha1: str, gene: str, pseudonymize: bool):
+    """Rows of slides already complete with the same fingerprint, jobs for the others."""
+    from ..inference.cache import slide_fingerprint
+    from .record import fingerprint, read_record
+
+    settings = options.result_settings()
+    rows: dict[str, dict[str, Any]] = {}
+    jobs = []
+    for slide in cohort:
+        base = {"id": slide.id, "slide": slide.given_as}
+        if not slide.path.is_file():
+            rows[slide.id] = {**base, "status": "failed", "error": f"{slide.given_as}: file not found"}
+            logger.warning("%s: %s: file not found", slide.id, slide.given_as)
+            continue
+        try:
+            fp = fingerprint(slide_fingerprint(slide.path), model_sha1, settings, slide.mpp)
+        except OSError as exc:
+            rows[slide.id] = {**base, "status": "failed", "error": f"{slide.given_as}: cannot read ({exc.strerror})"}
+            continue
+        folder = out / slide.id
+        record = read_record(folder)
+        if record is not None and record.get("fingerprint") == fp:
+            rows[slide.id] = {**record["row"], **base, "status": "reused"}
+            logger.info("%s: complete with the same settings, reused", slide.id)
+            continue
+        jobs.append(
+            {
+                "id": slide.id,
+                "path": str(slide.path),
+                "given_as": slide.given_as,
+                "mpp": slide.mpp,
+                "folder": str(folder),
+                "fingerprint": fp,
+                "gene": gene,
+                "shown_as": slide.id if pseudonymize else None,
+                "size": slide.path.stat().st_size,
+            }
+        )
+    return rows, jobs
+
+
+def _submit_all(
+    jobs,
+    options,
+    model_path: Path,
+    rows,
+    *,
+    client,
+    scheduler,
+    workers,
+    threads_per_worker,
+    memory_limit,
+    allowed_failures,
+    device,
+    progress,
+) -> dict[str, dict[str, Any]]:
+    """Run the jobs on the cluster; the finished slides' rows by id."""
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+
+    from .task import ModelPlugin, run_slide
+
+    cluster = None
+    own_client = client is None
+    if client is None:
+        if scheduler:
+            client = (
+                Client(scheduler_file=scheduler)
+                if Path(scheduler).suffix.lower() == ".json" and Path(scheduler).is_file()
+                else Client(scheduler)
+            )
+        else:
+            n, threads = default_workers()
+            n = workers or n
+            threads = threads_per_worker or max(1, (os.cpu_count() or 1) // n)
+            with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
+                cluster = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,  # one slide at a time per worker; torch uses `threads`
+                    processes=True,
+                    memory_limit=memory_limit,
+                    dashboard_address=":0" if _has_bokeh() else None,
+                )
+            client = Client(cluster)
+            threads_per_worker = threads
+    logger.info("dashboard: %s", client.dashboard_link if _has_bokeh() else "(pip install bokeh to get one)")
+    if progress is not None:
+        progress({"event": "started", "dashboard": client.dashboard_link if _has_bokeh() else None})
+    plugin = ModelPlugin(model_path, device=device, torch_threads=threads_per_worker)
+    finished: dict[str, dict[str, Any]] = {}
+    try:
+        client.register_plugin(plugin, name=plugin.name)
+        token = f"{time.time_ns():x}"
+        futures = {}
+        for job in jobs:
+            future = client.submit(
+                run_slide,
+                {k: v for k, v in job.items() if k != "size"},
+                options,
+                plugin.name,
+                key=f"stpredict-{job['id']}-{token}",
+                priority=job["size"] // (1 << 20),  # large slides first: the cohort ends sooner
+                retries=0,  # a bad slide's error is returned, not raised; dead workers are the scheduler's
+            )
+            futures[future] = job
+        counts = {
+            "done": 0,
+            "failed": sum(r["status"] == "failed" for r in rows.values()),
+            "reused": sum(r["status"] == "reused" for r in rows.values()),
+            "total": len(rows) + len(jobs),
+        }
+        for future in as_completed(futures):
+            job = futures[future]
+            base = {"id": job["id"], "slide": job["given_as"]}
+            try:
+                row = {**future.result(), **base}
+            except Exception as exc:  # noqa: BLE001 - KilledWorker, or an error no slide should raise: recorded, the cohort goes on
+                row = {**base, "status": "failed", "error": _task_error(exc)}
+            finished[job["id"]] = row
+            counts["done" if row["status"] == "done" else "failed"] += 1
+            logger.log(
+                logging.INFO if row["status"] == "done" else logging.WARNING,
+                "%s: %s in %ss on %s%s",
+                job["id"],
+                row["status"],
+                row.get("seconds", "?"),
+                row.get("worker", "?"),
+                f": {row['error']}" if row.get("error") else "",
+            )
+            if progress is not None:
+                running = sum(len(keys) for keys in client.processing().values())
+                progress({"event": "slide", **counts, "running": running, "id": job["id"], "status": row["status"]})
+    finally:
+        if own_client:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return finished
+
+
+def _task_error(exc: Exception) -> str:
+    from distributed.scheduler import KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return "the slide's task took down its worker repeatedly (crash or out of memory); given up"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def _table(rows: list[dict[str, Any]], genes: list[str], pseudonymize: bool) -> pd.DataFrame:
+    gene_columns = [f"{g}{suffix}" for g in genes for suffix in ("_mean", "_tumour_mean")]
+    columns = BASE_COLUMNS + gene_columns + TAIL_COLUMNS
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    table["error"] = table["error"].fillna("")
+    table["spots"] = table["spots"].astype("Int64")  # a failed slide has none, not NaN spots
+    if pseudonymize:
+        table = table.drop(columns=["slide"])
+    return table
+
+
+def _log_to(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler

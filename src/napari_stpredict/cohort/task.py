@@ -1,0 +1,165 @@
+"""What runs on a Dask worker: the model, loaded once per worker process, and one slide's task.
+
+`ModelPlugin` is registered with the client; Dask runs its ``setup`` on every worker,
+including workers that join later or replace a dead one, so a task only looks the model
+up (the model is never pickled with a task). `run_slide` predicts one slide into its
+output folder, with the completion record and a thumbnail tile for the cohort overview
+written inside the same atomic folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from .record import TILE_NAME
+
+__all__ = ["ModelPlugin", "run_slide"]
+
+TILE_SIZE = 320
+
+
+class ModelPlugin(WorkerPlugin):
+    """Dask worker plugin that loads the model once per worker process.
+
+    Parameters
+    ----------
+    model_path : Path
+        The checkpoint (on storage every worker can read).
+    device : str
+        ``auto`` (CUDA > MPS > CPU; with several GPUs on one machine, worker ``i`` of a
+        `LocalCluster` takes GPU ``i mod n``), or a torch device name.
+    torch_threads : int, optional
+        Threads for torch's CPU kernels in each worker (so workers sharing a machine do
+        not oversubscribe its cores).
+    """
+
+    def __init__(self, model_path: Path, device: str = "auto", torch_threads: int | None = None) -> None:
+        self.model_path = Path(model_path)
+        self.device = device
+        self.torch_threads = torch_threads
+        self.name = f"napari-stpredict-model-{_short(self.model_path)}-{device}"
+        self.model = None
+
+    def setup(self, worker) -> None:
+        """Load the model (runs in the worker process)."""
+        import logging
+        import sys
+
+        sys.modules.setdefault("triton", None)  # the known software-OpenGL crash; harmless here
+        # tifffile logs structural oddities on the way to an error of ours that says it
+        # better (the slide's row gets ours); keep the terminal to the cohort's progress.
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
+        import torch
+
+        from ..model import load_model
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        device = self.device
+        if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+            index = worker.name if isinstance(worker.name, int) else 0
+            device = f"cuda:{index % torch.cuda.device_count()}"
+        self.model = load_model(self.model_path, device=device)
+
+    def teardown(self, worker) -> None:
+        """Free the model."""
+        self.model = None
+
+
+def _short(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()[:10]
+
+
+def run_slide(job: dict[str, Any], options, plugin_name: str) -> dict[str, Any]:
+    """Predict one slide of a cohort into its folder; runs in a worker.
+
+    Parameters
+    ----------
+    job : dict
+        ``id``, ``path``, ``given_as``, ``mpp``, ``folder`` (the slide's output folder),
+        ``fingerprint``, ``gene`` (shown in the tile) and ``shown_as`` (a pseudonym
+        replacing the slide's name in the outputs, or None).
+    options : PredictOptions
+    plugin_name : str
+        The registered `ModelPlugin`'s name.
+
+    Returns
+    -------
+    dict
+        The slide's row: ``status`` ``done`` with `slide_summary`'s figures, or ``failed``
+        with ``error`` for a slide that cannot be read or predicted (returned rather than
+        raised: Dask retries only what a dead worker left, never a bad slide).
+    """
+    from distributed import get_worker
+
+    from ..errors import StPredictError
+    from ..inference.job import predict_to_folder, slide_summary
+    from .record import write_record
+
+    worker = get_worker()
+    plugin = worker.plugins[plugin_name]
+    started = time.perf_counter()
+    row: dict[str, Any] = {"id": job["id"], "worker": _worker_label(worker)}
+
+    def extra(folder: Path, slide, prediction, mask) -> None:
+        summary = slide_summary(prediction, mask, options.chosen_genes(plugin.model))
+        row.update(status="done", error="", **summary)
+        _write_tile(folder / TILE_NAME, slide, prediction, job["gene"], mask)
+        write_record(
+            folder,
+            {
+                "fingerprint": job["fingerprint"],
+                "id": job["id"],
+                "row": {**row, "seconds": round(time.perf_counter() - started, 2)},
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+
+    try:
+        predict_to_folder(
+            Path(job["path"]),
+            plugin.model,
+            plugin.model_path,
+            options,
+            Path(job["folder"]),
+            mpp=job.get("mpp"),
+            shown_as=job.get("shown_as"),
+            also_write=extra,
+        )
+    except (StPredictError, ValueError, OSError, MemoryError) as exc:
+        row.update(status="failed", error=_one_line(exc, job["path"], job["given_as"]))
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    return row
+
+
+def _worker_label(worker) -> str:
+    return f"{worker.name}@{worker.address.split('://')[-1]} pid {os.getpid()}"
+
+
+def _one_line(exc: Exception, path: str, given_as: str) -> str:
+    """The error without the full path when the user gave another (the table keeps only theirs)."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return message.replace(str(path), given_as)
+
+
+def _write_tile(path: Path, slide, prediction, gene: str, mask) -> None:
+    """A small thumbnail with ``gene``'s heatmap (the model's fixed colour range) and the
+    tumour contour: one cell of cohort_overview.png."""
+    from PIL import Image
+
+    from ..inference.overview import overview_image
+    from ..layers import colour_limits
+
+    heat = prediction.heatmap(gene)
+    fixed = bool((prediction.meta.get("tumor_calibration") or {}).get("gene_mean"))
+    image = overview_image(
+        slide, heat, mask.raster, max_size=TILE_SIZE, limits=colour_limits(prediction, gene, fixed=fixed)
+    )
+    Image.fromarray(image).save(path, format="PNG")
