@@ -68,24 +68,38 @@ def overview_grid(table: pd.DataFrame, out: Path, gene: str) -> np.ndarray:
     failed slides as grey cells with the word "failed"."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from .record import TILE_NAME
+    from ..inference.overview import colormap
+    from .record import TILE_NAME, read_record
 
     font = ImageFont.load_default()
     shown = table.head(MAX_TILES)
     n = max(1, len(shown))
     cols = min(6, n)
     rows = math.ceil(n / cols)
-    header = 40
-    canvas = Image.new("RGB", (cols * CELL, header + rows * (CELL + LABEL_H)), (255, 255, 255))
+    header = 44
+    canvas = Image.new("RGB", (max(cols * CELL, 900), header + rows * (CELL + LABEL_H)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     more = f" (first {MAX_TILES} of {len(table)} slides; cohort.csv has all)" if len(table) > MAX_TILES else ""
+    limits = None
+    for slide_id in shown["id"]:
+        record = read_record(out / str(slide_id))
+        if record and (record.get("tile") or {}).get("gene") == gene:
+            limits = record["tile"]["limits"]
+            break
+    x = 8
+    if limits is not None:  # one colour range for every tile: the model's fixed range of the gene
+        bar = colormap(np.linspace(0, 1, 160)[None, :].repeat(10, 0), 0.0, 1.0)
+        draw.text((x, 4), f"{limits[0]:.2f}", fill=(20, 20, 20), font=font)
+        canvas.paste(Image.fromarray(bar), (x + 34, 6))
+        draw.text((x + 200, 4), f"{limits[1]:.2f}", fill=(20, 20, 20), font=font)
+        x += 240
     draw.text(
-        (8, 4),
-        f"{gene}: predicted expression (the model's fixed colour range, viridis); red: predicted tumour{more}",
+        (x, 4),
+        f"{gene}, predicted log1p(counts per 10,000), the model's fixed range; red: predicted tumour{more}",
         fill=(20, 20, 20),
         font=font,
     )
-    draw.text((8, 20), "Research use only; not for diagnosis.", fill=(90, 90, 90), font=font)
+    draw.text((8, 24), "Research use only; not for diagnosis.", fill=(90, 90, 90), font=font)
     for k, row in enumerate(shown.itertuples(index=False)):
         x0 = (k % cols) * CELL
         y0 = header + (k // cols) * (CELL + LABEL_H)

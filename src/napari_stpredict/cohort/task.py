@@ -35,7 +35,10 @@ class ModelPlugin(WorkerPlugin):
         `LocalCluster` takes GPU ``i mod n``), or a torch device name.
     torch_threads : int, optional
         Threads for torch's CPU kernels in each worker (so workers sharing a machine do
-        not oversubscribe its cores).
+        not oversubscribe its cores). Default: all the cores of the worker's machine,
+        right for the one-worker-per-node (or per-GPU) set-up the README recommends;
+        without it a Dask worker would run torch on one thread (Dask sets
+        ``OMP_NUM_THREADS=1`` in its workers).
     """
 
     def __init__(self, model_path: Path, device: str = "auto", torch_threads: int | None = None) -> None:
@@ -58,8 +61,8 @@ class ModelPlugin(WorkerPlugin):
 
         from ..model import load_model
 
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        self.torch_threads = self.torch_threads or os.cpu_count() or 1
+        torch.set_num_threads(self.torch_threads)
         device = self.device
         if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
             index = worker.name if isinstance(worker.name, int) else 0
@@ -105,18 +108,26 @@ def run_slide(job: dict[str, Any], options, plugin_name: str) -> dict[str, Any]:
 
     worker = get_worker()
     plugin = worker.plugins[plugin_name]
+    if plugin.torch_threads:  # set by the plugin's set-up
+        import torch
+
+        # Set in the task's own thread: Dask starts workers with OMP_NUM_THREADS=1, and
+        # torch's OpenMP thread count is per calling thread, so the plugin's setting (made
+        # in the worker's event-loop thread) does not reach the executor thread.
+        torch.set_num_threads(plugin.torch_threads)
     started = time.perf_counter()
     row: dict[str, Any] = {"id": job["id"], "worker": _worker_label(worker)}
 
     def extra(folder: Path, slide, prediction, mask) -> None:
         summary = slide_summary(prediction, mask, options.chosen_genes(plugin.model))
         row.update(status="done", error="", **summary)
-        _write_tile(folder / TILE_NAME, slide, prediction, job["gene"], mask)
+        limits = _write_tile(folder / TILE_NAME, slide, prediction, job["gene"], mask)
         write_record(
             folder,
             {
                 "fingerprint": job["fingerprint"],
                 "id": job["id"],
+                "tile": {"gene": job["gene"], "limits": limits},
                 "row": {**row, "seconds": round(time.perf_counter() - started, 2)},
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
@@ -149,9 +160,9 @@ def _one_line(exc: Exception, path: str, given_as: str) -> str:
     return message.replace(str(path), given_as)
 
 
-def _write_tile(path: Path, slide, prediction, gene: str, mask) -> None:
+def _write_tile(path: Path, slide, prediction, gene: str, mask) -> list[float]:
     """A small thumbnail with ``gene``'s heatmap (the model's fixed colour range) and the
-    tumour contour: one cell of cohort_overview.png."""
+    tumour contour: one cell of cohort_overview.png. Returns the colour limits."""
     from PIL import Image
 
     from ..inference.overview import overview_image
@@ -159,7 +170,7 @@ def _write_tile(path: Path, slide, prediction, gene: str, mask) -> None:
 
     heat = prediction.heatmap(gene)
     fixed = bool((prediction.meta.get("tumor_calibration") or {}).get("gene_mean"))
-    image = overview_image(
-        slide, heat, mask.raster, max_size=TILE_SIZE, limits=colour_limits(prediction, gene, fixed=fixed)
-    )
+    limits = colour_limits(prediction, gene, fixed=fixed)
+    image = overview_image(slide, heat, mask.raster, max_size=TILE_SIZE, limits=limits)
     Image.fromarray(image).save(path, format="PNG")
+    return [round(float(v), 4) for v in limits]
