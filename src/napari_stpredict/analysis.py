@@ -77,6 +77,7 @@ class SlideAnalysis:
     spots_source: str | None = None
     last_r: float = float("nan")
     shown_genes: list[str] = field(default_factory=list)
+    browsing_layer: str | None = None  # the heatmap layer reused when one gene after another is shown
 
     def label(self, name: str) -> str:
         """A layer name for this slide, e.g. ``"ERBB2 (predicted) [her2st_C2]"``."""
@@ -102,6 +103,26 @@ class SlideAnalysis:
         if not (0 <= row < rows and 0 <= col < cols) or self._spot_index[row, col] < 0:
             return None
         return int(self._spot_index[row, col])
+
+    def readout(self, l0_xy) -> str:
+        """What the prediction says at a level-0 point: the genes shown with values and
+        units, confidence, tumour score against its threshold, the out-of-domain flag."""
+        from .inference.prediction import UNITS
+
+        spot = self.spot_at(l0_xy)
+        if spot is None:
+            return "no prediction here"
+        prediction = self.prediction
+        values = [
+            f"{gene} {float(prediction.adata.X[spot, prediction._gene_index(gene)]):.2f}"
+            for gene in self.shown_genes[:3]
+        ]
+        text = f"{', '.join(values)} {UNITS}; confidence {prediction.confidence[spot]:.2f}"
+        if self.tumor is not None:
+            text += f"; tumour score {self.tumor.score[spot]:.2f} (threshold {self.tumor.threshold:.2f})"
+        if "out_of_domain" in prediction.adata.obs and bool(prediction.adata.obs["out_of_domain"].iloc[spot]):
+            text += "; OUT OF DOMAIN"
+        return text
 
     def pearson(self, gene: str, measured: np.ndarray) -> float:
         """Pearson r of the predicted ``gene`` at the measured spots against ``measured``."""

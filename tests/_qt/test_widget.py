@@ -100,11 +100,17 @@ def test_switching_genes_does_not_rerun_the_model(predicted):
         if not widget.gene_list.item(i).isHidden()
     ]
     assert visible == ["GRB7"]
+    heatmaps_before = [
+        layer.name for layer in viewer.layers if layer.metadata.get("stpredict", {}).get("kind") == "heatmap"
+    ]
     widget.gene_list.findItems("GRB7", Qt.MatchStartsWith)[0].setSelected(True)
     widget.show_selected_genes()
     assert "GRB7 (predicted) [her2st_C2]" in viewer.layers and calls == []
-    grb7, erbb2 = viewer.layers["GRB7 (predicted) [her2st_C2]"], viewer.layers["ERBB2 (predicted) [her2st_C2]"]
-    assert grb7.colorbar.visible and not erbb2.colorbar.visible
+    # browsing one gene at a time swaps the map in its layer: no pile of layers, no slow add
+    heatmaps = [layer.name for layer in viewer.layers if layer.metadata.get("stpredict", {}).get("kind") == "heatmap"]
+    assert len(heatmaps) == len(heatmaps_before) and "ERBB2 (predicted) [her2st_C2]" not in viewer.layers
+    grb7 = viewer.layers["GRB7 (predicted) [her2st_C2]"]
+    assert np.allclose(grb7.data, widget.prediction.heatmap("GRB7").raster, equal_nan=True)
     measured = viewer.layers["GRB7 (measured) [her2st_C2]"]  # recoloured in place for the new gene
     assert "ERBB2 (measured) [her2st_C2]" not in viewer.layers
     from napari_stpredict.io.st_data import match_genes
@@ -112,6 +118,14 @@ def test_switching_genes_does_not_rerun_the_model(predicted):
 
     idx, _, _ = match_genes(widget.spots.var, ["GRB7"])
     assert np.allclose(measured.features["expression"], log1p_cp10k(widget.spots, idx).ravel())
+    # genes selected together each get a layer of their own, kept when browsing on
+    widget.gene_search.setText("")
+    widget.gene_list.findItems("ERBB2", Qt.MatchStartsWith)[0].setSelected(True)
+    widget.show_selected_genes()
+    grb7, erbb2 = viewer.layers["GRB7 (predicted) [her2st_C2]"], viewer.layers["ERBB2 (predicted) [her2st_C2]"]
+    assert grb7.colorbar.visible != erbb2.colorbar.visible
+    viewer.layers.selection.active = grb7
+    assert grb7.colorbar.visible and not erbb2.colorbar.visible
     viewer.layers.selection.active = erbb2  # the colour bar and caption follow the selected map
     assert erbb2.colorbar.visible and not grb7.colorbar.visible and "ERBB2" in canvas_caption(viewer).text
 

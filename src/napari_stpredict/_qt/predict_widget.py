@@ -1,9 +1,11 @@
 """The prediction dock widget: choose a slide and model, run, then explore genes and tumour.
 
-Thin by design: it gathers inputs, runs `cached_predict_slide` in a background worker
-with a progress bar and a Cancel button, and turns the cached `Prediction` into layers
-(`napari_stpredict.layers`). Choosing other genes or another threshold never re-runs
-the model. Errors become napari notifications.
+The dock composes thin panels (`panels`: widgets only) over one headless `SlideAnalysis`
+per slide layer, and `SlideLayers` for everything drawn in the viewer. It gathers inputs
+on the GUI thread, runs `cached_predict_slide` in a background worker with progress and
+a Cancel that answers within a second, and turns the cached `Prediction` into layers.
+Choosing other genes or another threshold never re-runs the model. Errors become napari
+notifications.
 """
 
 from __future__ import annotations
@@ -15,70 +17,25 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QSettings, Qt
-from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QCheckBox,
-    QComboBox,
-    QCompleter,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QFrame,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QListWidget,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QSlider,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QCompleter, QFileDialog, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ..analysis import SlideAnalysis
 from ..errors import StPredictError
 from ..placement import Placement
+from .common import BUNDLED, FROM_FILE, WHOLE_TISSUE, canvas_caption, notify_error, notify_warning
+from .panels import ExportPanel, GenesPanel, MeasuredPanel, RunPanel, TumourPanel
+from .slide_layers import SlideLayers
 
-BUNDLED = "Bundled model (her2st breast cancer)"
-FROM_FILE = "Checkpoint file..."
-MODE_ABSOLUTE = "Calibrated (absolute units)"
-SORT_NAME = "Genes A-Z"
-COLOURS_FIXED = "Colours: training"
-COLOURS_SLIDE = "Colours: this slide"
-SORT_ACCURACY = "Best r first"
-GENE_ROLE = Qt.UserRole  # an item's gene name; its text also shows the held-out r
-MODE_SLIDE = "Automatic per slide"
-WHOLE_TISSUE = "(whole tissue)"
-DISCLAIMER = "Research use only. Not for diagnosis."
-
-
-def _notify_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
-
-
-def _notify_warning(message: str) -> None:
-    from napari.utils.notifications import show_warning
-
-    show_warning(message)
-
-
-def canvas_caption(viewer):
-    """The viewer's canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9,
-    where ``viewer.text_overlay`` is deprecated)."""
-    canvas = getattr(viewer, "canvas", None)
-    overlays = getattr(canvas, "overlays", None)
-    return overlays.text if overlays is not None and hasattr(overlays, "text") else viewer.text_overlay
+__all__ = ["PredictWidget", "canvas_caption"]
 
 
 class PredictWidget(QWidget):
     """Dock widget: predict spatial gene expression on a slide layer.
 
     State lives in one `SlideAnalysis` per slide layer; ``prediction``, ``tumor``,
-    ``spots``, ``placement`` and ``last_r`` are those of the slide the dock shows.
+    ``spots``, ``placement`` and ``last_r`` are those of the slide the dock shows. The
+    panels' controls are reachable as attributes of the dock too (``gene_list``,
+    ``run_button``, ...), for scripts and tests.
     """
 
     @property
@@ -104,6 +61,7 @@ class PredictWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.layers = SlideLayers(napari_viewer)
         #: One `SlideAnalysis` per slide layer name; ``analysis`` is the one the dock shows.
         self.analyses: dict[str, SlideAnalysis] = {}
         self.analysis: SlideAnalysis | None = None
@@ -125,58 +83,6 @@ class PredictWidget(QWidget):
         self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self._refresh_layer_choices()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        """Stop a running prediction and let go of the viewer's events."""
-        self._cancel.set()
-        for emitter, callback in (
-            (self.viewer.layers.events.inserted, self._refresh_layer_choices),
-            (self.viewer.layers.events.removed, self._refresh_layer_choices),
-            (self.viewer.layers.selection.events.active, self._on_active_layer),
-        ):
-            emitter.disconnect(callback)
-        if self._on_mouse_move in self.viewer.mouse_move_callbacks:
-            self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
-        super().closeEvent(event)
-
-    def _on_mouse_move(self, viewer, event) -> None:
-        self.readout.setText(self.readout_at(event.position))
-
-    def readout_at(self, world_position) -> str:
-        """What the slide shown in the dock predicts at a world position (whatever layer is
-        selected): gene and value with units, confidence, tumour score, out-of-domain flag."""
-        if self.analysis is None:
-            return ""
-        from ..inference.prediction import UNITS
-
-        l0 = self.placement.world_to_l0(np.asarray(world_position, float)[-2:])[0]
-        spot = self.analysis.spot_at(l0)
-        if spot is None:
-            return "no prediction here"
-        prediction = self.prediction
-        values = [
-            f"{gene} {float(prediction.adata.X[spot, prediction._gene_index(gene)]):.2f}"
-            for gene in self.analysis.shown_genes[:3]
-        ]
-        text = f"{', '.join(values)} {UNITS}; confidence {prediction.confidence[spot]:.2f}"
-        if self.tumor is not None:
-            text += f"; tumour score {self.tumor.score[spot]:.2f} (threshold {self.tumor.threshold:.2f})"
-        if "out_of_domain" in prediction.adata.obs and bool(prediction.adata.obs["out_of_domain"].iloc[spot]):
-            text += "; OUT OF DOMAIN"
-        return text
-
-    def _on_active_layer(self, event=None) -> None:
-        """Colour bar and caption follow the heatmap the user selects."""
-        layer = self.viewer.layers.selection.active
-        meta = layer.metadata.get("stpredict", {}) if layer is not None else {}
-        if meta.get("kind") != "heatmap":
-            return
-        for other in self.viewer.layers:
-            if other.metadata.get("stpredict", {}).get("kind") == "heatmap":
-                other.colorbar.visible = other.name == layer.name
-        caption = canvas_caption(self.viewer)
-        caption.text = f"{meta['gene']}: predicted {meta['units']} ({meta.get('slide_layer', '')})"
-        caption.visible = True
-
     # --- UI ----------------------------------------------------------------------
     def _build(self) -> None:
         outer = QVBoxLayout(self)
@@ -190,178 +96,46 @@ class PredictWidget(QWidget):
         scroll.setWidget(content)
         outer.addWidget(scroll)
         layout = QVBoxLayout(content)
-        disclaimer = QLabel(f"<b>{DISCLAIMER}</b>")
-        layout.addWidget(disclaimer)
-        self.model_info = QLabel("")
-        self.model_info.setWordWrap(True)
-        layout.addWidget(self.model_info)
 
-        form = QFormLayout()
-        self.slide_combo = QComboBox()
-        self.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
-        form.addRow("Slide layer", self.slide_combo)
-        self.mpp_spin = QDoubleSpinBox()
-        self.mpp_spin.setRange(0.0, 50.0)
-        self.mpp_spin.setDecimals(4)
-        self.mpp_spin.setSuffix(" µm/px")
-        self.mpp_spin.setToolTip("Resolution of the slide layer; needed when the file does not record it")
-        self.mpp_spin.valueChanged.connect(self._remember_typed_mpp)
-        form.addRow("Resolution", self.mpp_spin)
-        self.model_combo = QComboBox()
-        self.model_combo.addItems([BUNDLED, FROM_FILE])
-        self.model_combo.activated.connect(self._on_model_choice)
-        form.addRow("Model", self.model_combo)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(self._devices())
-        form.addRow("Device", self.device_combo)
-        self.stride_spin = QDoubleSpinBox()
-        self.stride_spin.setRange(14.0, 1000.0)
-        self.stride_spin.setValue(112.0)
-        self.stride_spin.setSuffix(" µm")
-        self.stride_spin.setToolTip("Distance between predicted spots; smaller gives smoother maps and takes longer")
-        form.addRow("Stride", self.stride_spin)
-        self.region_combo = QComboBox()
-        self.region_combo.setToolTip("Predict only inside the polygons of a Shapes layer")
-        form.addRow("Region", self.region_combo)
-        self.stain_check = QCheckBox("Check stain (H&&E only)")
-        self.stain_check.setChecked(True)
-        self.stain_check.setToolTip(
-            "Fluorescence, IHC (DAB), grayscale and blank images give meaningless maps; "
-            "untick only if you know the slide is H&E"
-        )
-        form.addRow("", self.stain_check)
-        layout.addLayout(form)
-
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run prediction")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status)
-        self.readout = QLabel("")
-        self.readout.setWordWrap(True)
-        self.readout.setToolTip("The prediction under the mouse cursor")
-        layout.addWidget(self.readout)
-        # What the user must know before reading any map: out of domain, unusual stain.
-        self.trust_banner = QLabel("")
-        self.trust_banner.setWordWrap(True)
-        self.trust_banner.setVisible(False)
-        layout.addWidget(self.trust_banner)
-
-        genes_box = QGroupBox("Genes")
-        g = QVBoxLayout(genes_box)
-        self.gene_search = QLineEdit()
-        self.gene_search.setPlaceholderText("type to search genes...")
-        self.gene_search.textChanged.connect(self._filter_genes)
-        self.gene_search.returnPressed.connect(self._select_typed_gene)
-        g.addWidget(self.gene_search)
-        self.gene_sort = QComboBox()
-        self.gene_sort.addItems([SORT_NAME, SORT_ACCURACY])
-        self.gene_sort.setToolTip(
-            "Held-out r: how well the model predicted each gene on patients it never saw "
-            "(its shipped evaluation); trust maps of well-predicted genes more"
-        )
-        self.gene_sort.currentIndexChanged.connect(lambda *_: self._fill_gene_list())
-        self.colour_range = QComboBox()
-        self.colour_range.addItems([COLOURS_FIXED, COLOURS_SLIDE])
-        self.colour_range.setToolTip(
-            "Training range: each gene's colours span its range over the model's training "
-            "spots, the same on every slide (comparable). This slide: its own 2nd-98th "
-            "percentile (more contrast, not comparable)"
-        )
-        self.colour_range.currentIndexChanged.connect(
-            lambda *_: self.show_genes(self.analysis.shown_genes) if self.analysis else None
-        )
-        sort_row = QHBoxLayout()
-        sort_row.addWidget(self.gene_sort)
-        sort_row.addWidget(self.colour_range)
-        g.addLayout(sort_row)
-        self.gene_list = QListWidget()
-        self.gene_list.setSelectionMode(QAbstractItemView.ExtendedSelection)
-        from qtpy.QtGui import QFontDatabase
-
-        self.gene_list.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))  # so the r column lines up
-        self.gene_list.setMaximumHeight(160)
-        g.addWidget(self.gene_list)
-        row = QHBoxLayout()
-        self.preset_combo = QComboBox()
-        self.preset_combo.addItems(["Presets...", "Marker panel", "HER2 amplicon"])
-        self.preset_combo.activated.connect(self._apply_preset)
-        self.show_genes_button = QPushButton("Show selected genes")
-        self.show_genes_button.clicked.connect(self.show_selected_genes)
-        self.side_by_side_button = QPushButton("Side by side")
-        self.side_by_side_button.setCheckable(True)
-        self.side_by_side_button.setToolTip(
-            "Two selected genes next to each other, each over the slide (napari's grid view); press again to go back"
-        )
-        self.side_by_side_button.toggled.connect(self.set_side_by_side)
-        row.addWidget(self.preset_combo)
-        row.addWidget(self.show_genes_button)
-        g.addLayout(row)
-        g.addWidget(self.side_by_side_button)
-        layout.addWidget(genes_box)
-
-        tumor_box = QGroupBox("Tumour")
-        t = QFormLayout(tumor_box)
-        self.markers_edit = QLineEdit()
-        self.markers_edit.setToolTip("Marker genes, separated by commas; the score is their mean z-score")
-        self.markers_edit.editingFinished.connect(self._on_markers_edited)
-        t.addRow("Markers", self.markers_edit)
-        self.threshold_mode = QComboBox()
-        self.threshold_mode.addItems([MODE_ABSOLUTE, MODE_SLIDE])
-        self.threshold_mode.setToolTip(
-            "Calibrated: scores in the units of the model's training spots and the "
-            "threshold chosen on them (comparable between slides; a slide without "
-            "tumour gets little or none). Per slide: this slide's own scores and an "
-            "automatic threshold, which always splits the slide in two."
-        )
-        self.threshold_mode.currentIndexChanged.connect(lambda *_: self.update_tumor(threshold=None))
-        t.addRow("Units", self.threshold_mode)
-        slider_row = QHBoxLayout()
-        self.threshold_slider = QSlider(Qt.Horizontal)
-        self.threshold_slider.setRange(0, 1000)
-        self.threshold_slider.valueChanged.connect(self._on_threshold_slider)
-        self.threshold_label = QLabel("-")
-        self.auto_button = QPushButton("Auto")
-        self.auto_button.clicked.connect(self.reset_threshold)
-        slider_row.addWidget(self.threshold_slider)
-        slider_row.addWidget(self.threshold_label)
-        slider_row.addWidget(self.auto_button)
-        t.addRow("Threshold", slider_row)
-        layout.addWidget(tumor_box)
-
-        measured_box = QGroupBox("Measured spots (optional)")
-        m = QVBoxLayout(measured_box)
-        self.load_spots_button = QPushButton("Load measured spots (.h5ad)...")
-        self.load_spots_button.clicked.connect(self._choose_spots_file)
-        self.r_label = QLabel("")
-        self.r_label.setWordWrap(True)
-        m.addWidget(self.load_spots_button)
-        m.addWidget(self.r_label)
-        layout.addWidget(measured_box)
-
-        export_box = QGroupBox("Export")
-        e = QHBoxLayout(export_box)
-        self.save_table_button = QPushButton("Spot table...")
-        self.save_table_button.clicked.connect(self._choose_table_file)
-        self.save_geojson_button = QPushButton("Tumour GeoJSON...")
-        self.save_geojson_button.clicked.connect(self._choose_geojson_file)
-        e.addWidget(self.save_table_button)
-        e.addWidget(self.save_geojson_button)
-        layout.addWidget(export_box)
+        self.run_panel = RunPanel(self._devices())
+        self.genes_panel = GenesPanel()
+        self.tumour_panel = TumourPanel()
+        self.measured_panel = MeasuredPanel()
+        self.export_panel = ExportPanel()
+        for panel in (self.run_panel, self.genes_panel, self.tumour_panel, self.measured_panel, self.export_panel):
+            layout.addWidget(panel)
+            # The panels' controls as the dock's own attributes (scripts and tests use them).
+            for name, value in vars(panel).items():
+                if not name.startswith("_") and isinstance(value, QWidget):
+                    setattr(self, name, value)
         hint = QLabel("Heatmaps and the mask: File > Save Selected Layers as .tif (GeoTIFF).")
         hint.setWordWrap(True)
         layout.addWidget(hint)
         layout.addStretch(1)
+
+        run = self.run_panel
+        run.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
+        run.mpp_spin.valueChanged.connect(self._remember_typed_mpp)
+        run.model_combo.activated.connect(self._on_model_choice)
+        run.run_button.clicked.connect(self.run)
+        run.cancel_button.clicked.connect(self.cancel)
+        genes = self.genes_panel
+        genes.gene_search.returnPressed.connect(self._select_typed_gene)
+        genes.gene_sort.currentIndexChanged.connect(lambda *_: self._fill_gene_list())
+        genes.colour_range.currentIndexChanged.connect(
+            lambda *_: self.show_genes(self.analysis.shown_genes) if self.analysis else None
+        )
+        genes.preset_combo.activated.connect(self._apply_preset)
+        genes.show_genes_button.clicked.connect(self.show_selected_genes)
+        genes.side_by_side_button.toggled.connect(self.set_side_by_side)
+        tumour = self.tumour_panel
+        tumour.markers_edit.editingFinished.connect(lambda: self.update_tumor(threshold=None))
+        tumour.threshold_mode.currentIndexChanged.connect(lambda *_: self.update_tumor(threshold=None))
+        tumour.threshold_slider.valueChanged.connect(self._on_threshold_slider)
+        tumour.auto_button.clicked.connect(self.reset_threshold)
+        self.measured_panel.load_spots_button.clicked.connect(self._choose_spots_file)
+        self.export_panel.save_table_button.clicked.connect(self._choose_table_file)
+        self.export_panel.save_geojson_button.clicked.connect(self._choose_geojson_file)
         self._set_result_controls(False)
 
     @staticmethod
@@ -379,20 +153,37 @@ class PredictWidget(QWidget):
         return devices
 
     def _set_result_controls(self, enabled: bool) -> None:
-        for w in (
-            self.gene_search,
-            self.gene_list,
-            self.preset_combo,
-            self.show_genes_button,
-            self.side_by_side_button,
-            self.markers_edit,
-            self.threshold_slider,
-            self.auto_button,
-            self.load_spots_button,
-            self.save_table_button,
-            self.save_geojson_button,
+        for panel in (self.genes_panel, self.tumour_panel, self.measured_panel, self.export_panel):
+            panel.setEnabled(enabled)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Stop a running prediction and let go of the viewer's events."""
+        self._cancel.set()
+        for emitter, callback in (
+            (self.viewer.layers.events.inserted, self._refresh_layer_choices),
+            (self.viewer.layers.events.removed, self._refresh_layer_choices),
+            (self.viewer.layers.selection.events.active, self._on_active_layer),
         ):
-            w.setEnabled(enabled)
+            emitter.disconnect(callback)
+        if self._on_mouse_move in self.viewer.mouse_move_callbacks:
+            self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
+        super().closeEvent(event)
+
+    # --- viewer events -------------------------------------------------------------
+    def _on_mouse_move(self, viewer, event) -> None:
+        self.readout.setText(self.readout_at(event.position))
+
+    def readout_at(self, world_position) -> str:
+        """What the slide shown in the dock predicts at a world position (whatever layer is
+        selected): gene and value with units, confidence, tumour score, out-of-domain flag."""
+        if self.analysis is None:
+            return ""
+        l0 = self.placement.world_to_l0(np.asarray(world_position, float)[-2:])[0]
+        return self.analysis.readout(l0)
+
+    def _on_active_layer(self, event=None) -> None:
+        """Colour bar and caption follow the heatmap the user selects."""
+        self.layers.follow(self.viewer.layers.selection.active)
 
     # --- layer choices -------------------------------------------------------------
     def _image_layers(self):
@@ -550,15 +341,17 @@ class PredictWidget(QWidget):
         """Start a prediction in a background worker."""
         from napari.qt.threading import create_worker
 
+        from ..model import default_model_path
+
         layer = self._selected_slide_layer()
         if layer is None:
-            _notify_error("Open a slide first (File > Open, or File > Open Sample > ST Predict)")
+            notify_error("Open a slide first (File > Open, or File > Open Sample > ST Predict)")
             return
         try:
             slide = self._slide_for_layer(layer)
             roi = self._region()
         except StPredictError as exc:
-            _notify_error(str(exc))
+            notify_error(str(exc))
             return
         self._cancel = threading.Event()
         # Prediction layers take the slide layer's own transform (read here, on the GUI thread).
@@ -570,11 +363,9 @@ class PredictWidget(QWidget):
             "cancel_event": self._cancel,
             "check_stain": self.stain_check.isChecked(),
         }
-        # _ignore_errors: _on_error turns them into one clear notification (no re-raise, no traceback popup)
         # Every input is read here, on the GUI thread; the worker never touches a Qt widget.
-        from ..model import default_model_path
-
         model_path, device = self._model_path or default_model_path(), self.device_combo.currentText()
+        # _ignore_errors: _on_error turns them into one clear notification (no re-raise, no traceback popup)
         self.worker = create_worker(
             self._work, slide, params, model_path, device, _start_thread=False, _ignore_errors=True
         )
@@ -582,8 +373,7 @@ class PredictWidget(QWidget):
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self.run_panel.set_running(True)
         self.status.setText("starting...")
         self.worker.start()
 
@@ -610,13 +400,8 @@ class PredictWidget(QWidget):
     def _on_progress(self, progress: dict) -> None:
         if self._cancel.is_set():
             return  # progress queued before the cancel: the status says "cancelling"
+        self.run_panel.show_progress(progress)
         total, done = progress.get("total", 0), progress.get("done", 0)
-        self.progress_bar.setRange(0, max(total, 1) if total else 0)
-        self.progress_bar.setValue(done)
-        if progress.get("stage") == "predict":
-            self.status.setText(f"predicting: {done} / {total} spots")
-        else:
-            self.status.setText(progress.get("message", progress.get("stage", "")))
         if total and self._progress is None:
             from napari.utils import progress as napari_progress
 
@@ -632,7 +417,7 @@ class PredictWidget(QWidget):
             self.status.setText("cancelled")
             return
         self.status.setText(f"failed: {exc}")
-        _notify_error(f"Prediction failed: {exc}")
+        notify_error(f"Prediction failed: {exc}")
 
     def _on_finished(self) -> None:
         if self._progress is not None:
@@ -641,8 +426,7 @@ class PredictWidget(QWidget):
         if self._cancel.is_set():
             self.status.setText("cancelled")  # not a stale "predicting n / m" queued before the cancel
             self.progress_bar.setValue(0)
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.run_panel.set_running(False)
         self.progress_bar.setRange(0, 1)
         self.worker = None
 
@@ -663,26 +447,23 @@ class PredictWidget(QWidget):
             The slide layer it belongs to (default: the layer chosen in the dock). Its
             previous analysis, and its measured spots, are replaced; other slides keep theirs.
         """
-        from ..layers import confidence_layer, domain_layer
-
         layer_name = layer_name or self.slide_combo.currentText() or prediction.meta["slide"].get("name", "slide")
         previous = self.analyses.get(layer_name)
         self.analysis = SlideAnalysis(layer_name, prediction, placement or Placement.of_prediction(prediction))
-        if previous is not None and previous.spots is not None:
-            with contextlib.suppress(ValueError):  # the same slide rerun: its measured spots still belong to it
-                self.analysis.set_spots(previous.spots, previous.spots_source)
+        if previous is not None:
+            self.analysis.browsing_layer = previous.browsing_layer  # the rerun refills the same map layer
+            if previous.spots is not None:
+                with contextlib.suppress(ValueError):  # the same slide rerun: its measured spots still belong to it
+                    self.analysis.set_spots(previous.spots, previous.spots_source)
         self.analyses[layer_name] = self.analysis
         self._fill_result_controls()
-        meta = prediction.meta
-        cached = " (from cache)" if meta.get("cache") == "hit" else ""
+        cached = " (from cache)" if prediction.meta.get("cache") == "hit" else ""
         self.status.setText(f"{len(prediction)} spots predicted{cached}")
-        self._upsert(*confidence_layer(prediction, self.placement))
-        if "domain_distance" in prediction.adata.obs and prediction.meta.get("tumor_calibration") is not None:
-            self._upsert(*domain_layer(prediction, self.placement))
-        self._show_trust(prediction, notify=True)
         genes = prediction.genes
-        first = "ERBB2" if "ERBB2" in genes else genes[0]
-        self.show_genes([first])
+        # The first map first: the other layers follow once it is on screen.
+        self.show_genes(["ERBB2" if "ERBB2" in genes else genes[0]])
+        self.layers.show_prediction(self.analysis)
+        self._show_trust(prediction, notify=True)
         self.update_tumor(threshold=None)
         self._maybe_load_sample_spots()
 
@@ -695,26 +476,11 @@ class PredictWidget(QWidget):
         return gene_accuracy(self.model)[0]
 
     def _fill_gene_list(self) -> None:
-        """The prediction's genes, sorted by name or by held-out r, each with its r."""
-        from qtpy.QtWidgets import QListWidgetItem
-
-        if self.prediction is None:
-            return
-        accuracy = self._gene_accuracy()
-        genes = sorted(self.prediction.genes, key=str.upper)
-        if self.gene_sort.currentText() == SORT_ACCURACY:
-            genes.sort(key=lambda g: -accuracy[g] if accuracy.get(g) is not None else float("inf"))
-        selected = set(self._selected_genes())
-        self.gene_list.clear()
-        for gene in genes:
-            r = accuracy.get(gene)
-            item = QListWidgetItem(f"{gene:<10}  r {r:.2f}" if r is not None else gene)
-            item.setData(GENE_ROLE, gene)
-            self.gene_list.addItem(item)
-            item.setSelected(gene in selected)
+        if self.prediction is not None:
+            self.genes_panel.fill(self.prediction.genes, self._gene_accuracy())
 
     def _selected_genes(self) -> list[str]:
-        return [item.data(GENE_ROLE) for item in self.gene_list.selectedItems()]
+        return self.genes_panel.selected()
 
     def _fill_result_controls(self) -> None:
         """Gene list, model line and markers of the current analysis."""
@@ -740,151 +506,56 @@ class PredictWidget(QWidget):
 
         lines = trust_lines(prediction.meta)
         verdict = (prediction.meta.get("trust") or {}).get("domain", {}).get("verdict", "unknown")
-        colour = {"out of domain": "#b00020", "partly out of domain": "#b35900"}.get(verdict, "#7a5c00")
-        if lines:
-            self.trust_banner.setText("<br>".join(f"⚠ {line}" for line in lines))
-            self.trust_banner.setStyleSheet(
-                f"background-color: {colour}; color: white; padding: 6px; border-radius: 4px;"
-            )
-            self.trust_banner.setVisible(True)
-            if notify:
-                _notify_warning(f"{prediction.meta['slide'].get('name', 'slide')}: {lines[0]}")
-        else:
-            self.trust_banner.setText("")
-            self.trust_banner.setVisible(False)
+        self.run_panel.show_trust(lines, verdict)
+        if lines and notify:
+            notify_warning(f"{prediction.meta['slide'].get('name', 'slide')}: {lines[0]}")
 
     def _panel(self) -> list[str]:
         from ..inference.tumor import model_panel
 
         return model_panel(self.prediction)
 
-    def _upsert(self, data, kwargs, layer_type):
-        """Add a layer of the current slide, or replace the data (and placement) of the one
-        with the same name; names carry the slide layer's name, so each slide keeps its own."""
-        kwargs = dict(kwargs)
-        name = kwargs["name"] = self.analysis.label(kwargs["name"])
-        meta = kwargs.get("metadata", {}).get("stpredict")
-        if meta is not None:
-            kwargs["metadata"] = {"stpredict": {**meta, "slide_layer": self.analysis.layer_name}}
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = data
-            for key in ("scale", "translate", "affine", "units", "contrast_limits", "metadata"):
-                if key in kwargs:
-                    setattr(layer, key, kwargs[key])
-            if "affine" not in kwargs:
-                layer.affine = np.eye(3)
-            return layer
-        add = getattr(self.viewer, f"add_{layer_type}")
-        return add(data, **kwargs)
-
+    # --- genes -----------------------------------------------------------------------
     def show_genes(self, genes: list[str]) -> None:
-        """Add (or refresh) a heatmap layer per gene, from the cached prediction."""
-        from ..layers import heatmap_layer
-
+        """Show heatmaps of ``genes`` from the cached prediction (one gene: browse in place;
+        several: a layer each), and recolour the measured spots by the first."""
         if self.prediction is None:
             return
-        shown = None
-        for gene in genes:
-            try:
-                shown = self._upsert(
-                    *heatmap_layer(
-                        self.prediction,
-                        gene,
-                        placement=self.placement,
-                        fixed_limits=self.colour_range.currentText() == COLOURS_FIXED,
-                    )
-                )
-            except KeyError as exc:
-                _notify_error(str(exc).strip("'\""))
-        if shown is not None:
-            # One colour bar at a time (the last gene shown), captioned with gene and units.
-            for layer in self.viewer.layers:
-                if layer.metadata.get("stpredict", {}).get("kind") == "heatmap":
-                    layer.colorbar.visible = layer.name == shown.name  # plugin viewers hand out proxies: no `is`
-            self.analysis.shown_genes = list(genes)
-            info = shown.metadata["stpredict"]
-            caption = canvas_caption(self.viewer)
-            caption.text = f"{info['gene']}: predicted {info['units']}"
-            caption.visible = True
+        self.layers.show_genes(self.analysis, genes, fixed_limits=self.genes_panel.fixed_colours)
         self._update_measured(genes[0] if genes else None)
 
     def set_side_by_side(self, on: bool) -> None:
-        """Show two genes next to each other in napari's grid view, each over its own view of
-        the slide (a second layer sharing the slide's data: nothing is read twice); off
-        restores the single view and what was visible."""
+        """Two genes next to each other in napari's grid view; off restores the single view."""
         if not on:
-            self.viewer.grid.enabled = False
-            for layer in [layer for layer in self.viewer.layers if self._is_mine(layer, "slide_copy")]:
-                self.viewer.layers.remove(layer)
-            for name, visible in getattr(self, "_visibility_before_grid", {}).items():
-                if name in self.viewer.layers:
-                    self.viewer.layers[name].visible = visible
-            self._visibility_before_grid = {}
+            self.layers.single_view(self.analysis)
             return
-        genes = (self._selected_genes() or [])[:2]
+        genes = self._selected_genes()[:2]
         if len(genes) < 2 and self.analysis is not None:
             genes = (genes + [g for g in self.analysis.shown_genes if g not in genes])[:2]
         if self.analysis is None or len(genes) < 2:
-            _notify_warning("Select two genes in the list to show them side by side")
-            self.side_by_side_button.blockSignals(True)
-            self.side_by_side_button.setChecked(False)
-            self.side_by_side_button.blockSignals(False)
+            notify_warning("Select two genes in the list to show them side by side")
+            self.genes_panel.set_side_by_side_checked(False)
             return
-        self.show_genes(genes)
-        slide = self.viewer.layers[self.analysis.layer_name]
-        copy = self.viewer.add_image(
-            slide.data,
-            multiscale=slide.multiscale,
-            rgb=True,
-            scale=slide.scale,
-            translate=slide.translate,
-            affine=slide.affine,
-            units=slide.units,
-            name=self.analysis.label("slide, second view"),
-            metadata={"stpredict": {"kind": "slide_copy", "slide_layer": self.analysis.layer_name}},
-        )
-        heat = [self.viewer.layers[self.analysis.label(f"{gene} (predicted)")] for gene in genes]
-        ordered = [slide, heat[0], copy, heat[1]]
-        self._visibility_before_grid = {layer.name: layer.visible for layer in self.viewer.layers}
-        for layer in self.viewer.layers:
-            layer.visible = any(layer.name == keep.name for keep in ordered)
-        # The grid puts each run of `stride` layers, counted from the bottom, in a view of its
-        # own and drops views with nothing visible: slide + first gene, second view + second gene.
-        for index, layer in enumerate(ordered):
-            self.viewer.layers.move(self.viewer.layers.index(layer), index)
-        for layer in heat:
-            if hasattr(layer, "name_overlay"):  # napari >= 0.9: the gene's name in its view
-                layer.name_overlay.visible = True
-        self.viewer.grid.stride = 2
-        self.viewer.grid.enabled = True
-        self.viewer.reset_view()
+        self.layers.side_by_side(self.analysis, genes, fixed_limits=self.genes_panel.fixed_colours)
+        self._update_measured(genes[0])
 
     def show_selected_genes(self) -> None:
         genes = self._selected_genes()
         if not genes:
-            _notify_warning("Select genes in the list first (type to search)")
+            notify_warning("Select genes in the list first (type to search)")
             return
         self.show_genes(genes)
 
-    def _filter_genes(self, text: str) -> None:
-        text = text.strip().upper()
-        for i in range(self.gene_list.count()):
-            item = self.gene_list.item(i)
-            item.setHidden(bool(text) and text not in item.data(GENE_ROLE).upper())
-
     def _select_typed_gene(self) -> None:
-        text = self.gene_search.text().strip().upper()
-        for i in range(self.gene_list.count()):
-            item = self.gene_list.item(i)
-            if item.data(GENE_ROLE).upper() == text:
-                item.setSelected(True)
-                self.show_genes([item.data(GENE_ROLE)])
-                return
+        gene = self.genes_panel.typed_gene()
+        if gene is not None:
+            self.show_genes([gene])
+            return
+        text = self.gene_search.text().strip()
         if text and self.prediction is not None:
-            _notify_warning(
-                f"{self.gene_search.text().strip()} is not predicted by this model (it predicts "
-                f"{len(self.prediction.genes)} genes; type part of a name to search)"
+            notify_warning(
+                f"{text} is not predicted by this model (it predicts {len(self.prediction.genes)} genes; "
+                "type part of a name to search)"
             )
 
     def _apply_preset(self, index: int) -> None:
@@ -892,61 +563,39 @@ class PredictWidget(QWidget):
 
         name = self.preset_combo.itemText(index)
         genes = self._panel() if name == "Marker panel" else list(HER2_AMPLICON) if name == "HER2 amplicon" else []
-        self.gene_list.clearSelection()
-        for i in range(self.gene_list.count()):
-            if self.gene_list.item(i).data(GENE_ROLE) in genes:
-                self.gene_list.item(i).setSelected(True)
+        self.genes_panel.select(genes)
         self.preset_combo.setCurrentIndex(0)
 
     # --- tumour ------------------------------------------------------------------------
-    def _markers(self) -> list[str]:
-        return [m.strip() for m in self.markers_edit.text().replace(";", ",").split(",") if m.strip()]
-
-    def _on_markers_edited(self) -> None:
-        self.update_tumor(threshold=None)
-
     def update_tumor(self, threshold: float | None = None) -> None:
         """Recompute the tumour mask (automatic threshold when None) and update its layers."""
         from ..inference.tumor import tumor_mask
-        from ..layers import tumor_contour_layer, tumor_labels_layer
 
         if self.prediction is None:
             return
         try:
-            mode = "slide" if self.threshold_mode.currentText() == MODE_SLIDE else "auto"
-            mask = tumor_mask(self.prediction, self._markers() or None, threshold=threshold, mode=mode)
+            mask = tumor_mask(
+                self.prediction, self.tumour_panel.markers() or None, threshold=threshold, mode=self.tumour_panel.mode
+            )
         except ValueError as exc:
-            _notify_error(str(exc))
+            notify_error(str(exc))
             return
         if mask.missing:
-            _notify_warning(f"markers not predicted by this model: {', '.join(mask.missing)}")
+            notify_warning(f"markers not predicted by this model: {', '.join(mask.missing)}")
         self.analysis.tumor = mask
-        self._upsert(*tumor_labels_layer(self.prediction, mask, self.placement))
-        self._upsert(*tumor_contour_layer(self.prediction, mask, self.placement))
-        if threshold is None:
-            lo = min(float(mask.score.min()), mask.threshold)
-            hi = max(float(mask.score.max()), mask.threshold)
-            self._score_range = (lo, hi)
-            self.threshold_slider.blockSignals(True)
-            self.threshold_slider.setValue(int(round((mask.threshold - lo) / max(hi - lo, 1e-9) * 1000)))
-            self.threshold_slider.blockSignals(False)
-        self.threshold_label.setText(
-            f"{mask.threshold:.2f} ({'auto' if mask.automatic else 'manual'}, {mask.fraction:.0%})"
-        )
-        self.threshold_label.setToolTip(mask.describe() + (f"; {mask.note}" if mask.note else ""))
+        self.layers.show_tumour(self.analysis)
+        self.tumour_panel.show_mask(mask, automatic=threshold is None)
         if mask.note and threshold is None:
             self.status.setText(f"{self.status.text().split(' | ')[0]} | tumour: {mask.note}")
 
     def _on_threshold_slider(self, value: int) -> None:
-        if self.prediction is None or not hasattr(self, "_score_range"):
-            return
-        lo, hi = self._score_range
-        self.update_tumor(threshold=lo + (hi - lo) * value / 1000)
+        threshold = self.tumour_panel.threshold_at(value)
+        if self.prediction is not None and threshold is not None:
+            self.update_tumor(threshold=threshold)
 
     def set_threshold(self, threshold: float) -> None:
         """Set a manual tumour threshold (as the slider does)."""
-        lo, hi = self._score_range
-        self.threshold_slider.setValue(int(round((threshold - lo) / max(hi - lo, 1e-9) * 1000)))
+        self.threshold_slider.setValue(self.tumour_panel.position_of(threshold))
 
     def reset_threshold(self) -> None:
         self.update_tumor(threshold=None)
@@ -961,7 +610,7 @@ class PredictWidget(QWidget):
             try:
                 self.load_spots(sample_data_dir() / SAMPLE_SPOTS)
             except (OSError, StPredictError, ValueError) as exc:
-                _notify_warning(f"could not load the sample's measured spots: {exc}")
+                notify_warning(f"could not load the sample's measured spots: {exc}")
 
     def _choose_spots_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -972,7 +621,7 @@ class PredictWidget(QWidget):
             try:
                 self.load_spots(path)
             except (OSError, StPredictError, ValueError, KeyError) as exc:
-                _notify_error(f"{Path(path).name}: {exc}")
+                notify_error(f"{Path(path).name}: {exc}")
 
     def load_spots(self, path: str | Path) -> None:
         """Use measured spots (``obsm["spatial"]`` in level-0 pixels of this slide) for comparison.
@@ -991,45 +640,13 @@ class PredictWidget(QWidget):
         self._update_measured(shown[0] if shown else None)
 
     def _update_measured(self, gene: str | None) -> None:
-        from ..layers import measured_points_layer
-
         if self.spots is None or self.prediction is None or gene is None:
             return
-        try:
-            data, kwargs, kind = measured_points_layer(
-                self.spots,
-                gene,
-                placement=self.placement,
-                mpp=(self.prediction.meta["mpp_x"], self.prediction.meta["mpp_y"]),
-            )
-        except KeyError as exc:
-            self.r_label.setText(str(exc).strip("'\""))
-            return
-        kwargs["name"] = self.analysis.label(kwargs["name"])
-        kwargs["metadata"] = {"stpredict": {**kwargs["metadata"]["stpredict"], "slide_layer": self.analysis.layer_name}}
-        existing = [layer for layer in self.viewer.layers if self._is_mine(layer, "measured")]
-        if existing and len(existing[0].data) == len(data):
-            # Same spots, another gene: recolour in place (removing and adding a Points layer
-            # costs half a second of scene-graph work in napari).
-            layer = existing[0]
-            layer.features = kwargs["features"]
-            layer.face_contrast_limits = kwargs["face_contrast_limits"]
-            layer.face_color = "expression"
-            layer.metadata = kwargs["metadata"]
-            layer.name = kwargs["name"]
-        else:
-            for layer in existing:
-                self.viewer.layers.remove(layer)
-            self.viewer.add_points(data, **kwargs)
-        self.analysis.last_r = self.analysis.pearson(gene, kwargs["features"]["expression"])
-        self.r_label.setText(
-            f"{gene}: predicted vs measured at {self.spots.n_obs} spots, Pearson r = {self.last_r:.2f}"
-        )
+        self.r_label.setText(self.layers.show_measured(self.analysis, gene))
 
     def _is_mine(self, layer, kind: str) -> bool:
         """Whether ``layer`` is a prediction layer of ``kind`` of the slide the dock shows."""
-        meta = layer.metadata.get("stpredict", {})
-        return meta.get("kind") == kind and meta.get("slide_layer") == self.analysis.layer_name
+        return self.layers.is_mine(layer, self.analysis, kind)
 
     # --- export ----------------------------------------------------------------------------
     def _choose_table_file(self) -> None:
@@ -1051,28 +668,13 @@ class PredictWidget(QWidget):
             func(path)
             self.status.setText(f"saved {Path(path).name}")
         except (OSError, StPredictError, ValueError) as exc:
-            _notify_error(f"could not save {Path(path).name}: {exc}")
+            notify_error(f"could not save {Path(path).name}: {exc}")
 
     def save_table(self, path: str | Path) -> Path:
         """Spot table: ``.h5ad`` (full prediction) or ``.csv`` (spot centres, confidence, all genes)."""
-        import pandas as pd
+        from ..inference.export import save_spot_table
 
-        from ..io.atomic import atomic_path
-
-        path = Path(path)
-        if path.suffix.lower() == ".csv":
-            obs = self.prediction.adata.obs
-            table = pd.concat(
-                [
-                    obs,
-                    pd.DataFrame(np.asarray(self.prediction.adata.X), index=obs.index, columns=self.prediction.genes),
-                ],
-                axis=1,
-            )
-            with atomic_path(path) as tmp:
-                table.to_csv(tmp, index_label="spot")
-            return path
-        return self.prediction.save(path if path.suffix.lower() == ".h5ad" else path.with_suffix(".h5ad"))
+        return save_spot_table(self.prediction, path)
 
     def save_geojson(self, path: str | Path) -> Path:
         """Tumour contours as a GeoJSON FeatureCollection (level-0 pixels; QuPath imports it)."""

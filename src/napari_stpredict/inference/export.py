@@ -12,7 +12,14 @@ from ..io.geotiff import provenance_tags, write_geojson, write_geotiff
 from .prediction import UNITS, Prediction
 from .tumor import TumorMask, mask_polygons, polygons_geojson
 
-__all__ = ["export_gene_geotiff", "export_tumor", "export_tumor_geojson", "export_overview", "safe_filename"]
+__all__ = [
+    "export_gene_geotiff",
+    "export_tumor",
+    "export_tumor_geojson",
+    "export_overview",
+    "safe_filename",
+    "save_spot_table",
+]
 
 
 def safe_filename(name: str) -> str:
@@ -114,4 +121,19 @@ def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | 
     )
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
+    return path
+
+
+def save_spot_table(prediction: Prediction, path: str | Path) -> Path:
+    """The spot table: ``.h5ad`` (the whole prediction) or ``.csv`` (spot centres in level-0
+    pixels, grid cell, confidence, out-of-domain flag and every gene), written atomically."""
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        return prediction.save(path if path.suffix.lower() == ".h5ad" else path.with_suffix(".h5ad"))
+    obs = prediction.adata.obs
+    expression = pd.DataFrame(np.asarray(prediction.adata.X), index=obs.index, columns=prediction.genes)
+    with atomic_path(path) as tmp:
+        pd.concat([obs, expression], axis=1).to_csv(tmp, index_label="spot")
     return path

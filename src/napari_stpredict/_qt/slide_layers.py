@@ -1,0 +1,197 @@
+"""`SlideLayers`: a slide analysis's napari layers, without any widget.
+
+Every prediction layer is named after its slide layer (``"ERBB2 (predicted) [slide]"``)
+and takes the slide layer's placement, so several slides in one window keep their own
+layers. The dock's panels call this; tests may too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..analysis import SlideAnalysis
+from .common import _same, canvas_caption, notify_error
+
+__all__ = ["SlideLayers"]
+
+
+class SlideLayers:
+    """Adds, updates and arranges the layers of slide analyses in one viewer."""
+
+    def __init__(self, viewer) -> None:
+        self.viewer = viewer
+        self._visibility_before_grid: dict[str, bool] = {}
+
+    # --- generic ---------------------------------------------------------------------
+    def upsert(self, analysis: SlideAnalysis, data, kwargs: dict, layer_type: str):
+        """Add a layer of the analysis's slide, or replace the data (and placement) of the
+        one with the same name; names carry the slide layer's name."""
+        kwargs = dict(kwargs)
+        name = kwargs["name"] = analysis.label(kwargs["name"])
+        meta = kwargs.get("metadata", {}).get("stpredict")
+        if meta is not None:
+            kwargs["metadata"] = {"stpredict": {**meta, "slide_layer": analysis.layer_name}}
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            for key in ("scale", "translate", "affine", "units", "contrast_limits", "metadata"):
+                if key in kwargs and not _same(getattr(layer, key), kwargs[key]):
+                    setattr(layer, key, kwargs[key])  # only what changed: each set redraws
+            if "affine" not in kwargs and not _same(layer.affine, np.eye(3)):
+                layer.affine = np.eye(3)
+            return layer
+        add = getattr(self.viewer, f"add_{layer_type}")
+        return add(data, **kwargs)
+
+    @staticmethod
+    def is_mine(layer, analysis: SlideAnalysis, kind: str) -> bool:
+        """Whether ``layer`` is a prediction layer of ``kind`` of the analysis's slide."""
+        meta = layer.metadata.get("stpredict", {})
+        return meta.get("kind") == kind and meta.get("slide_layer") == analysis.layer_name
+
+    # --- prediction ------------------------------------------------------------------
+    def show_prediction(self, analysis: SlideAnalysis) -> None:
+        """The per-spot layers of a new prediction: confidence and out of domain."""
+        from ..layers import confidence_layer, domain_layer
+
+        prediction = analysis.prediction
+        self.upsert(analysis, *confidence_layer(prediction, analysis.placement))
+        if "domain_distance" in prediction.adata.obs and prediction.meta.get("tumor_calibration") is not None:
+            self.upsert(analysis, *domain_layer(prediction, analysis.placement))
+
+    def show_genes(self, analysis: SlideAnalysis, genes: list[str], *, fixed_limits: bool = True):
+        """A heatmap layer per gene; returns the last one shown (None if none).
+
+        One gene at a time (browsing) reuses the layer of the gene browsed before, renamed
+        and refilled: adding a napari layer costs ~250 ms under software OpenGL, this
+        ~20 ms. Genes shown together are pinned: each keeps a layer of its own.
+        """
+        from ..layers import heatmap_layer
+
+        shown = None
+        pinned = len(genes) > 1
+        for gene in genes:
+            try:
+                data, kwargs, kind = heatmap_layer(
+                    analysis.prediction, gene, placement=analysis.placement, fixed_limits=fixed_limits
+                )
+            except KeyError as exc:
+                notify_error(str(exc).strip("'\""))
+                continue
+            kwargs["metadata"]["stpredict"]["pinned"] = pinned
+            browsing = self._browsing_layer(analysis)
+            if not pinned and analysis.label(kwargs["name"]) not in self.viewer.layers and browsing is not None:
+                browsing.name = analysis.label(kwargs["name"])
+            shown = self.upsert(analysis, data, kwargs, kind)
+        if shown is None:
+            return None
+        if not pinned:
+            analysis.browsing_layer = shown.name
+        analysis.shown_genes = list(genes)
+        self.follow(shown)
+        return shown
+
+    def _browsing_layer(self, analysis: SlideAnalysis):
+        name = analysis.browsing_layer
+        if not name or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        meta = layer.metadata.get("stpredict", {})
+        return layer if meta.get("kind") == "heatmap" and not meta.get("pinned") else None
+
+    def follow(self, layer) -> None:
+        """Colour bar and caption of ``layer`` (a heatmap); the other heatmaps hide theirs."""
+        meta = layer.metadata.get("stpredict", {}) if layer is not None else {}
+        if meta.get("kind") != "heatmap":
+            return
+        for other in self.viewer.layers:
+            if other.metadata.get("stpredict", {}).get("kind") == "heatmap":
+                other.colorbar.visible = other.name == layer.name  # plugin viewers hand out proxies: no `is`
+        caption = canvas_caption(self.viewer)
+        slide = f" ({meta['slide_layer']})" if meta.get("slide_layer") else ""
+        caption.text = f"{meta['gene']}: predicted {meta['units']}{slide}"
+        caption.visible = True
+
+    def show_tumour(self, analysis: SlideAnalysis) -> None:
+        """The tumour mask (hidden, under the contour) and its contour."""
+        from ..layers import tumor_contour_layer, tumor_labels_layer
+
+        self.upsert(analysis, *tumor_labels_layer(analysis.prediction, analysis.tumor, analysis.placement))
+        self.upsert(analysis, *tumor_contour_layer(analysis.prediction, analysis.tumor, analysis.placement))
+
+    def show_measured(self, analysis: SlideAnalysis, gene: str) -> str:
+        """The measured spots coloured by ``gene``; returns the line for the dock (r or why not)."""
+        from ..layers import measured_points_layer
+
+        prediction = analysis.prediction
+        try:
+            data, kwargs, _ = measured_points_layer(
+                analysis.spots,
+                gene,
+                placement=analysis.placement,
+                mpp=(prediction.meta["mpp_x"], prediction.meta["mpp_y"]),
+            )
+        except KeyError as exc:
+            return str(exc).strip("'\"")
+        kwargs["name"] = analysis.label(kwargs["name"])
+        kwargs["metadata"] = {"stpredict": {**kwargs["metadata"]["stpredict"], "slide_layer": analysis.layer_name}}
+        existing = [layer for layer in self.viewer.layers if self.is_mine(layer, analysis, "measured")]
+        if existing and len(existing[0].data) == len(data):
+            # Same spots, another gene: recolour in place (removing and adding a Points layer
+            # costs half a second of scene-graph work in napari).
+            layer = existing[0]
+            layer.features = kwargs["features"]
+            layer.face_contrast_limits = kwargs["face_contrast_limits"]
+            layer.face_color = "expression"
+            layer.metadata = kwargs["metadata"]
+            layer.name = kwargs["name"]
+        else:
+            for layer in existing:
+                self.viewer.layers.remove(layer)
+            self.viewer.add_points(data, **kwargs)
+        analysis.last_r = analysis.pearson(gene, kwargs["features"]["expression"])
+        return f"{gene}: predicted vs measured at {analysis.spots.n_obs} spots, Pearson r = {analysis.last_r:.2f}"
+
+    # --- two genes side by side ------------------------------------------------------
+    def side_by_side(self, analysis: SlideAnalysis, genes: list[str], *, fixed_limits: bool = True) -> None:
+        """Two genes next to each other in napari's grid view, each over its own view of the
+        slide (a second layer sharing the slide's data: nothing is read twice)."""
+        self.show_genes(analysis, genes, fixed_limits=fixed_limits)
+        slide = self.viewer.layers[analysis.layer_name]
+        copy = self.viewer.add_image(
+            slide.data,
+            multiscale=slide.multiscale,
+            rgb=True,
+            scale=slide.scale,
+            translate=slide.translate,
+            affine=slide.affine,
+            units=slide.units,
+            name=analysis.label("slide, second view"),
+            metadata={"stpredict": {"kind": "slide_copy", "slide_layer": analysis.layer_name}},
+        )
+        heat = [self.viewer.layers[analysis.label(f"{gene} (predicted)")] for gene in genes]
+        ordered = [slide, heat[0], copy, heat[1]]
+        self._visibility_before_grid = {layer.name: layer.visible for layer in self.viewer.layers}
+        for layer in self.viewer.layers:
+            layer.visible = any(layer.name == keep.name for keep in ordered)
+        # The grid puts each run of `stride` layers, counted from the bottom, in a view of its
+        # own and drops views with nothing visible: slide + first gene, second view + second gene.
+        for index, layer in enumerate(ordered):
+            self.viewer.layers.move(self.viewer.layers.index(layer), index)
+        for layer in heat:
+            if hasattr(layer, "name_overlay"):  # napari >= 0.9: the gene's name in its view
+                layer.name_overlay.visible = True
+        self.viewer.grid.stride = 2
+        self.viewer.grid.enabled = True
+        self.viewer.reset_view()
+
+    def single_view(self, analysis: SlideAnalysis | None) -> None:
+        """Leave the grid view: the second view goes, what was visible is visible again."""
+        self.viewer.grid.enabled = False
+        if analysis is not None:
+            for layer in [layer for layer in self.viewer.layers if self.is_mine(layer, analysis, "slide_copy")]:
+                self.viewer.layers.remove(layer)
+        for name, visible in self._visibility_before_grid.items():
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = visible
+        self._visibility_before_grid = {}
