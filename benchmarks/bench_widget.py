@@ -12,7 +12,9 @@ image from ``../shared/data``, ~280 spots at 112 µm; ``--slide`` for another, w
    whole-slide time as a user waits for it;
 3. reference, the same process: the model alone on the same spots' patches, already in
    memory (embedding, retrieval, out-of-domain distance), batch 64;
-4. gene switch: time to show another gene's heatmap from the cached prediction.
+4. gene switch: time to show another gene's heatmap from the cached prediction, until the
+   frame with it is drawn; reference, the same run: redrawing the unchanged map (one frame
+   of napari's rendering, software OpenGL here).
 
 Reports medians over repeats, and rerun / model-alone (the goal: at most 1.2).
 """
@@ -41,15 +43,20 @@ widget.device_combo.setCurrentText("cpu")
 if mpp:
     widget.mpp_spin.setValue(mpp)
 
+from qtpy.QtCore import QEventLoop
+
 def run_once():
+    # Waits in Qt's own event loop, as napari does (a busy processEvents() loop would
+    # take ~0.7 s of the two cores from the prediction); done = worker finished, i.e.
+    # after the ERBB2 map, the mask and the other layers were added.
     os.environ["STPREDICT_CACHE_DIR"] = tempfile.mkdtemp()
-    before = set(l.name for l in viewer.layers)
     t0 = time.perf_counter()
     widget.run()
-    while not any(n.startswith("ERBB2 (predicted)") and n not in before or widget.worker is None and
-                  n.startswith("ERBB2 (predicted)") for n in [l.name for l in viewer.layers]) or widget.worker:
-        QApplication.processEvents()
-        time.sleep(0.005)
+    loop = QEventLoop()
+    widget.worker.finished.connect(loop.quit)
+    loop.exec()
+    QApplication.processEvents()  # the frame that shows it
+    assert any(l.name.startswith("ERBB2 (predicted)") for l in viewer.layers)
     return time.perf_counter() - t0
 
 first = run_once()
@@ -64,14 +71,27 @@ for i in range(0, len(patches), 64):
     model.predict_embeddings(emb)
     model.domain_distance(feats)
 model_alone = time.perf_counter() - t0
-switch = []
-for gene in ("GRB7", "CD24", "EPCAM", "SCD", "FASN"):
+QApplication.processEvents()
+switch, switch_code, frame = [], [], []
+# Two passes over the genes: the first shows each map for the first time in the session.
+for gene in ("GRB7", "CD24", "EPCAM", "SCD", "FASN", "MUCL1", "ERBB2") * 2:
     t0 = time.perf_counter()
     widget.show_genes([gene])
-    QApplication.processEvents()
+    t1 = time.perf_counter()
+    QApplication.processEvents()  # one frame drawn with the new map
     switch.append(time.perf_counter() - t0)
+    switch_code.append(t1 - t0)
+    # reference, same run: redrawing the same layer without any change (one frame)
+    heat = viewer.layers[widget.analysis.browsing_layer]
+    t0 = time.perf_counter()
+    heat.refresh()
+    QApplication.processEvents()
+    frame.append(time.perf_counter() - t0)
 print(json.dumps({"spots": len(prediction), "first_run_s": first, "rerun_s": rerun, "model_alone_s": model_alone,
-                  "gene_switch_ms": 1000 * float(np.median(switch))}))
+                  "gene_switch_ms": 1000 * float(np.median(switch)),
+                  "gene_switch_first_ms": 1000 * float(np.median(switch[:7])),
+                  "gene_switch_code_ms": 1000 * float(np.median(switch_code)),
+                  "frame_ms": 1000 * float(np.median(frame))}))
 viewer.close()
 """
 
@@ -105,7 +125,12 @@ def main() -> None:
         f"rerun, Run -> ERBB2 heatmap: {med['rerun_s']:.1f} s; model alone on the same spots: "
         f"{med['model_alone_s']:.1f} s; ratio {med['rerun_s'] / med['model_alone_s']:.2f} (goal <= 1.2)"
     )
-    print(f"switching genes: {med['gene_switch_ms']:.0f} ms (goal < 50 ms)")
+    print(
+        f"switching genes: {med['gene_switch_ms']:.0f} ms to the drawn map (goal < 50 ms; each gene's first "
+        f"time in the session {med['gene_switch_first_ms']:.0f} ms), of which "
+        f"{med['gene_switch_code_ms']:.0f} ms before drawing; reference, redrawing the unchanged map: "
+        f"{med['frame_ms']:.0f} ms (ratio {med['gene_switch_ms'] / med['frame_ms']:.2f})"
+    )
 
 
 if __name__ == "__main__":
