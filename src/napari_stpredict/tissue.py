@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import TissueMaskError
 
-__all__ = ["detect_tissue", "TissueMask", "slide_tissue_mask"]
+__all__ = ["detect_tissue", "TissueMask", "check_has_tissue", "slide_tissue_mask"]
 
 
 def _optical_density(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -170,10 +170,16 @@ def slide_tissue_mask(
     width, height = slide.dimensions
     l0_per_th = (width / thumb.shape[1], height / thumb.shape[0])
     mpp = slide.mpp_x * l0_per_th[0] if slide.mpp_x is not None else None
-    mask = detect_tissue(thumb, mpp=mpp, **kwargs)
-    if require_tissue and not mask.any():
+    tissue = TissueMask(mask=detect_tissue(thumb, mpp=mpp, **kwargs), l0_per_th=l0_per_th)
+    if require_tissue:
+        check_has_tissue(tissue, slide.name)
+    return tissue
+
+
+def check_has_tissue(tissue: TissueMask, slide_name: str) -> None:
+    """Raise `TissueMaskError` when ``tissue`` has none (the message says what to do)."""
+    if not tissue.mask.any():
         raise TissueMaskError(
-            f"{slide.name}: no tissue found on the slide thumbnail; check the file, or give a "
+            f"{slide_name}: no tissue found on the slide thumbnail; check the file, or give a "
             "region of interest to predict on"
         )
-    return TissueMask(mask=mask, l0_per_th=l0_per_th)

@@ -238,3 +238,24 @@ def test_cancel_during_tissue_detection_answers_within_a_second(wsi_dir, tiny_mo
             next(gen)
         waited = time.perf_counter() - t0
     assert waited < 0.3 + 1.0, waited
+
+
+def test_a_rerun_on_the_same_open_slide_reuses_its_tissue_mask(sample_slide_path, tiny_model, monkeypatch):
+    """Another stride or region on a slide already predicted: tissue detection (seconds on
+    a large slide) is not repeated, and the result is the same as from a fresh slide."""
+    import napari_stpredict.tissue as tissue_module
+
+    calls = []
+    original = tissue_module.slide_tissue_mask
+    monkeypatch.setattr(tissue_module, "slide_tissue_mask", lambda *a, **k: calls.append(1) or original(*a, **k))
+    with open_slide(sample_slide_path) as slide:
+        first = run_prediction(slide, tiny_model, batch_size=64)
+        finer = run_prediction(slide, tiny_model, batch_size=64, stride_um=56.0)
+        w, h = slide.dimensions
+        boxed = run_prediction(slide, tiny_model, roi=(w * 0.4, h * 0.4, w * 0.7, h * 0.7))
+    assert len(calls) == 1
+    assert first.meta["trust"]["stain"] == finer.meta["trust"]["stain"] == boxed.meta["trust"]["stain"]
+    with open_slide(sample_slide_path) as fresh:  # a new slide object detects again, same grid
+        again = run_prediction(fresh, tiny_model, batch_size=64, stride_um=56.0)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(again.l0_centres, finer.l0_centres)

@@ -10,8 +10,10 @@ allowed, 1/8 of a 112 µm patch, has ~1.5 million spots, ~5 GB; at the default s
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,9 @@ from ..errors import PredictionCancelled, StPredictError  # noqa: F401 - re-expo
 from .prediction import Prediction
 
 __all__ = ["predict_slide", "run_prediction", "PredictionCancelled"]
+
+# Per open slide: (thumbnail size, dimensions, mpp) -> its stain verdict and tissue mask.
+_PREPARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cancellable(func, cancel_event: threading.Event | None, name: str, *args, **kwargs):
@@ -116,7 +121,7 @@ def predict_slide(
     from ..stain import StainCheckError
     from ..stain import check_stain as assess_stain  # the parameter check_stain is the on/off switch
     from ..tiling import roi_mask, spot_grid
-    from ..tissue import slide_tissue_mask
+    from ..tissue import check_has_tissue, slide_tissue_mask
     from .trust import domain_summary, tumor_calibration_meta
 
     if slide.mpp_x is None or slide.mpp_y is None:
@@ -143,8 +148,16 @@ def predict_slide(
     # One thumbnail serves the stain check and tissue detection (reading it is the slow part
     # on a slide without a pyramid).
     thumb_size = _tissue_thumbnail_size(slide, io.patch_um)
-    thumbnail = _cancellable(slide.thumbnail, cancel_event, slide.name, thumb_size)
-    stain = assess_stain(thumbnail)
+    key = (thumb_size, tuple(slide.dimensions), slide.mpp_x, slide.mpp_y)
+    prepared = _PREPARED.get(slide)
+    if prepared is not None and prepared[0] == key:
+        # The same open slide again (a rerun in the widget, another stride or region):
+        # its stain verdict and tissue mask do not change; detection can take seconds.
+        _, stain, tissue = prepared
+        thumbnail = None
+    else:
+        thumbnail = _cancellable(slide.thumbnail, cancel_event, slide.name, thumb_size)
+        stain, tissue = assess_stain(thumbnail), None
     # A blank image is left to tissue detection, whose message also says what to do.
     if check_stain and not stain.ok and stain.kind != "blank":
         raise StainCheckError(
@@ -152,15 +165,20 @@ def predict_slide(
             "--no-stain-check, or untick 'Check stain' in the widget)"
         )
     yield {"stage": "tissue", "done": 0, "total": 0, "message": "detecting tissue"}
-    tissue = _cancellable(
-        slide_tissue_mask,
-        cancel_event,
-        slide.name,
-        slide,
-        max_size=thumb_size,
-        require_tissue=roi is None,
-        thumbnail=thumbnail,
-    )
+    if tissue is None:
+        tissue = _cancellable(
+            slide_tissue_mask,
+            cancel_event,
+            slide.name,
+            slide,
+            max_size=thumb_size,
+            require_tissue=False,
+            thumbnail=thumbnail,
+        )
+        with contextlib.suppress(TypeError):  # a slide type that cannot be weakly referenced: no memo
+            _PREPARED[slide] = (key, stain, tissue)
+    if roi is None:
+        check_has_tissue(tissue, slide.name)
     mask = tissue.mask
     if roi is not None:
         mask = mask & roi_mask(mask.shape, tissue.l0_per_th, roi)
