@@ -306,6 +306,8 @@ def test_cohort_checks_options_and_slides_before_starting(tmp_path, capsys):
     assert "NOTAGENE" in capsys.readouterr().err
     assert _cohort_cli(WSI, "--out", tmp_path / "out", "--workers", "0") == 2
     assert "--workers" in capsys.readouterr().err
+    assert _cohort_cli(WSI, "--out", tmp_path / "out", "--scheduler", tmp_path / "scheduler.json") == 2
+    assert "scheduler file not found" in capsys.readouterr().err
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,mpp\nx.svs,0.5\n", encoding="utf-8")
     assert _cohort_cli(manifest, "--out", tmp_path / "out") == 2
@@ -314,6 +316,22 @@ def test_cohort_checks_options_and_slides_before_starting(tmp_path, capsys):
     assert _cohort_cli(manifest, "--out", tmp_path / "out") == 2
     assert "line 2" in capsys.readouterr().err
     assert not (tmp_path / "out" / "cohort.csv").exists()
+
+
+def test_a_scheduler_that_does_not_answer_is_a_clear_error(sample_slide_path, tmp_path, capsys):
+    import socket
+
+    import dask
+
+    shutil.copy(sample_slide_path, tmp_path / "a.tiff")
+    with socket.socket() as sock:  # a free port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        status = _cohort_cli(tmp_path / "a.tiff", "--out", tmp_path / "out", "--scheduler", address)
+    assert status == 2
+    assert f"--scheduler {address}: cannot connect" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "a").exists()
 
 
 def test_resolve_slides_gives_unique_ids(tmp_path):

@@ -146,6 +146,8 @@ def run_cohort(
             raise ValueError(f"{name} must be at least 1, got {value}")
     if allowed_failures < 1:
         raise ValueError(f"--allowed-failures must be at least 1, got {allowed_failures}")
+    if client is None and scheduler and Path(scheduler).suffix.lower() == ".json" and not Path(scheduler).is_file():
+        raise ValueError(f"--scheduler {scheduler}: scheduler file not found")
     checker = load_model(model_path, device="cpu")  # checks the file before any worker starts
     problems = options.problems(checker)
     if problems:
@@ -267,11 +269,7 @@ def _submit_all(
     saved_environ = {key: os.environ.get(key) for key in _WORKER_ENV_KEYS}
     if client is None:
         if scheduler:
-            client = (
-                Client(scheduler_file=scheduler)
-                if Path(scheduler).suffix.lower() == ".json" and Path(scheduler).is_file()
-                else Client(scheduler)
-            )
+            client = _connect(scheduler)
         else:
             n, threads = default_workers()
             n = workers or n
@@ -377,6 +375,30 @@ def _restore_environ(saved: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def _connect(scheduler: str):
+    """A client of a running cluster, from an address or a scheduler file.
+
+    Raises
+    ------
+    ValueError
+        Naming ``--scheduler``: a missing scheduler file, a malformed address, or a
+        scheduler that does not answer within Dask's connect timeout
+        (``distributed.comm.timeouts.connect``, 30 s by default).
+    """
+    from distributed import Client
+
+    if Path(scheduler).suffix.lower() == ".json":
+        if not Path(scheduler).is_file():
+            raise ValueError(f"--scheduler {scheduler}: scheduler file not found")
+        kwargs = {"scheduler_file": scheduler}
+    else:
+        kwargs = {"address": scheduler}
+    try:
+        return Client(**kwargs)  # waits Dask's distributed.comm.timeouts.connect (30 s)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise ValueError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler ({exc})") from exc
 
 
 def _task_error(exc: Exception) -> str:
