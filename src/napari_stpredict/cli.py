@@ -450,6 +450,14 @@ def _cmd_cohort(args) -> int:
     except (StPredictError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The cluster was closed on the way out; finished slides keep their folders and records.
+        print(
+            f"\ninterrupted: the slides finished so far are kept in {args.out}; run the same command "
+            "again to resume (they are not recomputed)",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         for b in bar:
             b.close()

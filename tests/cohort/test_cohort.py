@@ -283,6 +283,40 @@ def test_a_killed_command_resumes_without_redoing_finished_slides_and_a_changed_
     assert all(read_record(out / s)["fingerprint"] != before[s] for s in table.index)
 
 
+def test_ctrl_c_stops_the_cohort_cleanly_and_keeps_finished_slides(sample_slide_path, tmp_path):
+    """Ctrl-C (SIGINT to the command): a one-line message, exit 130, the LocalCluster's
+    worker processes gone, finished slides kept for the rerun."""
+    import signal
+
+    import psutil
+
+    if not hasattr(signal, "SIGINT"):
+        pytest.skip("platform: no SIGINT")
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for i in range(3):
+        shutil.copy(sample_slide_path, slides / f"s{i}.tiff")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_stpredict.cli", "cohort", str(slides), "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not any(out.glob(f"*/{RECORD_NAME}")):
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "no worker process to check"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"worker processes left running: {alive}"
+    assert any(out.glob(f"*/{RECORD_NAME}"))
+
+
 def test_pseudonymized_cohort_records_no_file_name(sample_slide_path, tmp_path):
     name = "TCGA-XX-1234-01Z-00-DX1"
     slide = tmp_path / f"{name}.tiff"
