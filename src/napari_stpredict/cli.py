@@ -288,27 +288,11 @@ def _roi_polygons(path: Path) -> list:
 
 
 def _output_names(paths: list[Path]) -> dict[Path, str]:
-    """One output folder name per slide, unique within the command.
+    """One output folder name per slide path, unique within the command (`folder_names`)."""
+    from .inference.job import folder_names
 
-    The file's stem, as before; slides that share a stem (``a/slide.svs`` and
-    ``b/slide.svs``) get a short hash of their resolved path appended, so neither
-    overwrites the other, and the same file always gets the same name.
-    """
-    import hashlib
-
-    from .inference.export import safe_filename
-
-    stems = {path: safe_filename(path.stem) for path in paths}
-    counts: dict[str, int] = {}
-    for stem in stems.values():
-        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1  # case-insensitive file systems
-    names = {}
-    for path, stem in stems.items():
-        if counts[stem.lower()] > 1:
-            digest = hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
-            stem = f"{stem}-{digest}"
-        names[path] = stem
-    return names
+    unique = list(dict.fromkeys(paths))  # a file named twice is one folder
+    return dict(zip(unique, folder_names(unique), strict=True))
 
 
 def _check_predict_args(args, options, model) -> list[str]:
@@ -356,8 +340,7 @@ def _load_checked(args):
 def _cmd_predict(args) -> int:
     from tqdm import tqdm
 
-    from .inference.cache import slide_fingerprint
-    from .inference.job import predict_to_folder
+    from .inference.job import predict_to_folder, pseudonym
 
     slides = _slide_paths(args)
     if not slides:
@@ -381,21 +364,21 @@ def _cmd_predict(args) -> int:
             bars[0].refresh()
 
         try:
-            pseudonym = f"slide-{slide_fingerprint(path)[:12]}" if args.pseudonymize and path.is_file() else None
+            shown_as = pseudonym(path) if args.pseudonymize and path.is_file() else None
             try:
                 outcome = predict_to_folder(
                     path,
                     model,
                     model_path,
                     options,
-                    args.out / (pseudonym or names[path]),
-                    shown_as=pseudonym,
+                    args.out / (shown_as or names[path]),
+                    shown_as=shown_as,
                     progress=show,
                 )
             finally:
                 for bar in bars:
                     bar.close()  # so anything printed next starts on a line of its own
-            _report(outcome.slide, outcome.prediction, outcome.mask, outcome.folder, shown_as=pseudonym)
+            _report(outcome.slide, outcome.prediction, outcome.mask, outcome.folder, shown_as=shown_as)
         except (StPredictError, ValueError, OSError) as exc:
             print(_slide_error(path, exc), file=sys.stderr)
             failures += 1

@@ -648,10 +648,6 @@ class PredictWidget(QWidget):
             return
         self.r_label.setText(self.layers.show_measured(self.analysis, gene))
 
-    def _is_mine(self, layer, kind: str) -> bool:
-        """Whether ``layer`` is a prediction layer of ``kind`` of the slide the dock shows."""
-        return self.layers.is_mine(layer, self.analysis, kind)
-
     # --- export ----------------------------------------------------------------------------
     def _choose_table_file(self) -> None:
         path, _ = QFileDialog.getSaveFileName(

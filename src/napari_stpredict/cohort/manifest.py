@@ -62,6 +62,7 @@ def resolve_slides(items, *, pseudonymize: bool = False) -> list[CohortSlide]:
         A listed file that does not exist is not an error here: its slide fails alone.
     """
     from ..inference.export import safe_filename
+    from ..inference.job import folder_names, pseudonym
     from ..io._sniff import SLIDE_SUFFIXES
 
     entries: list[tuple[Path, str, float | None, str | None]] = []  # path, given_as, mpp, id
@@ -99,19 +100,13 @@ def resolve_slides(items, *, pseudonymize: bool = False) -> list[CohortSlide]:
         raise ValueError(f"manifest ids used more than once: {', '.join(duplicates[:10])}")
 
     if pseudonymize:
-        ids = [_pseudonym(e[0]) for e in unique]
+        ids = [pseudonym(e[0]) if e[0].is_file() else _missing_id(e[0]) for e in unique]
     else:
         ids = [safe_filename(e[3]) if e[3] else None for e in unique]
-        stems = [safe_filename(e[0].stem) for e in unique]
-        taken = {i.lower() for i in ids if i}
-        counts: dict[str, int] = {}
-        for i, stem in zip(ids, stems, strict=True):
-            if i is None:
-                counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
-        for k, (entry, stem) in enumerate(zip(unique, stems, strict=True)):
-            if ids[k] is None:
-                clash = counts[stem.lower()] > 1 or stem.lower() in taken  # case-insensitive file systems
-                ids[k] = f"{stem}-{_short_hash(entry[0])}" if clash else stem
+        unnamed = [k for k, i in enumerate(ids) if i is None]
+        taken = frozenset(i.lower() for i in ids if i)
+        for k, name in zip(unnamed, folder_names([unique[k][0] for k in unnamed], taken), strict=True):
+            ids[k] = name
     return [CohortSlide(id=i, path=e[0], given_as=e[1], mpp=e[2]) for i, e in zip(ids, unique, strict=True)]
 
 
@@ -143,15 +138,8 @@ def _read_manifest(path: Path) -> list[tuple[Path, str, float | None, str | None
     return entries
 
 
-def _short_hash(path: Path) -> str:
+def _missing_id(path: Path) -> str:
+    """A pseudonymous id for a file that does not exist (its name stays out of the outputs)."""
     import hashlib
 
-    return hashlib.sha1(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
-
-
-def _pseudonym(path: Path) -> str:
-    from ..inference.cache import slide_fingerprint
-
-    if not path.is_file():
-        return f"missing-{_short_hash(path)}"
-    return f"slide-{slide_fingerprint(path)[:12]}"
+    return f"missing-{hashlib.sha1(str(path.resolve()).encode('utf-8')).hexdigest()[:8]}"

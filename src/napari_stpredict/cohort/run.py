@@ -288,9 +288,10 @@ def _submit_all(
                 )
             client = Client(cluster)
             threads_per_worker = threads
-    logger.info("dashboard: %s", client.dashboard_link if _has_bokeh() else "(pip install bokeh to get one)")
+    dashboard = client.dashboard_link if _has_bokeh() else None
+    logger.info("dashboard: %s", dashboard or "(pip install bokeh to get one)")
     if progress is not None:
-        progress({"event": "started", "dashboard": client.dashboard_link if _has_bokeh() else None})
+        progress({"event": "started", "dashboard": dashboard})
     plugin = ModelPlugin(model_path, device=device, torch_threads=threads_per_worker)
     finished: dict[str, dict[str, Any]] = {}
     try:

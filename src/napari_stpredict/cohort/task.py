@@ -61,8 +61,9 @@ class ModelPlugin(WorkerPlugin):
 
         from ..model import load_model
 
+        # Applied by each task in its own thread (see `run_slide`): torch's thread count
+        # set here, in the worker's event-loop thread, would not reach the executor's.
         self.torch_threads = self.torch_threads or os.cpu_count() or 1
-        torch.set_num_threads(self.torch_threads)
         device = self.device
         if device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
             index = worker.name if isinstance(worker.name, int) else 0
@@ -108,13 +109,11 @@ def run_slide(job: dict[str, Any], options, plugin_name: str) -> dict[str, Any]:
 
     worker = get_worker()
     plugin = worker.plugins[plugin_name]
-    if plugin.torch_threads:  # set by the plugin's set-up
-        import torch
+    import torch
 
-        # Set in the task's own thread: Dask starts workers with OMP_NUM_THREADS=1, and
-        # torch's OpenMP thread count is per calling thread, so the plugin's setting (made
-        # in the worker's event-loop thread) does not reach the executor thread.
-        torch.set_num_threads(plugin.torch_threads)
+    # Set in the task's own thread: Dask starts workers with OMP_NUM_THREADS=1, and torch's
+    # OpenMP thread count is per calling thread.
+    torch.set_num_threads(plugin.torch_threads)
     started = time.perf_counter()
     row: dict[str, Any] = {"id": job["id"], "worker": _worker_label(worker)}
 

@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PredictOptions", "SlideOutcome", "predict_to_folder", "slide_summary", "write_slide_outputs"]
+__all__ = [
+    "PredictOptions",
+    "SlideOutcome",
+    "folder_names",
+    "predict_to_folder",
+    "pseudonym",
+    "slide_summary",
+    "write_slide_outputs",
+]
 
 
 @dataclass(frozen=True)
@@ -327,3 +335,36 @@ def _spots_in_raster(prediction, raster: np.ndarray) -> np.ndarray:
     rows = obs["grid_row"].to_numpy(int)
     cols = obs["grid_col"].to_numpy(int)
     return np.asarray(raster)[rows, cols] > 0
+
+
+def folder_names(paths: list[Path], taken: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """One output folder name per slide: the file's stem, made safe.
+
+    Slides that share a stem (``a/slide.svs`` and ``b/slide.svs``), compared without case
+    as case-insensitive file systems do, or whose stem is in ``taken`` (names given
+    otherwise, e.g. a manifest's ids, lower case), get a short hash of their resolved
+    path appended: neither overwrites the other, and the same file always gets the same
+    name.
+    """
+    import hashlib
+
+    from .export import safe_filename
+
+    stems = [safe_filename(path.stem) for path in paths]
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+    names = []
+    for path, stem in zip(paths, stems, strict=True):
+        if counts[stem.lower()] > 1 or stem.lower() in taken:
+            stem = f"{stem}-{hashlib.sha1(str(path.resolve()).encode('utf-8')).hexdigest()[:8]}"
+        names.append(stem)
+    return names
+
+
+def pseudonym(path: Path) -> str:
+    """``slide-<12 hex>`` from the file's content (`slide_fingerprint`): the id that replaces
+    a slide's file name with ``--pseudonymize``, the same on every run."""
+    from .cache import slide_fingerprint
+
+    return f"slide-{slide_fingerprint(path)[:12]}"
