@@ -30,6 +30,28 @@ def _cohort_cli(*args: str) -> int:
     return main(["cohort", *[str(a) for a in args]])
 
 
+def _copies(sample: Path, folder: Path, n: int) -> list[Path]:
+    """``n`` copies of the sample slide, ``s0.tiff``... in ``folder`` (created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"s{i}.tiff" for i in range(n)]
+    for path in paths:
+        shutil.copy(sample, path)
+    return paths
+
+
+def _start_cohort_command(slides: Path, out: Path, **popen) -> subprocess.Popen:
+    """``stpredict cohort SLIDES --out OUT --workers 1`` as a process of its own, returned
+    once its first slide is complete (and the process still runs)."""
+    command = [sys.executable, "-m", "napari_stpredict.cli", "cohort", str(slides), "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(command, **popen)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(out.glob(f"*/{RECORD_NAME}")):
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        raise AssertionError("the cohort ended before its first slide could be seen complete")
+    return proc
+
+
 def _table(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "cohort.csv", keep_default_na=False).set_index("id")
 
@@ -163,10 +185,7 @@ def test_killing_a_worker_mid_cohort_still_completes_every_good_slide(sample_sli
 
     from napari_stpredict.cohort import run_cohort
 
-    slides = []
-    for i in range(4):
-        slides.append(tmp_path / f"s{i}.tiff")
-        shutil.copy(sample_slide_path, slides[-1])
+    slides = _copies(sample_slide_path, tmp_path, 4)
     killed: list[int] = []
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
@@ -245,19 +264,10 @@ def test_a_killed_command_resumes_without_redoing_finished_slides_and_a_changed_
     sample_slide_path, tmp_path
 ):
     slides = tmp_path / "slides"
-    slides.mkdir()
-    for i in range(4):
-        shutil.copy(sample_slide_path, slides / f"s{i}.tiff")
+    _copies(sample_slide_path, slides, 4)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "napari_stpredict.cli", "cohort", str(slides), "--out", str(out), "--workers", "1"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(out.glob(f"*/{RECORD_NAME}")):
-            time.sleep(0.2)
-        assert proc.poll() is None, "the cohort ended before it could be killed"
-    finally:
-        _kill_tree(proc)  # the command, its scheduler and its worker processes, all at once
+    proc = _start_cohort_command(slides, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_tree(proc)  # the command, its scheduler and its worker processes, all at once
     finished_before = {p.parent.name for p in out.glob(f"*/{RECORD_NAME}")}
     assert 1 <= len(finished_before) < 4
     visible = [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -293,16 +303,10 @@ def test_ctrl_c_stops_the_cohort_cleanly_and_keeps_finished_slides(sample_slide_
     if not hasattr(signal, "SIGINT"):
         pytest.skip("platform: no SIGINT")
     slides = tmp_path / "slides"
-    slides.mkdir()
-    for i in range(3):
-        shutil.copy(sample_slide_path, slides / f"s{i}.tiff")
+    _copies(sample_slide_path, slides, 3)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "napari_stpredict.cli", "cohort", str(slides), "--out", str(out), "--workers", "1"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_cohort_command(slides, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(out.glob(f"*/{RECORD_NAME}")):
-            time.sleep(0.2)
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "no worker process to check"
         proc.send_signal(signal.SIGINT)
