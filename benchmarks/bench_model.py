@@ -5,7 +5,11 @@ tensor -> image embedding -> retrieval over the bank), batch 64, after warm-up; 
 of ``--repeats`` timed batches. Reference in the same run: a ResNet-18 at 224 px
 (the image encoder size of the paper's setting) doing the same work.
 
-Gates (issue 3): at least 40 patches/s on a 2-core CPU; checkpoint at most 30 MB.
+The model's spatial context (each spot mixed with its 8 neighbours on the predicted
+grid) reads no extra patches; its cost is measured on a 200 x 200 grid with the model's
+genes and folded into the per-patch rate.
+
+Gates (issues 3, 14): at least 40 patches/s on a 2-core CPU; checkpoint at most 30 MB.
 
 Usage: python benchmarks/bench_model.py [--model PATH] [--device cpu] [--repeats 10]
 """
@@ -34,6 +38,23 @@ def patches_per_second(model, px: int, batch: int, repeats: int) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return batch / statistics.median(times)
+
+
+def context_per_second(model, repeats: int) -> float:
+    """Spots/s of the grid context (`smooth_on_grid`) on a 200 x 200 grid, 8 % holes."""
+    from napari_stpredict.inference.context import neighbour_weights, smooth_on_grid
+
+    rng = np.random.default_rng(0)
+    keep = rng.random((200, 200)) > 0.08
+    rows, cols = np.nonzero(keep)
+    values = rng.random((len(rows), len(model.genes)), dtype=np.float32)
+    weights = neighbour_weights(model.retrieval.context_sigma_um or 56.0, model.io.patch_um)
+    times = []
+    for _ in range(max(3, repeats // 3)):
+        t0 = time.perf_counter()
+        smooth_on_grid(values, rows, cols, keep.shape, (1, 1), weights)
+        times.append(time.perf_counter() - t0)
+    return len(rows) / statistics.median(times)
 
 
 def reference_model(model, device):
@@ -68,6 +89,8 @@ def main() -> None:
     path = args.model or default_model_path()
     model = load_model(path, device=args.device)
     ours = patches_per_second(model, model.io.input_px, args.batch, args.repeats)
+    context = context_per_second(model, args.repeats)
+    with_context = 1.0 / (1.0 / ours + 1.0 / context) if model.retrieval.context_sigma_um > 0 else ours
     ref = patches_per_second(reference_model(model, args.device), 224, args.batch, args.repeats)
     size_mb = path.stat().st_size / 2**20
     print(
@@ -78,8 +101,12 @@ def main() -> None:
         f"  inference: {ours:.0f} patches/s (median of {args.repeats} batches of {args.batch}); "
         f"reference ResNet-18 at 224 px: {ref:.0f} patches/s; ratio {ours / ref:.2f}"
     )
+    print(
+        f"  retrieval: top-k {model.retrieval.top_k}, context σ {model.retrieval.context_sigma_um:g} µm; "
+        f"context alone {context:,.0f} spots/s; per patch with it: {with_context:.0f} patches/s"
+    )
     print(f"  checkpoint: {size_mb:.1f} MB")
-    speed_gate = "met" if ours >= 40 else "MISSED"
+    speed_gate = "met" if with_context >= 40 else "MISSED"
     size_gate = "met" if size_mb <= 30 else "MISSED"
     print(f"  gates: >= 40 patches/s {speed_gate}; <= 30 MB {size_gate}")
 

@@ -644,6 +644,13 @@ def _add_evaluate(sub) -> None:
     p.add_argument(
         "--quick", action="store_true", help="fewer training steps (quick_steps): the table within an hour on a CPU"
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="train every fold with this seed instead of the config's; results go to "
+        "<out_dir>/seeds/seed<N>, runs to <run_dir>/seed<N> (claims need 3 seeds)",
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -660,6 +667,10 @@ def _cmd_evaluate(args) -> int:
         return 2
     if args.device:
         cfg.train.device = args.device
+    if args.seed is not None and args.seed != cfg.train.seed:
+        cfg.train.seed = args.seed
+        cfg.out_dir = str(Path(cfg.out_dir) / "seeds" / f"seed{args.seed}")
+        cfg.run_dir = str(Path(cfg.run_dir) / f"seed{args.seed}")
 
     def describe(p):
         where = f"{p.get('protocol')}/{p.get('fold')}/{p.get('variant', '')}"

@@ -92,3 +92,55 @@ def test_calibration_loads_with_weights_only():
     data = read_checkpoint(default_model_path())  # torch.load(weights_only=True) inside
     assert isinstance(data["calibration"]["domain"]["reference"], torch.Tensor)
     assert data["calibration"]["domain"]["reference"].dtype == torch.float16
+
+
+def test_a_model_with_context_is_calibrated_on_context_predictions(her2st_dir, tmp_path):
+    """Changing the retrieval settings reuses the trained weights (no second training);
+    the checkpoint records them; the tumour standardisation is computed on predictions
+    mixed with the neighbouring patches, as a slide's are; without the neighbours it is
+    refused."""
+    from dataclasses import replace
+
+    from napari_stpredict.model.config import IOContract, ModelConfig
+    from napari_stpredict.training.calibration import compute_calibration
+    from napari_stpredict.training.data import SpotSet
+    from napari_stpredict.training.neighbours import context_embeddings
+    from napari_stpredict.training.sections import section_spots
+    from napari_stpredict.training.train import TrainConfig, iter_train
+
+    cfg = TrainConfig(
+        train_sections=["C3", "C4"],
+        her2st=str(her2st_dir),
+        benchmark_genes=None,
+        genes=["ERBB2", "GRB7", "SCD", "FASN", "CD24", "IGKC", "COL1A1", "MGP"],
+        model=ModelConfig(backbone="resnet10t"),
+        io=IOContract(patch_um=112.0, input_px=48),
+        steps=2,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
+    run = tmp_path / "run"
+    plain = load_model(list(iter_train(cfg, run))[-1]["checkpoint"], device="cpu")
+    stages = list(iter_train(replace(cfg, top_k=20, context_sigma_um=56.0), run))
+    assert not [p for p in stages if p["stage"] == "train"], "the finished training is reused"
+    model = load_model(stages[-1]["checkpoint"], device="cpu")
+    for (k, a), b in zip(plain.network.state_dict().items(), model.network.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert (model.retrieval.top_k, model.retrieval.context_sigma_um) == (20, 56.0)
+    assert "context σ 56 µm" in model.calibration["tumor"]["how"]
+    assert not torch.allclose(model.calibration["tumor"]["gene_std"], plain.calibration["tumor"]["gene_std"])
+
+    train = SpotSet.concat(
+        [
+            section_spots(s, str(her2st_dir), cfg.genes, patch_um=112.0, input_px=48, cache_dir=tmp_path / "cache")
+            for s in ("C3", "C4")
+        ]
+    )
+    with pytest.raises(ValueError, match="neighbouring patches"):
+        compute_calibration(model, train)
+    # by hand: the same neighbours give the stored standardisation
+    context = context_embeddings(model, train, ["C3", "C4"], str(her2st_dir), cache_dir=tmp_path / "cache")
+    assert context[1].shape == (8, len(train)) and 0.3 < context[1].mean() < 1.0  # edge spots lack some
+    again = compute_calibration(model, train, neighbours=context)
+    # (the checkpoint stores the bank in float16: equal to about 1e-3)
+    assert torch.allclose(again["tumor"]["gene_mean"], model.calibration["tumor"]["gene_mean"], atol=5e-3)

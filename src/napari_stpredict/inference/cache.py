@@ -81,7 +81,7 @@ def cache_key(slide, model_path: Path | None, params: dict[str, Any]) -> str | N
         "mpp": slide.mpp,
         "model": file_sha1(Path(model_path)),
         "params": shaping,
-        "version": 3,
+        "version": 4,
     }
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -65,7 +65,8 @@ def predict_slide(
     roi=None,
     batch_size: int = 64,
     method: str = "retrieval",
-    top_k: int = 50,
+    top_k: int | None = None,
+    context_sigma_um: float | None = None,
     num_workers: int = 2,
     prefetch_batches: int = 3,
     check_stain: bool = True,
@@ -87,6 +88,14 @@ def predict_slide(
         Patches per model call.
     method : {"retrieval", "ridge"}
         Predictor (see `STModel.predict_embeddings`).
+    top_k : int, optional
+        Reference spots averaged by the retrieval (default: the model's, which it was
+        evaluated with).
+    context_sigma_um : float, optional
+        Spatial context: each spot's prediction averaged with its 8 neighbouring
+        patches' (one patch width away at any stride; Gaussian weights of this width in
+        µm; `napari_stpredict.inference.context`). Default: the model's; 0 = none. Only
+        predicted cells count as neighbours (tissue, inside ``roi``).
     num_workers : int
         Threads reading patches.
     check_stain : bool
@@ -133,7 +142,14 @@ def predict_slide(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    from .context import neighbour_weights, smooth_on_grid
+
     io = model.io
+    top_k = model.retrieval.top_k if top_k is None else int(top_k)
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    sigma = model.retrieval.context_sigma_um if context_sigma_um is None else float(context_sigma_um)
+    context_weights = neighbour_weights(sigma, io.patch_um)  # checks sigma before any slow work
     t_start = time.perf_counter()
     width_um, height_um = slide.dimensions[0] * slide.mpp_x, slide.dimensions[1] * slide.mpp_y
     if min(width_um, height_um) < io.patch_um:
@@ -229,6 +245,9 @@ def predict_slide(
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+    # Neighbours one patch width away: every k-th cell at a stride of 1/k patch width.
+    cells_per_patch = tuple(max(1, round(p / s)) for p, s in zip(grid.patch_l0, grid.stride))
+    smooth_on_grid(expression, grid.rows, grid.cols, grid.shape, cells_per_patch, context_weights)
 
     obs = pd.DataFrame(
         {
@@ -255,6 +274,7 @@ def predict_slide(
             "bank_spots": len(model.bank),
             "method": method,
             "top_k": top_k,
+            "context_sigma_um": sigma,
             "markers": list(model.provenance.get("markers", {}).get("panel", [])),
             "confidence_reference": dict(model.provenance.get("confidence_reference", {})),
         },

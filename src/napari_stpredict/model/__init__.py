@@ -5,7 +5,7 @@ Importing this package imports torch; the top-level ``napari_stpredict`` does no
 
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .cmrcnet import CMRCNet, create_model
-from .config import IOContract, ModelConfig
+from .config import IOContract, ModelConfig, RetrievalSettings
 from .predictor import ReferenceBank, RidgeHead, fit_ridge, retrieve
 from .stmodel import STModel, default_model_path, load_model, select_device
 
@@ -15,6 +15,7 @@ __all__ = [
     "IOContract",
     "ModelConfig",
     "ReferenceBank",
+    "RetrievalSettings",
     "RidgeHead",
     "STModel",
     "create_model",

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import StPredictError
 from ..io.atomic import atomic_path
-from .config import IOContract, ModelConfig, from_dict, to_dict
+from .config import IOContract, ModelConfig, RetrievalSettings, from_dict, to_dict
 
 __all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "FORMAT", "FORMAT_VERSION"]
 
@@ -41,6 +41,7 @@ def save_checkpoint(
     provenance: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
+    retrieval: RetrievalSettings | None = None,
     half: bool = True,
 ) -> Path:
     """Write a model with its bank and contract to one file (atomically).
@@ -50,6 +51,9 @@ def save_checkpoint(
     calibration : dict, optional
         Trust calibration from `napari_stpredict.training.calibration.compute_calibration`
         (out-of-domain reference and threshold, tumour-score standardisation and threshold).
+    retrieval : RetrievalSettings, optional
+        Top-k and spatial context the model was evaluated (and calibrated) with; the
+        engine uses them by default. None stores the defaults.
     half : bool
         Store floating-point tensors as float16 (half the size; predictions change by
         far less than their error).
@@ -72,6 +76,7 @@ def save_checkpoint(
         else {"weight": pack(ridge.weight), "bias": pack(ridge.bias), "alpha": float(ridge.alpha)},
         "provenance": provenance or {},
         "evaluation": evaluation or {},
+        "retrieval": to_dict(retrieval or RetrievalSettings()),
     }
     if calibration is not None:
         payload["calibration"] = {
@@ -172,6 +177,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise _fail(path, f"{name} holds NaN or infinite values")
     if data.get("calibration"):
         _check_calibration(path, data["calibration"], len(genes))
+    data["retrieval"] = _retrieval_settings(path, data.get("retrieval"))
     data["model_config"], data["io"] = config, io
     return data
 
@@ -214,6 +220,25 @@ def _check_values(path: Path, config: ModelConfig, io: IOContract) -> None:
             f"model_config.backbone must be a plain timm architecture name, got {backbone!r} "
             "(hub references are refused: nothing is downloaded at run time)",
         )
+
+
+def _retrieval_settings(path: Path, stored: Any) -> RetrievalSettings:
+    """The checkpoint's retrieval settings (defaults when it predates them), checked."""
+    if stored is None:
+        return RetrievalSettings()
+    try:
+        settings = from_dict(RetrievalSettings, stored) if isinstance(stored, dict) else None
+    except (TypeError, ValueError) as exc:
+        raise _fail(path, f"bad retrieval settings: {exc}") from exc
+    if settings is None:
+        raise _fail(path, f"retrieval must be a dict of settings, got {type(stored).__name__}")
+    top_k = settings.top_k
+    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
+        raise _fail(path, f"retrieval.top_k must be a positive integer, got {top_k!r}")
+    sigma = settings.context_sigma_um
+    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and math.isfinite(sigma) and sigma >= 0):
+        raise _fail(path, f"retrieval.context_sigma_um must be 0 (no context) or a positive number, got {sigma!r}")
+    return settings
 
 
 def _positive(value) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["ModelConfig", "IOContract", "from_dict"]
+__all__ = ["ModelConfig", "IOContract", "RetrievalSettings", "from_dict"]
 
 
 @dataclass
@@ -84,6 +84,25 @@ class IOContract:
     def mpp(self) -> float:
         """µm per pixel the patches are read at."""
         return self.patch_um / self.input_px
+
+
+@dataclass
+class RetrievalSettings:
+    """How a model turns image embeddings into expression; travels with the checkpoint.
+
+    Attributes
+    ----------
+    top_k : int
+        Reference spots averaged by the retrieval (the paper: 50).
+    context_sigma_um : float
+        Spatial context (`napari_stpredict.inference.context`): each spot's prediction
+        is averaged with its 8 neighbouring patches' with Gaussian weights of this width
+        in µm; 0 = none. Checkpoints written before these settings existed read as
+        ``top_k=50``, no context, which is how they were evaluated.
+    """
+
+    top_k: int = 50
+    context_sigma_um: float = 0.0
 
 
 def from_dict(cls, data: dict[str, Any]):

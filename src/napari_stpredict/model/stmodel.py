@@ -10,7 +10,7 @@ import torch
 
 from .checkpoint import CheckpointError, read_checkpoint
 from .cmrcnet import CMRCNet
-from .config import IOContract, ModelConfig
+from .config import IOContract, ModelConfig, RetrievalSettings
 from .predictor import ReferenceBank, RidgeHead, retrieve
 
 __all__ = ["STModel", "load_model", "default_model_path", "select_device"]
@@ -58,6 +58,7 @@ class STModel:
         provenance: dict[str, Any] | None = None,
         evaluation: dict[str, Any] | None = None,
         calibration: dict[str, Any] | None = None,
+        retrieval: RetrievalSettings | None = None,
         source: str = "",
         device: str | torch.device = "auto",
     ) -> None:
@@ -71,6 +72,9 @@ class STModel:
         #: images' features for the out-of-domain score and the tumour-score standardisation
         #: and threshold; None for checkpoints written before it existed.
         self.calibration = calibration
+        #: Top-k and spatial context the model was evaluated and calibrated with (the
+        #: engine's defaults).
+        self.retrieval = retrieval or RetrievalSettings()
         self.source = source
         self.device = torch.device("cpu")
         self.to(device)
@@ -149,7 +153,7 @@ class STModel:
 
     @torch.inference_mode()
     def predict_embeddings(
-        self, embeddings: torch.Tensor, *, method: str = "retrieval", top_k: int = 50
+        self, embeddings: torch.Tensor, *, method: str = "retrieval", top_k: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Expression ``(B, n_genes)`` and confidence ``(B,)`` from image embeddings.
 
@@ -159,7 +163,10 @@ class STModel:
             Mean of the ``top_k`` most similar reference spots (the paper), or the ridge
             head fitted on the training embeddings. Confidence is always the retrieval
             similarity to the bank.
+        top_k : int, optional
+            Reference spots averaged (default: the model's ``retrieval.top_k``).
         """
+        top_k = self.retrieval.top_k if top_k is None else top_k
         retrieved, confidence = retrieve(embeddings, self.bank, top_k=top_k)
         if method == "retrieval":
             return retrieved, confidence
@@ -169,8 +176,10 @@ class STModel:
             return self.ridge(embeddings), confidence
         raise ValueError(f"method must be 'retrieval' or 'ridge', got {method!r}")
 
-    def predict(self, patches, *, method: str = "retrieval", top_k: int = 50) -> tuple[np.ndarray, np.ndarray]:
-        """Predict log-normalised expression of uint8 patches: ``(B, n_genes)``, confidence ``(B,)``."""
+    def predict(self, patches, *, method: str = "retrieval", top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Predict log-normalised expression of uint8 patches, each on its own (spatial
+        context needs the slide: `napari_stpredict.inference.predict_slide`):
+        ``(B, n_genes)``, confidence ``(B,)``."""
         pred, conf = self.predict_embeddings(self.embed(patches), method=method, top_k=top_k)
         return pred.cpu().numpy(), conf.cpu().numpy()
 
@@ -227,6 +236,7 @@ def load_model(path: str | Path | None = None, *, device: str | torch.device = "
         provenance=data["provenance"],
         evaluation=data.get("evaluation"),
         calibration=calibration,
+        retrieval=data["retrieval"],
         source=path.name,
         device=device,
     )

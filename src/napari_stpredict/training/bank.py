@@ -33,6 +33,7 @@ def rebuild_bank(
 
     from ..model import load_model, save_checkpoint
     from .data import SpotSet
+    from .neighbours import context_embeddings
     from .sections import section_spots
     from .train import _confidence_reference
 
@@ -62,14 +63,15 @@ def rebuild_bank(
     prov.update(
         bank_sections=list(bank_sections),
         bank_spots=int(len(expression)),
-        confidence_reference=_confidence_reference(train_emb, bank_emb, 50),
+        confidence_reference=_confidence_reference(train_emb, bank_emb, model.retrieval.top_k),
     )
     from ..model import ReferenceBank
     from .calibration import compute_calibration
 
     model.bank = ReferenceBank(bank_emb, torch.from_numpy(expression))
     model.provenance = prov
-    calibration = compute_calibration(model, train)
+    context = context_embeddings(model, train, prov["train_sections"], her2st, cache_dir=Path("runs/cache"))
+    calibration = compute_calibration(model, train, neighbours=context)
     return save_checkpoint(
         out,
         model=model.network,
@@ -80,4 +82,5 @@ def rebuild_bank(
         provenance=prov,
         evaluation=model.evaluation,
         calibration=calibration,
+        retrieval=model.retrieval,
     )

@@ -83,7 +83,9 @@ def youden_threshold(score: np.ndarray, label: np.ndarray) -> tuple[float, float
     return best[1], best[2], best[3]
 
 
-def compute_calibration(model, train, *, markers: list[str] | None = None, top_k: int = 50) -> dict[str, Any]:
+def compute_calibration(
+    model, train, *, markers: list[str] | None = None, top_k: int | None = None, neighbours=None
+) -> dict[str, Any]:
     """Out-of-domain reference and threshold, tumour-score standardisation and threshold.
 
     Parameters
@@ -95,8 +97,15 @@ def compute_calibration(model, train, *, markers: list[str] | None = None, top_k
         The training spots with patches, sections and tumour labels (-1 unknown).
     markers : list of str, optional
         The marker panel (default: the model's, from its provenance).
-    top_k : int
-        Retrieval neighbours, as in prediction.
+    top_k : int, optional
+        Retrieval neighbours, as in prediction (default: the model's ``retrieval``).
+    neighbours : tuple, optional
+        ``(embeddings, tissue)``: the image embeddings ``(8, n, d)`` of each training
+        spot's 8 neighbouring patches and ``(8, n)`` whether each is tissue
+        (`napari_stpredict.training.neighbours.map_neighbours`). Needed when the model
+        uses spatial context (``model.retrieval.context_sigma_um > 0``): the tumour
+        scores are then standardised and thresholded on context predictions, as a
+        slide's are made.
 
     Returns
     -------
@@ -105,9 +114,17 @@ def compute_calibration(model, train, *, markers: list[str] | None = None, top_k
     """
     import torch
 
+    from ..inference.context import mix_with_neighbours, neighbour_weights
     from ..model import ReferenceBank, retrieve
     from ..training.metrics import roc_auc
 
+    top_k = model.retrieval.top_k if top_k is None else top_k
+    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
+    if weights.any() and neighbours is None:
+        raise ValueError(
+            "the model uses spatial context (retrieval.context_sigma_um "
+            f"{model.retrieval.context_sigma_um:g}): calibration needs the training spots' neighbouring patches"
+        )
     n = len(train)
     bank_head = model.bank.expression[:n].cpu().numpy()
     if bank_head.shape[0] < n or not np.allclose(bank_head, train.expression, atol=2e-2):
@@ -136,16 +153,24 @@ def compute_calibration(model, train, *, markers: list[str] | None = None, top_k
             distances[inside] = (d * (DOMAIN_K + 1) - 0.0) / DOMAIN_K  # drop the spot's own zero distance
         keep = torch.ones(len(model.bank), dtype=torch.bool)
         keep[:n] = torch.from_numpy(others)
-        query = emb[torch.from_numpy(inside).to(emb.device)]
+        rows = torch.from_numpy(inside).to(emb.device)
+        queries = [emb[rows]]
+        if weights.any():  # the neighbours' predictions too, from the same bank
+            queries += [e.to(emb.device)[rows] for e in neighbours[0]]
         if keep.any():
             bank = ReferenceBank(
                 model.bank.embeddings[keep.to(model.bank.embeddings.device)],
                 model.bank.expression[keep.to(model.bank.expression.device)],
             )
-            pred, _ = retrieve(query, bank, top_k=top_k)
+            preds = [retrieve(q, bank, top_k=top_k)[0].cpu().numpy() for q in queries]
         else:  # the bank is this one section: leave each spot's own entry out instead
-            pred = _retrieve_leaving_out(query, model.bank, np.flatnonzero(inside), top_k)
-        predicted[inside] = pred.cpu().numpy()
+            own = np.flatnonzero(inside)
+            preds = [_retrieve_leaving_out(q, model.bank, own, top_k).cpu().numpy() for q in queries]
+        if weights.any():
+            present = np.asarray(neighbours[1])[:, inside]
+            predicted[inside] = mix_with_neighbours(preds[0], np.stack(preds[1:]), present, weights)
+        else:
+            predicted[inside] = preds[0]
     threshold = float(np.quantile(distances, DOMAIN_QUANTILE))
     held_out_share = {s: round(float(np.mean(distances[train.section == s] > threshold)), 4) for s in sections}
 
@@ -164,8 +189,13 @@ def compute_calibration(model, train, *, markers: list[str] | None = None, top_k
         "sensitivity": None,
         "specificity": None,
         "how": "predicted expression of the training spots, each section's spots retrieved "
-        "from the bank without that section; threshold: Youden's J against the "
-        "data's cancer labels",
+        "from the bank without that section"
+        + (
+            f", mixed with their neighbouring patches' (context σ {model.retrieval.context_sigma_um:g} µm)"
+            if weights.any()
+            else ""
+        )
+        + "; threshold: Youden's J against the data's cancer labels",
     }
     known = train.tumor >= 0
     if used and known.any() and len(np.unique(train.tumor[known])) == 2:
@@ -215,6 +245,7 @@ def calibrate_checkpoint(checkpoint, out, *, her2st: str | None, cache_dir=None)
 
     from ..model import load_model, read_checkpoint, save_checkpoint
     from .data import SpotSet
+    from .neighbours import context_embeddings
     from .sections import section_spots
 
     data = read_checkpoint(checkpoint)
@@ -233,7 +264,10 @@ def calibrate_checkpoint(checkpoint, out, *, her2st: str | None, cache_dir=None)
             for s in model.provenance["train_sections"]
         ]
     )
-    calibration = compute_calibration(model, train)
+    context = context_embeddings(
+        model, train, model.provenance["train_sections"], her2st, cache_dir=Path(cache_dir) if cache_dir else None
+    )
+    calibration = compute_calibration(model, train, neighbours=context)
     half = data["bank"]["embeddings"].dtype == _half()
     return save_checkpoint(
         out,
@@ -245,6 +279,7 @@ def calibrate_checkpoint(checkpoint, out, *, her2st: str | None, cache_dir=None)
         provenance=model.provenance,
         evaluation=model.evaluation,
         calibration=calibration,
+        retrieval=model.retrieval,
         half=half,
     )
 

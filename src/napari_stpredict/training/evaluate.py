@@ -196,25 +196,82 @@ def _scores(
     return out
 
 
-def _predict_sets(model, spots, top_k: int, train_expression: np.ndarray) -> dict[str, np.ndarray]:
-    """Predictions of a trained model: retrieval over its bank, over the training spots
-    only (to measure what the extra bank sections add), and its ridge head."""
+def _around(fn, spots, section: str, tc: TrainConfig, weights: np.ndarray):
+    """``fn`` of a held-out section's neighbouring patches (`map_neighbours`); None
+    without context."""
+    from .neighbours import map_neighbours
+
+    if not np.any(weights):
+        return None
+    return map_neighbours(
+        fn, spots, [section], tc.her2st, patch_um=tc.io.patch_um, input_px=tc.io.input_px, cache_dir=Path(tc.cache_dir)
+    )
+
+
+def _with_context(predict, embeddings, neighbours, weights: np.ndarray) -> np.ndarray:
+    """``predict`` of the spots' embeddings, mixed with that of their neighbouring patches
+    (the engine's spatial context) when ``weights`` are not all zero."""
+    from ..inference.context import mix_with_neighbours
+
+    centre = predict(embeddings)
+    if neighbours is None or not np.any(weights):
+        return centre
+    around = np.stack([predict(e) for e in neighbours[0]])
+    return mix_with_neighbours(centre, around, neighbours[1], weights)
+
+
+def _predict_sets(model, spots, train_expression: np.ndarray, neighbours) -> dict[str, np.ndarray]:
+    """Predictions of a trained model with its retrieval settings (top-k, spatial
+    context): retrieval over its bank, over the training spots only (to measure what
+    the extra bank sections add), and its ridge head.
+
+    ``neighbours`` is ``(embeddings, tissue)`` of the spots' 8 neighbouring patches
+    (`map_neighbours`), or None without context."""
     import torch
 
+    from ..inference.context import neighbour_weights
     from ..model import ReferenceBank, retrieve
 
+    top_k = model.retrieval.top_k
+    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
     embs = model.embed_many(spots.patches)
-    retrieval, _ = model.predict_embeddings(embs, method="retrieval", top_k=top_k)
-    ridge, _ = model.predict_embeddings(embs, method="ridge")
     with torch.inference_mode():
         train_expr = torch.from_numpy(train_expression).to(model.device)
         train_bank = ReferenceBank(model.network.encode_expression(train_expr), train_expr)
-    retrieval_train, _ = retrieve(embs, train_bank, top_k=top_k)
+
+    def by(method: str):
+        return lambda e: model.predict_embeddings(e, method=method, top_k=top_k)[0].cpu().numpy()
+
     return {
-        "retrieval": retrieval.cpu().numpy(),
-        "ridge": ridge.cpu().numpy(),
-        "retrieval_train_bank": retrieval_train.cpu().numpy(),
+        "retrieval": _with_context(by("retrieval"), embs, neighbours, weights),
+        "ridge": _with_context(by("ridge"), embs, neighbours, weights),
+        "retrieval_train_bank": _with_context(
+            lambda e: retrieve(e, train_bank, top_k=top_k)[0].cpu().numpy(), embs, neighbours, weights
+        ),
     }
+
+
+#: Ablation of the retrieval settings: the paper's top-k without context, then each
+#: change of the recipe alone, then both (same trained model, same held-out spots).
+ABLATION_BASE_TOP_K = 50
+
+
+def _ablation(model, spots, neighbours) -> dict[str, np.ndarray]:
+    """Retrieval predictions of every combination of the recipe's top-k and context
+    with the paper's top-k (50) and no context, keyed ``k<top_k>_ctx<sigma>``."""
+    from ..inference.context import neighbour_weights
+
+    embs = model.embed_many(spots.patches)
+    out = {}
+    for k in sorted({ABLATION_BASE_TOP_K, model.retrieval.top_k}):
+        for sigma in sorted({0.0, float(model.retrieval.context_sigma_um)}):
+            weights = neighbour_weights(sigma, model.io.patch_um)
+
+            def predict(e, k=k):
+                return model.predict_embeddings(e, method="retrieval", top_k=k)[0].cpu().numpy()
+
+            out[f"k{k}_ctx{sigma:g}"] = _with_context(predict, embs, neighbours, weights)
+    return out
 
 
 def _calls(called: np.ndarray, label: np.ndarray) -> dict[str, float]:
@@ -354,9 +411,11 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
     import torch
 
     from .._progress import relabelled
+    from ..inference.context import neighbour_weights
     from ..model import fit_ridge, load_model
     from .calibration import compute_calibration
     from .features import patch_features
+    from .neighbours import context_embeddings
     from .train import iter_train
 
     out_root = Path(cfg.out_dir) / ("quick" if quick else "full")
@@ -392,8 +451,10 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                 "gene_sets": sets,
                 "quick": quick,
                 "training_length": {"steps": base_tc.steps, "epochs": None if base_tc.steps else base_tc.epochs},
+                "retrieval": {"top_k": base_tc.top_k, "context_sigma_um": base_tc.context_sigma_um},
                 "bank_sections": base_tc.bank_sections,
             }
+            weights = neighbour_weights(base_tc.context_sigma_um, base_tc.io.patch_um)
             ceiling = {
                 s: roc_auc(tumor_score(t.expression[t.tumor >= 0], genes, panel), t.tumor[t.tumor >= 0] == 1)
                 for s, t in tests.items()
@@ -402,6 +463,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                 yield {"protocol": protocol, "fold": fold, "variant": variant, "stage": "start"}
                 results: dict[str, dict] = {}
                 trust: dict[str, dict] = {}
+                ablation: dict[str, dict] = {}
                 if variant in VARIANTS:
                     tc = _fold_train_config(cfg, protocol, fold, variant, quick)
                     tc.genes = genes  # the fold's gene list, chosen once on its training data
@@ -410,26 +472,47 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                     model = load_model(ckpt, device=tc.device)
                     # The fold's own marker panel (its model was trained on a given gene list, so
                     # its provenance holds none): calibrate the tumour threshold on it.
-                    model.calibration = compute_calibration(model, train, markers=panel, top_k=tc.top_k)
+                    train_context = context_embeddings(
+                        model, train, spec["train"], tc.her2st, cache_dir=Path(tc.cache_dir)
+                    )
+                    model.calibration = compute_calibration(model, train, markers=panel, neighbours=train_context)
                     model.to(model.device)
                     for s, t in tests.items():
-                        predictions = _predict_sets(model, t, tc.top_k, train.expression)
+                        neighbours = _around(model.embed_many, t, s, tc, weights)
+                        predictions = _predict_sets(model, t, train.expression, neighbours)
                         for method, pred in predictions.items():
                             results.setdefault(method, {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
                         trust[s] = trust_scores(model, t, predictions["retrieval"], panel)
+                        for setting, pred in _ablation(model, t, neighbours).items():
+                            scores = _scores(pred, t.expression, genes, sets, t.tumor, panel)
+                            scores.pop("r_per_gene")
+                            ablation.setdefault(setting, {})[s] = scores
                 elif variant == "ridge_features":
+                    # Baselines get the same spatial context as the model.
                     head = fit_ridge(patch_features(train.patches), train.expression)
+
+                    def ridge_on(features, head=head):
+                        return head(torch.from_numpy(features)).numpy()
+
                     for s, t in tests.items():
-                        pred = head(torch.from_numpy(patch_features(t.patches))).numpy()
+                        pred = _with_context(
+                            ridge_on,
+                            patch_features(t.patches),
+                            _around(patch_features, t, s, base_tc, weights),
+                            weights,
+                        )
                         results.setdefault("ridge", {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
                 elif variant == "untrained":
                     model = _untrained_model(base_tc, genes, train.expression)
+
+                    def retrieve_untrained(e, model=model, k=base_tc.top_k):
+                        return model.predict_embeddings(e, method="retrieval", top_k=k)[0].numpy()
+
                     for s, t in tests.items():
-                        pred, _ = model.predict_embeddings(
-                            model.embed_many(t.patches), method="retrieval", top_k=base_tc.top_k
-                        )
+                        neighbours = _around(model.embed_many, t, s, base_tc, weights)
+                        pred = _with_context(retrieve_untrained, model.embed_many(t.patches), neighbours, weights)
                         results.setdefault("retrieval", {})[s] = _scores(
-                            pred.numpy(), t.expression, genes, sets, t.tumor, panel
+                            pred, t.expression, genes, sets, t.tumor, panel
                         )
                 record = {
                     **context,
@@ -440,6 +523,8 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                 }
                 if trust:
                     record["trust"] = trust
+                if ablation:
+                    record["ablation"] = ablation
                 path = out_root / protocol / fold / f"{variant}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
@@ -560,3 +645,87 @@ def agreement_table(
     verdict = "within" if worst_all <= tolerance else "NOT within"
     lines.append(f"Largest absolute difference: {worst_all:.3f} ({verdict} ±{tolerance:.2f}).")
     return "\n".join(lines) + "\n"
+
+
+#: Rows of the seed table: the shipped recipe's methods, then the ablation of its
+#: retrieval settings (same trained models).
+_SEED_ROWS = {
+    "cmrcnet:retrieval": "CMRCNet, retrieval (the shipped recipe)",
+    "cmrcnet:retrieval_train_bank": "CMRCNet, retrieval over the training spots only",
+    "cmrcnet:ridge": "CMRCNet, ridge head",
+}
+
+
+def _ablation_label(setting: str) -> str:
+    k, ctx = setting.removeprefix("k").split("_ctx")
+    context = "no context" if float(ctx) == 0 else f"context σ {ctx} µm"
+    return f"ablation: top-k {k}, {context}"
+
+
+def seed_summary(result_dirs: dict[int, str | Path], protocol: str = "patient") -> dict[str, Any]:
+    """Per seed, the mean over held-out sections of every method and ablation setting;
+    then mean and sd over the seeds.
+
+    Parameters
+    ----------
+    result_dirs : dict
+        Seed -> a results folder written by ``stpredict evaluate`` (``.../full``).
+    protocol : str
+        Which protocol's folds to read.
+
+    Returns
+    -------
+    dict
+        ``{row: {"per_seed": {seed: {metric: value}}, "mean": {...}, "sd": {...}}}``;
+        rows are ``variant:method`` and ``ablation:<setting>`` (cmrcnet only).
+    """
+    import statistics
+
+    rows: dict[str, dict] = {}
+    for seed, folder in result_dirs.items():
+        per_row: dict[str, dict[str, list]] = {}
+        for path in sorted((Path(folder) / protocol).glob("*/cmrcnet.json")):
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            blocks = {f"cmrcnet:{m}": v for m, v in rec["results"].items()}
+            blocks |= {f"ablation:{s}": v for s, v in rec.get("ablation", {}).items()}
+            for name, per_section in blocks.items():
+                row = per_row.setdefault(name, {m: [] for m in METRICS})
+                for scores in per_section.values():
+                    for m in METRICS:
+                        if scores.get(m) is not None:
+                            row[m].append(scores[m])
+        for name, row in per_row.items():
+            entry = rows.setdefault(name, {"per_seed": {}})
+            entry["per_seed"][seed] = {m: nanmean(v) if v else None for m, v in row.items()}
+    for entry in rows.values():
+        seeds = list(entry["per_seed"].values())
+        entry["mean"], entry["sd"] = {}, {}
+        for m in METRICS:
+            values = [s[m] for s in seeds if s[m] is not None]
+            entry["mean"][m] = statistics.mean(values) if values else None
+            entry["sd"][m] = statistics.stdev(values) if len(values) > 1 else None
+    return rows
+
+
+def seed_table(summary: dict[str, Any]) -> str:
+    """Markdown of `seed_summary`: mean ± sd over seeds, the recipe's rows then the ablation."""
+    lines = [
+        "| method | seeds | HEG50 r | HVG50 r | markers r | all genes r | gene-gene | tumour AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    names = [n for n in _SEED_ROWS if n in summary]
+    names += sorted((n for n in summary if n.startswith("ablation:")), key=_ablation_order)
+    for name in names:
+        entry = summary[name]
+        label = _SEED_ROWS.get(name) or _ablation_label(name.removeprefix("ablation:"))
+        cells = []
+        for m in METRICS:
+            mean, sd = entry["mean"][m], entry["sd"][m]
+            cells.append("-" if mean is None else f"{mean:.3f}" + (f" ± {sd:.3f}" if sd is not None else ""))
+        lines.append(f"| {label} | {len(entry['per_seed'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _ablation_order(name: str) -> tuple[int, float]:
+    k, ctx = name.removeprefix("ablation:k").split("_ctx")
+    return int(k), float(ctx)

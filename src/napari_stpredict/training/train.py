@@ -51,7 +51,10 @@ class TrainConfig:
     hed_sigma: float = 0.05
     seed: int = 0
     device: str = "auto"
+    #: Retrieval neighbours and spatial context (µm, 0 = none) the model is calibrated,
+    #: evaluated and shipped with (`RetrievalSettings`); they do not change training.
     top_k: int = 50
+    context_sigma_um: float = 0.0
     out_dir: str = "runs/train"
     cache_dir: str = "runs/cache"
     half: bool = True
@@ -100,9 +103,14 @@ def _seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+#: Settings applied after training (retrieval, calibration): a change reuses the trained
+#: weights of a run folder instead of training again.
+TEST_TIME_FIELDS = ("top_k", "context_sigma_um")
+
+
 def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
-    """The configuration as a dict without what does not change the trained model
-    (output and cache folders, device): what resuming and result fingerprints compare."""
+    """The configuration as a dict without what does not change the model or its
+    predictions (output and cache folders, device): what result fingerprints compare."""
     relevant = cfg.to_dict()
     for k in ("out_dir", "cache_dir", "device"):
         relevant.pop(k, None)
@@ -110,7 +118,10 @@ def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _config_hash(cfg: TrainConfig) -> str:
-    return hashlib.sha1(json.dumps(recipe_fields(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    """Fingerprint of what training depends on: a run folder resumes (or, finished, only
+    redoes bank and calibration) when it matches."""
+    training = {k: v for k, v in recipe_fields(cfg).items() if k not in TEST_TIME_FIELDS}
+    return hashlib.sha1(json.dumps(training, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def resolve_genes(cfg: TrainConfig) -> tuple[list[str], dict]:
@@ -157,6 +168,14 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     from .data import SpotSet
     from .sections import section_spots
 
+    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {cfg.top_k!r}")
+    if not (isinstance(cfg.context_sigma_um, (int, float)) and np.isfinite(cfg.context_sigma_um)) or (
+        cfg.context_sigma_um < 0
+    ):
+        raise ValueError(
+            f"context_sigma_um must be 0 (no context) or a positive number of µm, got {cfg.context_sigma_um!r}"
+        )
     run_dir = Path(run_dir or cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
@@ -298,6 +317,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
         ridge=ridge,
         provenance=provenance,
         calibration=calibration,
+        retrieval=_retrieval(cfg),
         half=cfg.half,
     )
     (run_dir / "history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
@@ -359,6 +379,7 @@ def _calibrate(network, cfg: TrainConfig, bank_emb, bank_expression, ridge, prov
 
     from ..model import ReferenceBank, STModel
     from .calibration import compute_calibration
+    from .neighbours import context_embeddings
 
     model = STModel(
         network,
@@ -366,9 +387,17 @@ def _calibrate(network, cfg: TrainConfig, bank_emb, bank_expression, ridge, prov
         ReferenceBank(bank_emb, torch.from_numpy(bank_expression)),
         ridge,
         provenance=provenance,
+        retrieval=_retrieval(cfg),
         device=next(network.parameters()).device,
     )
-    return compute_calibration(model, train, top_k=cfg.top_k)
+    context = context_embeddings(model, train, cfg.train_sections, cfg.her2st, cache_dir=Path(cfg.cache_dir))
+    return compute_calibration(model, train, neighbours=context)
+
+
+def _retrieval(cfg: TrainConfig):
+    from ..model import RetrievalSettings
+
+    return RetrievalSettings(top_k=int(cfg.top_k), context_sigma_um=float(cfg.context_sigma_um))
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Path:

@@ -1,0 +1,38 @@
+"""The shipped recipe over 3 training seeds, with the ablation of its retrieval settings.
+
+Reads the patient-level fold results of seed 0 (``evaluation/results/full``, from
+``stpredict evaluate``) and of seeds 1 and 2 (``evaluation/results/seeds/seed<N>/full``,
+from ``stpredict evaluate --protocol patient --variant cmrcnet --seed N``), and writes
+``evaluation/results/seeds.md`` and ``seeds.json``: per row the mean over the 6 held-out
+sections for each seed, then mean ± sd over the seeds.
+
+Usage: python scripts/seed_table.py [--results evaluation/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from napari_stpredict.training.evaluate import seed_summary, seed_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--results", type=Path, default=Path("evaluation/results"))
+    args = parser.parse_args()
+    dirs = {0: args.results / "full"}
+    dirs |= {s: args.results / "seeds" / f"seed{s}" / "full" for s in (1, 2)}
+    missing = [str(d) for d in dirs.values() if not (d / "patient").is_dir()]
+    if missing:
+        raise SystemExit(f"no patient-level results in: {', '.join(missing)}")
+    summary = seed_summary(dirs)
+    table = seed_table(summary)
+    (args.results / "seeds.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    (args.results / "seeds.md").write_text(table, encoding="utf-8")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
