@@ -7,7 +7,8 @@ has trained the fold models under runs/eval/full/patient):
 
 For each held-out section (B4 with the model trained on patient C; C2-C6 with the model
 trained on B4), the fold model's retrieval prediction is compared with the measured
-expression, gene by gene; each gene's r is the mean over the six sections, as the
+expression, gene by gene (with the fold model's top-k and spatial context, as
+``stpredict evaluate`` scores it); each gene's r is the mean over the six sections, as the
 evaluation protocol averages. Writes evaluation/results/full/per_gene_r.json, which
 ``scripts/ship_model.py`` embeds in the shipped checkpoint (``stpredict genes`` and the
 widget show it).
@@ -24,7 +25,7 @@ import numpy as np
 
 def main() -> None:
     from napari_stpredict.model import load_model
-    from napari_stpredict.training.evaluate import PROTOCOLS, EvalConfig
+    from napari_stpredict.training.evaluate import PROTOCOLS, EvalConfig, held_out_predictions
     from napari_stpredict.training.metrics import pearson_per_gene
     from napari_stpredict.training.sections import section_spots
 
@@ -44,8 +45,8 @@ def main() -> None:
                 input_px=model.io.input_px,
                 cache_dir=Path(cfg.train.cache_dir),
             )
-            pred, _ = model.predict_embeddings(model.embed_many(spots.patches), method="retrieval")
-            for gene, r in zip(model.genes, pearson_per_gene(pred.cpu().numpy(), spots.expression)):
+            pred = held_out_predictions(model, spots, section, cfg.train)
+            for gene, r in zip(model.genes, pearson_per_gene(pred, spots.expression)):
                 per_gene.setdefault(gene, []).append(float(r))
             print(fold, section, flush=True)
     table = {g: (round(float(np.nanmean(v)), 4) if np.isfinite(v).any() else None) for g, v in sorted(per_gene.items())}
@@ -53,7 +54,8 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
-                "source": "patient-level folds, retrieval with the bank of other patients' spots, "
+                "source": "patient-level folds, retrieval with the bank of other patients' spots "
+                f"(top-k {model.retrieval.top_k}, spatial context σ {model.retrieval.context_sigma_um:g} µm), "
                 "mean Pearson r over the 6 held-out sections (B4, C2-C6)",
                 "r": table,
             },

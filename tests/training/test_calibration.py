@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,30 @@ def test_a_model_with_context_is_calibrated_on_context_predictions(her2st_dir, t
     again = compute_calibration(model, train, neighbours=context)
     # (the checkpoint stores the bank in float16: equal to about 1e-3)
     assert torch.allclose(again["tumor"]["gene_mean"], model.calibration["tumor"]["gene_mean"], atol=5e-3)
+
+
+def test_neighbours_of_an_h5ad_section_equal_those_of_the_her2st_id(her2st_dir, tmp_path):
+    """User data (an .h5ad with its image path and resolution) gets the same neighbouring
+    patches and tissue flags as the her2st reader, in spot order."""
+    from napari_stpredict.io.st_data import read_her2st_section
+    from napari_stpredict.training.neighbours import map_neighbours
+    from napari_stpredict.training.sections import section_spots
+
+    adata = read_her2st_section(str(her2st_dir), "C3", with_image=True)
+    lib = adata.uns["spatial"]["C3"]
+    lib["metadata"]["image_path"] = str(Path(lib["metadata"]["image_path"]).resolve())
+    path = tmp_path / "C3.h5ad"
+    adata.write_h5ad(path)
+    genes = ["ERBB2", "GRB7"]
+
+    def mean_colour(patches):
+        return patches.reshape(len(patches), -1).mean(1)
+
+    by_id = section_spots("C3", str(her2st_dir), genes)
+    by_file = section_spots(str(path), None, genes)
+    a, tissue_a = map_neighbours(mean_colour, by_id, ["C3"], str(her2st_dir), patch_um=112.0, input_px=32)
+    b, tissue_b = map_neighbours(mean_colour, by_file, [str(path)], None, patch_um=112.0, input_px=32)
+    assert np.array_equal(tissue_a, tissue_b) and 0.3 < tissue_a.mean() < 1.0
+    assert all(np.allclose(x, y) for x, y in zip(a, b))
+    # each offset really is a different patch (not the spot's own)
+    assert not np.allclose(a[0], a[7])

@@ -131,6 +131,15 @@ def test_results_of_another_recipe_are_neither_reused_nor_overwritten(tmp_path):
     )
     cfg.train.out_dir = "elsewhere"  # where outputs go is not part of the recipe
     assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) == full
+    # retrieval settings change the results (a new recipe) but not the training: a run
+    # folder's finished training is reused
+    from napari_stpredict.training.train import _config_hash
+
+    trained = _config_hash(_fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False))
+    cfg.train.context_sigma_um = 56.0
+    assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) != full
+    assert _config_hash(_fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False)) == trained
+    cfg.train.context_sigma_um = 0.0
     cfg.train.seed = 1
     assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) != full
 
@@ -184,3 +193,32 @@ def test_evaluate_refuses_to_mix_in_results_of_another_step_budget(her2st_dir, t
     assert code == 2
     assert "untrained.json" in err and "300 steps, now 400 steps" in err
     assert json.loads(stale.read_text(encoding="utf-8"))["training_length"]["steps"] == 300
+
+
+def test_seed_table_averages_sections_then_seeds(tmp_path):
+    """Each seed's row is the mean over its held-out sections (both folds); the table is
+    mean ± sd over seeds; ablation rows come from the same files."""
+    from napari_stpredict.training.evaluate import seed_summary, seed_table
+
+    def write(seed, fold, sections, value):
+        scores = dict.fromkeys(("r_heg50", "r_hvg50", "r_markers", "r_all", "gene_gene", "tumor_auc"), value)
+        record = {
+            "results": {"retrieval": dict.fromkeys(sections, scores)},
+            "ablation": {"k50_ctx0": {s: {**scores, "r_heg50": value - 0.1} for s in sections}},
+        }
+        path = tmp_path / f"seed{seed}" / "patient" / fold / "cmrcnet.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(record), encoding="utf-8")
+
+    write(0, "test_B", ["B4"], 0.1)
+    write(0, "test_C", ["C2", "C3"], 0.4)  # seed 0: (0.1 + 0.4 + 0.4) / 3 = 0.3
+    write(1, "test_B", ["B4"], 0.5)
+    write(1, "test_C", ["C2", "C3"], 0.5)  # seed 1: 0.5
+    summary = seed_summary({0: tmp_path / "seed0", 1: tmp_path / "seed1"})
+    row = summary["cmrcnet:retrieval"]
+    assert row["per_seed"][0]["r_heg50"] == pytest.approx(0.3)
+    assert row["mean"]["r_heg50"] == pytest.approx(0.4) and row["sd"]["r_heg50"] == pytest.approx(0.1414, abs=1e-4)
+    assert summary["ablation:k50_ctx0"]["mean"]["r_heg50"] == pytest.approx(0.3)
+    table = seed_table(summary)
+    assert "| CMRCNet, retrieval (the shipped recipe) | 2 | 0.400 ± 0.141 |" in table
+    assert "ablation: top-k 50, no context" in table

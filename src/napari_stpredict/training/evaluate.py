@@ -251,6 +251,35 @@ def _predict_sets(model, spots, train_expression: np.ndarray, neighbours) -> dic
     }
 
 
+def held_out_predictions(model, spots, section: str, tc: TrainConfig) -> np.ndarray:
+    """Retrieval predictions of a held-out section with the model's own top-k and
+    spatial context: what `iter_evaluate` scores as ``retrieval``.
+
+    Parameters
+    ----------
+    model : STModel
+        A fold model.
+    spots : SpotSet
+        The section's spots, with patches.
+    section : str
+        Its id (her2st) or ``.h5ad`` path, to read the neighbouring patches.
+    tc : TrainConfig
+        Where the data and patch cache are (``her2st``, ``cache_dir``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(spots, genes)``.
+    """
+    from ..inference.context import neighbour_weights
+
+    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
+    neighbours = _around(model.embed_many, spots, section, tc, weights)
+    return _with_context(
+        lambda e: model.predict_embeddings(e)[0].cpu().numpy(), model.embed_many(spots.patches), neighbours, weights
+    )
+
+
 #: Ablation of the retrieval settings: the paper's top-k without context, then each
 #: change of the recipe alone, then both (same trained model, same held-out spots).
 ABLATION_BASE_TOP_K = 50
