@@ -305,7 +305,13 @@ def test_ctrl_c_stops_the_cohort_cleanly_and_keeps_finished_slides(sample_slide_
     slides = tmp_path / "slides"
     _copies(sample_slide_path, slides, 3)
     out = tmp_path / "out"
-    proc = _start_cohort_command(slides, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A command started from a background job inherits SIGINT ignored (POSIX shells do that
+    # to asynchronous commands), and Python then never raises KeyboardInterrupt: give the
+    # command the default handler a terminal would.
+    default_sigint = {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)} if os.name == "posix" else {}
+    proc = _start_cohort_command(
+        slides, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **default_sigint
+    )
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children, "no worker process to check"
