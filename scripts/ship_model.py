@@ -1,7 +1,8 @@
 """Copy a trained checkpoint into the package as the default model, with its evaluation.
 
 The evaluation summary (evaluation/results/full/summary.json, made by
-``stpredict evaluate``) is stored inside the checkpoint, so the model carries the
+``stpredict evaluate``), the 3-seed table (evaluation/results/seeds.json) and the
+per-gene figures are stored inside the checkpoint, so the model carries the
 figures it was shipped with. Refuses a checkpoint trained on section C2 (the sample).
 
 Usage: python scripts/ship_model.py runs/default_model/model.pt
@@ -32,6 +33,12 @@ def main() -> None:
     if args.summary.exists():
         data["evaluation"] = json.loads(args.summary.read_text(encoding="utf-8"))
         data["evaluation"]["source"] = "stpredict evaluate --config evaluation/config.yaml"
+    seeds = args.summary.parent.parent / "seeds.json"  # scripts/seed_table.py: the recipe over 3 seeds
+    if seeds.exists():
+        data.setdefault("evaluation", {})["seeds"] = {
+            "source": "scripts/seed_table.py (patient-level folds, seeds 0, 1, 2)",
+            "rows": json.loads(seeds.read_text(encoding="utf-8")),
+        }
     per_gene = args.summary.parent / "per_gene_r.json"  # scripts/per_gene_accuracy.py
     if per_gene.exists():
         data.setdefault("evaluation", {})["per_gene_r"] = json.loads(per_gene.read_text(encoding="utf-8"))

@@ -1,25 +1,33 @@
 """Table of the trust figures on held-out her2st sections (patient-level folds).
 
-Usage, after
-    stpredict evaluate --config evaluation/experiments/trust/config.yaml --protocol patient --variant cmrcnet
-run
-    python evaluation/experiments/trust/summarise.py
+Usage, after ``stpredict evaluate`` (the main evaluation's fold JSON files hold these
+figures under ``trust``):
+
+    python evaluation/experiments/trust/summarise.py [--results evaluation/results/full]
+
 which writes evaluation/experiments/trust/trust.md from the per-fold JSON files.
+(``--results evaluation/experiments/trust/full`` reads the first, pre-context run made with
+``evaluation/experiments/trust/config.yaml``.)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--results", type=Path, default=REPO / "evaluation" / "results" / "full")
+    args = parser.parse_args()
     rows = []
-    for path in sorted((HERE / "full" / "patient").glob("*/cmrcnet.json")):
+    for path in sorted((args.results / "patient").glob("*/cmrcnet.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         for section, t in record["trust"].items():
             rows.append((record["fold"], record["train_sections"], section, t))
