@@ -20,11 +20,12 @@ def test_youden_threshold_on_a_known_split():
     assert 0.3 < threshold < 0.7 and sens == 1.0 and spec == 1.0
 
 
-def test_training_writes_a_calibration(her2st_dir, tmp_path):
+def _two_section_config(her2st_dir, tmp_path):
+    """A 2-step training on her2st C3 and C4 with a few genes (fast, real data)."""
     from napari_stpredict.model.config import IOContract, ModelConfig
-    from napari_stpredict.training.train import TrainConfig, train
+    from napari_stpredict.training.train import TrainConfig
 
-    cfg = TrainConfig(
+    return TrainConfig(
         train_sections=["C3", "C4"],
         her2st=str(her2st_dir),
         benchmark_genes=None,
@@ -36,6 +37,12 @@ def test_training_writes_a_calibration(her2st_dir, tmp_path):
         cache_dir=str(tmp_path / "cache"),
         device="cpu",
     )
+
+
+def test_training_writes_a_calibration(her2st_dir, tmp_path):
+    from napari_stpredict.training.train import train
+
+    cfg = _two_section_config(her2st_dir, tmp_path)
     model = load_model(train(cfg, tmp_path / "run"), device="cpu")
     domain = model.calibration["domain"]
     assert domain["reference"].shape[0] == model.provenance["train_spots"]
@@ -112,24 +119,13 @@ def test_a_model_with_context_is_calibrated_on_context_predictions(her2st_dir, t
     refused."""
     from dataclasses import replace
 
-    from napari_stpredict.model.config import IOContract, ModelConfig
     from napari_stpredict.training.calibration import compute_calibration
     from napari_stpredict.training.data import SpotSet
     from napari_stpredict.training.neighbours import context_embeddings
     from napari_stpredict.training.sections import section_spots
-    from napari_stpredict.training.train import TrainConfig, iter_train
+    from napari_stpredict.training.train import iter_train
 
-    cfg = TrainConfig(
-        train_sections=["C3", "C4"],
-        her2st=str(her2st_dir),
-        benchmark_genes=None,
-        genes=["ERBB2", "GRB7", "SCD", "FASN", "CD24", "IGKC", "COL1A1", "MGP"],
-        model=ModelConfig(backbone="resnet10t"),
-        io=IOContract(patch_um=112.0, input_px=48),
-        steps=2,
-        cache_dir=str(tmp_path / "cache"),
-        device="cpu",
-    )
+    cfg = _two_section_config(her2st_dir, tmp_path)
     run = tmp_path / "run"
     plain = load_model(list(iter_train(cfg, run))[-1]["checkpoint"], device="cpu")
     stages = list(iter_train(replace(cfg, top_k=20, context_sigma_um=56.0), run))
