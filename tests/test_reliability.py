@@ -291,7 +291,8 @@ def test_slides_with_the_same_name_in_two_folders_both_survive(
 
 
 def test_output_folder_is_all_or_nothing_and_leftovers_are_cleared(tmp_path):
-    from napari_stpredict.io.atomic import atomic_folder
+    from napari_stpredict.io.output_folder import MARKER
+    from napari_stpredict.io.output_folder import output_folder as atomic_folder
 
     target = tmp_path / "slide"
     (tmp_path / ".slide.partial-killed").mkdir()  # what a killed run leaves
@@ -302,9 +303,9 @@ def test_output_folder_is_all_or_nothing_and_leftovers_are_cleared(tmp_path):
     assert not target.exists() and not list(tmp_path.glob(".slide.partial-*"))
     with atomic_folder(target) as tmp:
         (tmp / "a.txt").write_text("whole")
-    with atomic_folder(target) as tmp:  # a rerun replaces it whole
+    with atomic_folder(target) as tmp:  # a rerun replaces the product's files
         (tmp / "b.txt").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"] and len(list(tmp_path.iterdir())) == 1
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "b.txt"] and len(list(tmp_path.iterdir())) == 1
 
 
 # --- 5, 6: the cache ------------------------------------------------------------------------------

@@ -295,6 +295,21 @@ def _output_names(paths: list[Path]) -> dict[Path, str]:
     return dict(zip(unique, folder_names(unique), strict=True))
 
 
+def _refused_folders(folders: dict[Path, Path]) -> list[str]:
+    """Why output folders cannot be written (a folder holding an input slide, or one the
+    product did not write), for every slide of the command, before any work."""
+    from .io.output_folder import ForeignFolderError, check_output_folder
+
+    inputs = list(folders)
+    problems = []
+    for folder in dict.fromkeys(folders.values()):
+        try:
+            check_output_folder(folder, inputs)
+        except ForeignFolderError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def _check_predict_args(args, options, model) -> list[str]:
     """Problems with the options, found before any slide is read (empty when all is well)."""
     problems = options.problems(model)
@@ -346,11 +361,18 @@ def _cmd_predict(args) -> int:
     if not slides:
         print("stpredict predict: give slide files or --sample", file=sys.stderr)
         return 2
+    names = _output_names(slides)
+    shown = {path: pseudonym(path) if args.pseudonymize and path.is_file() else None for path in slides}
+    folders = {path: args.out / (shown[path] or names[path]) for path in slides}
+    refused = _refused_folders(folders)
+    for problem in refused:
+        print(f"error: {problem}", file=sys.stderr)
+    if refused:
+        return 2
     checked = _load_checked(args)
     if checked is None:
         return 2
     options, model, model_path = checked
-    names = _output_names(slides)
     failures = 0
     for path in slides:
         bars: list = []  # created at the first spot: no bar for a cache hit or the quick stages
@@ -364,14 +386,14 @@ def _cmd_predict(args) -> int:
             bars[0].refresh()
 
         try:
-            shown_as = pseudonym(path) if args.pseudonymize and path.is_file() else None
+            shown_as = shown[path]
             try:
                 outcome = predict_to_folder(
                     path,
                     model,
                     model_path,
                     options,
-                    args.out / (shown_as or names[path]),
+                    folders[path],
                     shown_as=shown_as,
                     progress=show,
                 )

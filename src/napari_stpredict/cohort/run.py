@@ -157,6 +157,7 @@ def run_cohort(
     cohort = resolve_slides(slides, pseudonymize=pseudonymize)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out {out}: exists and is not a folder")
+    _check_slide_folders(cohort, out)
     out.mkdir(parents=True, exist_ok=True)
     log_handler = _log_to(out / "cohort.log")
     try:
@@ -202,9 +203,27 @@ def run_cohort(
         log_handler.close()
 
 
+def _check_slide_folders(cohort, out: Path) -> None:
+    """Refuse, before any work, slide folders that hold an input slide or were not written
+    by napari-stpredict (`check_output_folder`), naming each."""
+    from ..io.output_folder import ForeignFolderError, check_output_folder
+
+    inputs = [slide.path for slide in cohort]
+    problems = []
+    for slide in cohort:
+        try:
+            check_output_folder(out / slide.id, inputs)
+        except ForeignFolderError as exc:
+            problems.append(f"slide {slide.id}: {exc}")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError("; ".join(problems[:5]) + more)
+
+
 def _plan(cohort, out: Path, options, model_sha1: str, gene: str, pseudonymize: bool):
     """Rows of slides already complete with the same fingerprint, jobs for the others."""
     from ..inference.cache import slide_fingerprint
+    from ..io.output_folder import is_complete_output
     from .record import fingerprint, read_record
 
     settings = options.result_settings()
@@ -222,7 +241,7 @@ def _plan(cohort, out: Path, options, model_sha1: str, gene: str, pseudonymize: 
             rows[slide.id] = {**base, "status": "failed", "error": f"{slide.given_as}: cannot read ({exc.strerror})"}
             continue
         folder = out / slide.id
-        record = read_record(folder)
+        record = read_record(folder) if is_complete_output(folder) else None
         if record is not None and record.get("fingerprint") == fp:
             rows[slide.id] = {**record["row"], **base, "status": "reused"}
             logger.info("%s: complete with the same settings, reused", slide.id)

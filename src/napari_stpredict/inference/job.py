@@ -197,7 +197,9 @@ def predict_to_folder(
     options : PredictOptions
         Checked beforehand with `PredictOptions.problems`.
     folder : Path
-        The slide's output folder; replaced atomically.
+        The slide's output folder: written whole, or (a folder of an earlier run) its
+        product files replaced; files the product did not write are kept
+        (`napari_stpredict.io.output_folder`).
     mpp : float, optional
         This slide's resolution, overriding ``options.mpp``.
     shown_as : str, optional
@@ -212,15 +214,18 @@ def predict_to_folder(
     ------
     StPredictError, ValueError, OSError
         For a slide that cannot be read or predicted; `OutputError` when the folder
-        cannot be written. Nothing is left in ``folder``'s place then.
+        cannot be written, `ForeignFolderError` (before the prediction) when ``folder``
+        holds the slide or was not written by the product. The previous folder is left
+        as it was then.
     """
     from .._progress import drain
     from ..errors import OutputError
-    from ..io.atomic import atomic_folder
+    from ..io.output_folder import ForeignFolderError, check_output_folder, output_folder
     from ..io.slide import open_slide
     from .cache import cached_predict_slide
 
     genes = options.chosen_genes(model)
+    check_output_folder(folder, inputs=[path])  # before the slow work
     with open_slide(path, mpp=mpp if mpp is not None else options.mpp) as slide:
         prediction = drain(
             cached_predict_slide(
@@ -236,10 +241,12 @@ def predict_to_folder(
         if shown_as:
             prediction.meta["slide"]["name"] = shown_as
         try:
-            with atomic_folder(folder) as tmp:
+            with output_folder(folder, inputs=[path]) as tmp:
                 mask = write_slide_outputs(tmp, slide, prediction, model, model_path, genes, options)
                 if also_write is not None:
                     also_write(tmp, slide, prediction, mask)
+        except ForeignFolderError:
+            raise
         except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
             raise OutputError(
                 f"{slide.name}: cannot write the outputs to {folder.parent} ({getattr(exc, 'strerror', None) or exc})"

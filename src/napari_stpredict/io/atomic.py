@@ -1,7 +1,7 @@
 """Atomic file writes: write to a temporary file beside the target, then rename.
 
 A full disk, a crash or a cancelled run leaves the previous file (or none), never a
-half-written one.
+half-written one. Output folders are written by `napari_stpredict.io.output_folder`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_folder", "require_free_space"]
+__all__ = ["atomic_path", "require_free_space"]
 
 
 @contextlib.contextmanager
@@ -40,42 +40,6 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_folder(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder to fill; on success it replaces the folder ``target``.
-
-    A failure, a kill or a full disk leaves the previous ``target`` (or none) and no
-    partial folder: the temporary one is hidden, beside the target, and removed on
-    failure; hidden leftovers of killed runs (``.name.partial-*``) are removed the next
-    time the same target is written.
-
-    Parameters
-    ----------
-    target : str or Path
-        The final folder. Its parent must exist.
-    """
-    import shutil
-
-    target = Path(target)
-    for stale in target.parent.glob(f".{target.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        if target.exists():
-            old = target.with_name(f".{target.name}.partial-old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)  # two renames: the target is missing only between them
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
