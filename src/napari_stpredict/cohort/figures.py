@@ -26,9 +26,9 @@ def write_cohort_outputs(table: pd.DataFrame, out: Path, genes: list[str]) -> No
     from PIL import Image
 
     from ..io.atomic import atomic_path
+    from ..io.tables import write_csv
 
-    with atomic_path(out / "cohort.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    write_csv(table, out / "cohort.csv", index=False)
     with atomic_path(out / "cohort.h5ad") as tmp:
         _anndata(table, genes).write_h5ad(tmp)
     grid = overview_grid(table, out, genes[0])

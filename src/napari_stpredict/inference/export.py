@@ -134,6 +134,6 @@ def save_spot_table(prediction: Prediction, path: str | Path) -> Path:
         return prediction.save(path if path.suffix.lower() == ".h5ad" else path.with_suffix(".h5ad"))
     obs = prediction.adata.obs
     expression = pd.DataFrame(np.asarray(prediction.adata.X), index=obs.index, columns=prediction.genes)
-    with atomic_path(path) as tmp:
-        pd.concat([obs, expression], axis=1).to_csv(tmp, index_label="spot")
-    return path
+    from ..io.tables import write_csv
+
+    return write_csv(pd.concat([obs, expression], axis=1), path, index_label="spot")

@@ -15,8 +15,31 @@ HER2_AMPLICON = ("ERBB2", "GRB7", "STARD3", "PGAP3", "MIEN1")
 
 
 def benchmark_genes(path: str | Path) -> list[str]:
-    """The her2st benchmark gene list of HisToGene/Hist2ST (785 genes), from its .npy file."""
-    return [str(g) for g in np.load(path, allow_pickle=True)]
+    """A gene list from a ``.npy`` file of strings, e.g. the her2st benchmark list of
+    HisToGene/Hist2ST (785 genes).
+
+    Read without pickle: a ``.npy`` holding Python objects could run code when loaded,
+    and a training config can come from anyone.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: unreadable, holding pickled objects, not a 1-d array of strings,
+        or empty.
+    """
+    path = Path(path)
+    try:
+        genes = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # numpy's refusal of an object array
+        raise ValueError(
+            f"{path}: the gene list holds pickled Python objects, which are refused (they can run "
+            "code); save it as an array of strings, e.g. np.save(path, np.array(genes, dtype=str))"
+        ) from exc
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable .npy gene list ({exc})") from exc
+    if not isinstance(genes, np.ndarray) or genes.ndim != 1 or genes.dtype.kind not in "US" or not len(genes):
+        raise ValueError(f"{path}: a gene list must be a non-empty 1-d array of gene names (strings)")
+    return [str(g) for g in genes]
 
 
 def common_genes(adatas) -> list[str]:

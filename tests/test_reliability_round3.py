@@ -1,0 +1,272 @@
+"""Reliability round 3 (issues 23 and 24): data loss, security and the cohort's ids.
+
+Each test makes its own files (a user's notes in an output folder, a slide kept in a
+folder named like it, crafted manifests, a pickled gene list) and ends in the expected
+behaviour with nothing lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, predict_cli
+
+from napari_stpredict.io.output_folder import MARKER, product_files
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    return dict(os.environ, STPREDICT_CACHE_DIR=str(tmp_path / "cache"))
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- issue 23.1: a rerun of predict keeps the user's files in the slide's folder ----------------
+def test_a_predict_rerun_keeps_the_users_files(sample_slide_path, tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(out), "--no-cache") == 0
+    folder = out / "her2st_C2"
+    (folder / "notes.txt").write_text("pathologist's notes", encoding="utf-8")
+    (folder / "qupath").mkdir()
+    (folder / "qupath" / "annotations.geojson").write_text("{}", encoding="utf-8")
+    first = (folder / "config.yaml").read_text(encoding="utf-8")
+    assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(out), "--no-cache", "--genes", "GRB7") == 0
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "pathologist's notes"
+    assert (folder / "qupath" / "annotations.geojson").read_text(encoding="utf-8") == "{}"
+    assert (folder / "GRB7.tif").exists() and not (folder / "ERBB2.tif").exists()  # the product's own, replaced
+    assert (folder / "config.yaml").read_text(encoding="utf-8") != first
+    assert "notes.txt" not in product_files(folder)
+    assert [p.name for p in out.iterdir()] == ["her2st_C2"]  # nothing hidden left beside it
+
+
+# --- issue 24.1: never delete the input ----------------------------------------------------------
+def test_out_whose_slide_folder_holds_the_slide_is_refused_before_any_work(sample_slide_path, tmp_path, capsys):
+    case = tmp_path / "cases" / "CMU"
+    case.mkdir(parents=True)
+    slide = case / "CMU.tiff"
+    shutil.copy(sample_slide_path, slide)
+    (case / "notes.txt").write_text("mine", encoding="utf-8")
+    before = _tree(tmp_path / "cases")
+    started = time.perf_counter()
+    # a model path that does not exist: the refusal comes before the model is even loaded
+    rc = predict_cli(slide, tmp_path / "no_model.pt", "--out", str(tmp_path / "cases"))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert str(case) in err and "holds the input" in err
+    assert time.perf_counter() - started < 10
+    assert _tree(tmp_path / "cases") == before
+
+
+def test_a_mirax_data_folder_named_like_the_slide_is_refused(tmp_path, capsys):
+    cases = tmp_path / "cases"
+    (cases / "slide").mkdir(parents=True)
+    (cases / "slide.mrxs").write_bytes(b"[GENERAL]\n")
+    (cases / "slide" / "Slidedat.ini").write_text("[GENERAL]\n", encoding="utf-8")
+    (cases / "slide" / "Data0000.dat").write_bytes(b"\0" * 64)
+    before = _tree(cases)
+    rc = predict_cli(cases / "slide.mrxs", tmp_path / "no_model.pt", "--out", str(cases))
+    err = capsys.readouterr().err
+    assert rc == 2 and "not written by napari-stpredict" in err and str(cases / "slide") in err
+    assert _tree(cases) == before
+
+
+def test_cohort_refuses_slide_folders_it_did_not_write(sample_slide_path, tiny_model_path, tmp_path, capsys):
+    from napari_stpredict.cli import main
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(sample_slide_path, slides / "a.tiff")
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "report.docx").write_bytes(b"user's")
+    rc = main(["cohort", str(slides), "--out", str(out), "--model", str(tiny_model_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "slide a:" in err and "not written by napari-stpredict" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a"]  # no table, no log: nothing started
+    assert (out / "a" / "report.docx").read_bytes() == b"user's"
+
+
+# --- issue 23.4: two predict runs into one --out at once -----------------------------------------
+def test_two_predict_runs_into_the_same_out_both_succeed(sample_slide_path, tiny_model_path, tmp_path, cli_env):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_stpredict.cli", "predict", str(sample_slide_path)]
+    command += ["--model", str(tiny_model_path), "--out", str(out), "--no-cache"]
+    procs = [subprocess.Popen(command, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1].decode()[-2000:] for r in results]
+    folder = out / "her2st_C2"
+    assert {"prediction.h5ad", "ERBB2.tif", "tumor_mask.tif", "overview.png", MARKER} <= {
+        p.name for p in folder.iterdir()
+    }
+    assert [p.name for p in out.iterdir()] == ["her2st_C2"]
+
+
+# --- issue 23.2, 23.3, 24.3: cohort ids and manifest rows ----------------------------------------
+def _manifest(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["slide", "mpp", "id"])
+        writer.writeheader()
+        writer.writerows([{"mpp": "", "id": "", **row} for row in rows])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (["."], r"line 2: id '\.' is not usable as a folder name"),
+        ([".."], r"line 2: id '\.\.' is not usable as a folder name"),
+        ([".hidden"], r"line 2: id '\.hidden' starts with a dot"),
+        (["x" * 300], r"line 2: id 'x+' is longer than 200 bytes"),
+        (["a/b", "a_b"], r"line 2 and .*line 3: ids 'a/b' and 'a_b' both become the folder name 'a_b'"),
+        (["Case1", "case1"], r"line 2 and .*line 3: ids 'Case1' and 'case1' both become"),
+        (["same", "same"], r"line 2 and .*line 3: id 'same' used twice"),
+    ],
+)
+def test_bad_cohort_ids_are_refused_naming_the_manifest_line(ids, message, tmp_path):
+    from napari_stpredict.cohort import resolve_slides
+
+    rows = []
+    for k, slide_id in enumerate(ids):
+        (tmp_path / f"s{k}.svs").write_bytes(b"x")
+        rows.append({"slide": f"s{k}.svs", "id": slide_id})
+    manifest = _manifest(tmp_path / "m.csv", rows)
+    with pytest.raises(ValueError, match=message) as info:
+        resolve_slides([manifest])
+    assert str(manifest) in str(info.value)
+
+
+def test_rows_naming_one_file_with_different_ids_or_mpp_are_refused(tmp_path):
+    from napari_stpredict.cohort import resolve_slides
+
+    for k in range(3):
+        (tmp_path / f"f{k}.svs").write_bytes(b"x")
+    rows = [{"slide": f"f{k % 3}.svs", "id": f"sample{k:03d}"} for k in range(300)]
+    with pytest.raises(ValueError, match=r"line 2 and .*line 5 name the same file f0\.svs with different ids"):
+        resolve_slides([_manifest(tmp_path / "m.csv", rows)])
+    rows = [{"slide": "f0.svs", "mpp": "0.5"}, {"slide": "f0.svs", "mpp": "0.25"}]
+    with pytest.raises(ValueError, match=r"different mpps \(0\.5 and 0\.25\)"):
+        resolve_slides([_manifest(tmp_path / "m2.csv", rows)])
+    # the same file by a pattern and by a manifest row with an id: one slide, the row's id
+    slides = resolve_slides(
+        [str(tmp_path / "f*.svs"), _manifest(tmp_path / "m3.csv", [{"slide": "f1.svs", "id": "B"}])]
+    )
+    assert sorted(s.id for s in slides) == ["B", "f0", "f2"]
+
+
+def test_header_only_manifest_says_it_lists_no_slides(tmp_path):
+    from napari_stpredict.cohort import resolve_slides
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,mpp,id\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="lists no slides"):
+        resolve_slides([manifest])
+
+
+def test_cohort_with_a_bad_id_stops_before_any_work_and_touches_nothing(tiny_model_path, tmp_path, capsys):
+    from napari_stpredict.cli import main
+
+    (tmp_path / "s.svs").write_bytes(b"x")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier_slide").mkdir()
+    (out / "earlier_slide" / "keep.txt").write_text("keep", encoding="utf-8")
+    (out / "mine.txt").write_text("mine", encoding="utf-8")
+    manifest = _manifest(tmp_path / "m.csv", [{"slide": "s.svs", "id": "."}])
+    before = _tree(out)
+    assert main(["cohort", str(manifest), "--out", str(out), "--model", str(tiny_model_path)]) == 2
+    assert "line 2: id '.'" in capsys.readouterr().err
+    assert _tree(out) == before
+
+
+def test_cohort_out_among_the_slides_does_not_take_its_figures_for_slides(tmp_path):
+    from napari_stpredict.cohort import resolve_slides
+
+    (tmp_path / "a.svs").write_bytes(b"x")
+    for name in ("cohort_overview.png", "cohort_ERBB2.png"):
+        (tmp_path / name).write_bytes(b"png")
+    (tmp_path / "cohort.csv").write_text("id\n", encoding="utf-8")
+    assert [s.path.name for s in resolve_slides([tmp_path])] == ["a.svs"]
+    with pytest.raises(ValueError, match="no file matches"):  # the cohort's own figures are no slides
+        resolve_slides([str(tmp_path / "*.png")])
+
+
+# --- issue 23.7: formulas in cohort.csv ------------------------------------------------------------
+def test_cohort_csv_cells_cannot_be_spreadsheet_formulas(tiny_model_path, tmp_path):
+    from napari_stpredict.cli import main
+
+    manifest = _manifest(tmp_path / "m.csv", [{"slide": '=HYPERLINK("http://x")', "id": "evil"}])
+    out = tmp_path / "out"
+    assert main(["cohort", str(manifest), "--out", str(out), "--model", str(tiny_model_path)]) == 1  # not found
+    with (out / "cohort.csv").open(newline="", encoding="utf-8") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["slide"] == '\'=HYPERLINK("http://x")'
+    assert row["status"] == "failed"
+    for cell in (row["slide"], row["error"]):
+        assert not cell.startswith(("=", "+", "-", "@"))
+
+
+def test_spot_table_csv_neutralises_formula_like_text():
+    import pandas as pd
+
+    from napari_stpredict.io.tables import neutralise_formulas
+
+    frame = pd.DataFrame({"name": ["=1+1", "+A", "-B", "@C", "ok", "\tx"], "value": [-1.5, 2, 3, 4, 5, 6]})
+    clean = neutralise_formulas(frame)
+    assert list(clean["name"]) == ["'=1+1", "'+A", "'-B", "'@C", "ok", "'\tx"]
+    assert list(clean["value"]) == [-1.5, 2, 3, 4, 5, 6]  # numbers stay numbers
+
+
+# --- issue 24.2: no pickle anywhere the product reads user files ---------------------------------
+def test_a_pickled_gene_list_is_refused_without_running_it(tmp_path):
+    from napari_stpredict.training.genes import benchmark_genes
+
+    flag = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (flag,))
+
+    evil = tmp_path / "genes.npy"
+    np.save(evil, np.array([Payload()], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"genes\.npy: the gene list holds pickled Python objects"):
+        benchmark_genes(evil)
+    assert not flag.exists()
+    good = tmp_path / "good.npy"
+    np.save(good, np.array(["ERBB2", "GRB7"]))
+    assert benchmark_genes(good) == ["ERBB2", "GRB7"]
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="bad.npy"):
+        benchmark_genes(tmp_path / "bad.npy")
+
+
+_UNSAFE_LOADERS = [
+    (r"allow_pickle\s*=\s*True", "np.load(..., allow_pickle=True)"),
+    (r"\bpickle\.loads?\(", "pickle.load"),
+    (r"\b(?:c?Pickle|dill|joblib)\.load", "pickle-based loader"),
+    (r"\byaml\.(?:load|unsafe_load|full_load)\(", "yaml.load without SafeLoader"),
+    (r"\btorch\.load\((?![^)]*weights_only=True)", "torch.load without weights_only=True"),
+    (r"\bpd\.read_pickle\(", "pandas.read_pickle"),
+    (r"(?<![\w.])eval\(|(?<![\w.])exec\(", "eval/exec"),
+]
+
+
+def test_the_package_has_no_unsafe_loader():
+    offenders = []
+    for path in sorted((REPO / "src" / "napari_stpredict").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for pattern, what in _UNSAFE_LOADERS:
+            for match in re.finditer(pattern, text):
+                line = text.count("\n", 0, match.start()) + 1
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {what}")
+    assert not offenders, offenders
