@@ -163,7 +163,23 @@ def read_her2st_section(root: str | Path, section: str, *, with_image: bool = Tr
     return adata
 
 
-def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_image: str | Path | None = None):
+def visium_sample_name(folder: str | Path) -> str:
+    """The sample's name for a Space Ranger folder: the folder's own name, or for Space
+    Ranger's ``<sample>/outs`` layout the sample folder's (every sample's output folder is
+    called ``outs``)."""
+    folder = Path(folder).resolve()
+    if folder.name.lower() == "outs" and folder.parent.name:
+        return folder.parent.name
+    return folder.name
+
+
+def read_visium(
+    folder: str | Path,
+    *,
+    library_id: str | None = None,
+    patient: str | None = None,
+    fullres_image: str | Path | None = None,
+):
     """Read a Space Ranger output folder into AnnData.
 
     Parameters
@@ -172,7 +188,11 @@ def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_im
         Folder with ``filtered_feature_bc_matrix.h5`` and ``spatial/`` (tissue positions,
         ``scalefactors_json.json``, hires/lowres images).
     library_id : str, optional
-        Name of the library in ``uns["spatial"]``; default: the folder name.
+        Name of the library in ``uns["spatial"]`` and the section name; default:
+        `visium_sample_name` (``<sample>/outs`` gives ``<sample>``).
+    patient : str, optional
+        The patient the section comes from (training splits by it); default: the
+        library id.
     fullres_image : str or Path, optional
         The full-resolution H&E the spot pixel coordinates refer to (Space Ranger does
         not copy it into its output). Recorded in ``uns``; needed for training.
@@ -182,36 +202,43 @@ def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_im
     anndata.AnnData
         Spots under tissue x genes, raw counts; ``var_names`` are gene symbols and
         ``var["gene_ids"]`` Ensembl IDs; ``obsm["spatial"]`` is full-resolution ``(x, y)``.
+
+    Raises
+    ------
+    STDataError
+        Naming the file: a missing, truncated or malformed matrix, positions table or
+        scale factors file, or an image that is not a readable PNG of sane size.
     """
     import json
 
     import anndata as ad
-    import h5py
     import pandas as pd
-    import scipy.sparse as sp
-    from PIL import Image
 
     folder = Path(folder)
     h5 = folder / "filtered_feature_bc_matrix.h5"
     spatial = folder / "spatial"
     if not h5.exists():
         raise STDataError(f"{folder}: no filtered_feature_bc_matrix.h5; is this a Space Ranger output folder?")
-    with h5py.File(h5, "r") as f:
-        m = f["matrix"]
-        n_genes, n_spots = (int(v) for v in m["shape"][:])
-        x = sp.csc_matrix((m["data"][:], m["indices"][:], m["indptr"][:]), shape=(n_genes, n_spots)).T.tocsr()
-        barcodes = [b.decode() for b in m["barcodes"][:]]
-        gene_ids = [g.decode() for g in m["features/id"][:]]
-        names = [g.decode() for g in m["features/name"][:]]
+    x, barcodes, gene_ids, names = _read_10x_matrix(h5)
     positions_path = next(
         (p for p in (spatial / "tissue_positions.csv", spatial / "tissue_positions_list.csv") if p.exists()), None
     )
     if positions_path is None:
         raise STDataError(f"{folder}: no spatial/tissue_positions.csv or tissue_positions_list.csv")
     cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
-    first = positions_path.read_text(encoding="utf-8").split("\n", 1)[0]
-    positions = pd.read_csv(positions_path, header=0 if first.startswith("barcode") else None)
-    positions.columns = cols
+    try:
+        with positions_path.open(encoding="utf-8") as fh:
+            first = fh.readline()
+        positions = pd.read_csv(positions_path, header=0 if first.startswith("barcode") else None, encoding="utf-8")
+        positions.columns = cols
+        positions[cols[1:]] = positions[cols[1:]].astype(np.float64)
+        if not np.isfinite(positions[cols[1:]].to_numpy()).all():
+            raise ValueError("empty or non-numeric cells")
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        raise STDataError(
+            f"{positions_path}: not a Space Ranger positions table ({' '.join(str(exc).split())[:200]}); "
+            f"expected the columns {', '.join(cols)}"
+        ) from exc
     positions = positions.set_index("barcode")
     missing = [b for b in barcodes if b not in positions.index]
     if missing:
@@ -219,12 +246,21 @@ def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_im
             f"{positions_path}: {len(missing)} barcodes of the matrix have no position, e.g. {missing[0]}"
         )
     positions = positions.loc[barcodes]
-    scalefactors = json.loads((spatial / "scalefactors_json.json").read_text(encoding="utf-8"))
-    library_id = library_id or folder.name
+    scalefactors_path = spatial / "scalefactors_json.json"
+    try:
+        scalefactors = json.loads(scalefactors_path.read_text(encoding="utf-8"))
+        spot_px = float(scalefactors["spot_diameter_fullres"])
+    except FileNotFoundError as exc:
+        raise STDataError(f"{scalefactors_path}: missing (Space Ranger writes it beside the positions)") from exc
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise STDataError(f"{scalefactors_path}: no usable 'spot_diameter_fullres' ({exc!r})") from exc
+    if not (np.isfinite(spot_px) and spot_px > 0):
+        raise STDataError(f"{scalefactors_path}: 'spot_diameter_fullres' must be a positive number, got {spot_px}")
+    library_id = library_id or visium_sample_name(folder)
 
-    obs = positions[["in_tissue", "array_row", "array_col"]].copy()
+    obs = positions[["in_tissue", "array_row", "array_col"]].astype(np.int64)
     obs.index.name = None
-    obs["patient"] = library_id
+    obs["patient"] = patient or library_id
     obs["section"] = library_id
     var = pd.DataFrame({"gene_ids": gene_ids}, index=pd.Index(names))
     adata = ad.AnnData(X=x.astype(np.int32), obs=obs, var=var)
@@ -234,13 +270,60 @@ def read_visium(folder: str | Path, *, library_id: str | None = None, fullres_im
     for kind in ("hires", "lowres"):
         path = spatial / f"tissue_{kind}_image.png"
         if path.exists():
-            images[kind] = np.asarray(Image.open(path).convert("RGB"))
-    scalefactors["mpp_fullres"] = VISIUM_SPOT_UM / float(scalefactors["spot_diameter_fullres"])
+            images[kind] = _read_small_image(path)
+    scalefactors["mpp_fullres"] = VISIUM_SPOT_UM / spot_px
     metadata: dict = {"source": str(folder.name)}
     if fullres_image is not None:
         metadata["image_path"] = str(fullres_image)
     adata.uns["spatial"] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
     return adata[adata.obs["in_tissue"] == 1].copy() if (adata.obs["in_tissue"] == 1).any() else adata
+
+
+def _read_10x_matrix(h5: Path):
+    """Counts (spots x genes, CSR), barcodes, gene ids and names of a 10x matrix file."""
+    import h5py
+    import scipy.sparse as sp
+
+    try:
+        with h5py.File(h5, "r") as f:
+            m = f["matrix"]
+            n_genes, n_spots = (int(v) for v in m["shape"][:])
+            x = sp.csc_matrix((m["data"][:], m["indices"][:], m["indptr"][:]), shape=(n_genes, n_spots)).T.tocsr()
+            barcodes = [b.decode() for b in m["barcodes"][:]]
+            gene_ids = [g.decode() for g in m["features/id"][:]]
+            names = [g.decode() for g in m["features/name"][:]]
+    except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise STDataError(
+            f"{h5}: not a readable 10x feature-barcode matrix ({' '.join(str(exc).split())[:200]}); "
+            "is it truncated or from another tool?"
+        ) from exc
+    return x, barcodes, gene_ids, names
+
+
+# Space Ranger's hires image is at most 2,000 px a side; allow generous margins, refuse
+# decompression bombs before decoding.
+_MAX_IMAGE_PIXELS = 10_000 * 10_000
+
+
+def _read_small_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > _MAX_IMAGE_PIXELS:
+                raise STDataError(
+                    f"{path}: far larger than a Space Ranger hires/lowres image ({image.width} x "
+                    f"{image.height} px); refused (a decompression bomb?)"
+                )
+            return np.asarray(image.convert("RGB"))
+    except STDataError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, met before ours
+        raise STDataError(
+            f"{path}: far larger than a Space Ranger hires/lowres image; refused (a decompression bomb?)"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise STDataError(f"{path}: not a readable image ({exc})") from exc
 
 
 def read_st_h5ad(path: str | Path):
