@@ -165,6 +165,13 @@ def _add_prediction_options(p) -> None:
         "ridge: the linear head fitted on the training embeddings",
     )
     p.add_argument(
+        "--adaptation",
+        choices=["none", "centre", "standardise"],
+        default=None,
+        help="per-slide adaptation of the image features to the training images before retrieval "
+        "(default: the model's; none turns it off)",
+    )
+    p.add_argument(
         "--roi",
         default=None,
         help="region: x0,y0,x1,y1 in level-0 pixels, or a GeoJSON file of polygons (e.g. from QuPath)",

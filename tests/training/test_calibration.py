@@ -178,3 +178,26 @@ def test_neighbours_of_an_h5ad_section_equal_those_of_the_her2st_id(her2st_dir, 
     assert all(np.allclose(x, y) for x, y in zip(a, b))
     # each offset really is a different patch (not the spot's own)
     assert not np.allclose(a[0], a[7])
+
+
+def test_a_model_calibrated_with_adaptation_adapts_each_training_section(her2st_dir, tmp_path):
+    """Switching adaptation on reuses the trained weights; the checkpoint records it; the
+    tumour standardisation is computed on per-section adapted predictions."""
+    from dataclasses import replace
+
+    from napari_stpredict.model import load_model
+    from napari_stpredict.training.train import iter_train
+
+    cfg = _two_section_config(her2st_dir, tmp_path)
+    run = tmp_path / "run"
+    plain = load_model(list(iter_train(cfg, run))[-1]["checkpoint"], device="cpu")
+    stages = list(iter_train(replace(cfg, adaptation="standardise"), run))
+    assert not [p for p in stages if p["stage"] == "train"], "the finished training is reused"
+    model = load_model(stages[-1]["checkpoint"], device="cpu")
+    assert model.retrieval.adaptation == "standardise"
+    assert "adapted to the training average (standardise)" in model.calibration["tumor"]["how"]
+    assert not torch.allclose(model.calibration["tumor"]["gene_mean"], plain.calibration["tumor"]["gene_mean"])
+    # the out-of-domain reference stays the raw features
+    assert torch.equal(model.calibration["domain"]["reference"], plain.calibration["domain"]["reference"])
+    with pytest.raises(ValueError, match="adaptation must be one of"):
+        list(iter_train(replace(cfg, adaptation="bogus"), run))

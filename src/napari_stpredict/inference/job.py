@@ -51,6 +51,8 @@ class PredictOptions:
         Spot spacing in µm (default: the model's patch size).
     method : {"retrieval", "ridge"}
         How expression is read from the image embedding.
+    adaptation : {"none", "centre", "standardise"}, optional
+        Per-slide adaptation (default: the model's).
     roi : list of polygons, optional
         Region in level-0 pixels (outer rings ``[[x, y], ...]``).
     mpp : float, optional
@@ -69,6 +71,7 @@ class PredictOptions:
     check_stain: bool = True
     stride_um: float | None = None
     method: str = "retrieval"
+    adaptation: str | None = None
     roi: list | None = None
     mpp: float | None = None
     batch_size: int = field(default=64, compare=False)
@@ -86,6 +89,7 @@ class PredictOptions:
             check_stain=not args.no_stain_check,
             stride_um=args.stride_um,
             method=args.method,
+            adaptation=getattr(args, "adaptation", None),
             roi=roi,
             mpp=args.mpp,
             batch_size=args.batch_size,
@@ -118,6 +122,8 @@ class PredictOptions:
             problems.append(f"--threshold must be a finite number, got {self.threshold}")
         if self.threshold_mode not in ("auto", "absolute", "slide"):
             problems.append(f"--threshold-mode must be auto, absolute or slide, got {self.threshold_mode!r}")
+        if self.adaptation not in (None, "none", "centre", "standardise"):
+            problems.append(f"--adaptation must be none, centre or standardise, got {self.adaptation!r}")
         if self.method not in ("retrieval", "ridge"):
             problems.append(f"--method must be retrieval or ridge, got {self.method!r}")
         known = {g.upper() for g in model.genes}
@@ -152,6 +158,7 @@ class PredictOptions:
             "batch_size": self.batch_size,
             "method": self.method,
             "check_stain": self.check_stain,
+            **({"adaptation": self.adaptation} if self.adaptation is not None else {}),
         }
 
     def result_settings(self) -> dict[str, Any]:
@@ -159,6 +166,8 @@ class PredictOptions:
         settings = asdict(self)
         for run_control in ("batch_size", "use_cache"):
             settings.pop(run_control)
+        if settings["adaptation"] is None:  # the model's default: fingerprints as before the option
+            settings.pop("adaptation")
         return settings
 
 

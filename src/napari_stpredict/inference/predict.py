@@ -67,6 +67,7 @@ def predict_slide(
     method: str = "retrieval",
     top_k: int | None = None,
     context_sigma_um: float | None = None,
+    adaptation: str | None = None,
     num_workers: int = 2,
     prefetch_batches: int = 3,
     check_stain: bool = True,
@@ -96,6 +97,11 @@ def predict_slide(
         patches' (one patch width away at any stride; Gaussian weights of this width in
         µm; `napari_stpredict.inference.context`). Default: the model's; 0 = none. Only
         predicted cells count as neighbours (tissue, inside ``roi``).
+    adaptation : {"none", "centre", "standardise"}, optional
+        Per-slide adaptation of the image features before retrieval
+        (`napari_stpredict.model.adaptation`), estimated on an even sample of the whole
+        tissue (also when ``roi`` is given). Default: the model's; "none" turns it off.
+        The out-of-domain score is always measured on the raw features.
     num_workers : int
         Threads reading patches.
     check_stain : bool
@@ -150,6 +156,11 @@ def predict_slide(
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     sigma = model.retrieval.context_sigma_um if context_sigma_um is None else float(context_sigma_um)
     context_weights = neighbour_weights(sigma, io.patch_um)  # checks sigma before any slow work
+    from ..model.adaptation import ADAPTATION_MODES
+
+    adapt_mode = model.retrieval.adaptation if adaptation is None else adaptation
+    if adapt_mode not in ADAPTATION_MODES:
+        raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {adapt_mode!r}")
     t_start = time.perf_counter()
     width_um, height_um = slide.dimensions[0] * slide.mpp_x, slide.dimensions[1] * slide.mpp_y
     if min(width_um, height_um) < io.patch_um:
@@ -206,6 +217,10 @@ def predict_slide(
         from ..errors import TissueMaskError
 
         raise TissueMaskError(f"{slide.name}: no patch of {io.patch_um:g} µm is at least half tissue")
+    slide_adaptation = None
+    if adapt_mode != "none" and model.training_feature_stats is not None:
+        yield {"stage": "adapt", "done": 0, "total": 0, "message": "adapting to the slide"}
+        slide_adaptation = _estimate_slide_adaptation(slide, model, tissue, adapt_mode, batch_size, cancel_event)
     starts = list(range(0, n, batch_size))
     expression = np.empty((n, len(model.genes)), np.float32)
     confidence = np.empty(n, np.float32)
@@ -231,7 +246,7 @@ def predict_slide(
                 pending.append((starts[next_start], pool.submit(read, starts[next_start])))
                 next_start += 1
             with torch.inference_mode():
-                emb, features = model.embed_with_features(patches)
+                emb, features = model.embed_with_features(patches, adaptation=slide_adaptation)
                 pred, conf = model.predict_embeddings(emb, method=method, top_k=top_k)
                 dist = model.domain_distance(features)
             stop = start + len(patches)
@@ -275,6 +290,11 @@ def predict_slide(
             "method": method,
             "top_k": top_k,
             "context_sigma_um": sigma,
+            "adaptation": slide_adaptation.summary()
+            if slide_adaptation is not None
+            else {"mode": "none", "requested": adapt_mode}
+            if adapt_mode != "none"
+            else {"mode": "none"},
             "markers": list(model.provenance.get("markers", {}).get("panel", [])),
             "confidence_reference": dict(model.provenance.get("confidence_reference", {})),
         },
@@ -301,6 +321,35 @@ def predict_slide(
         "note": "Research use only; not for diagnosis.",
     }
     return Prediction(adata)
+
+
+#: Tissue patches the slide's feature statistics are measured on (evenly spread over the
+#: whole tissue): enough for stable means, a small cost next to a slide's prediction.
+ADAPTATION_SAMPLE = 256
+
+
+def _estimate_slide_adaptation(slide, model, tissue, mode: str, batch_size: int, cancel_event):
+    """The slide's `SlideAdaptation` from an even sample of patches over all its tissue
+    (never only a region of interest, which may be all tumour); None when the tissue has
+    too few patches."""
+    from ..io.patches import read_patches
+    from ..model.adaptation import even_sample
+    from ..tiling import spot_grid
+
+    io = model.io
+    whole = spot_grid(tissue.mask, tissue.l0_per_th, slide.mpp, patch_um=io.patch_um, slide_name=slide.name)
+    centres = whole.l0_centres[even_sample(len(whole), ADAPTATION_SAMPLE)]
+    features = []
+    for start in range(0, len(centres), batch_size):
+        if cancel_event is not None and cancel_event.is_set():
+            raise PredictionCancelled(f"{slide.name}: prediction cancelled while adapting to the slide")
+        patches = read_patches(slide, centres[start : start + batch_size], io.patch_um, io.input_px)
+        features.append(model.embed_with_features(patches)[1])
+    if not features:
+        return None
+    import torch
+
+    return model.slide_adaptation(torch.cat(features), mode=mode)
 
 
 def _resolution_check(slide_mpp: float, model_mpp: float) -> dict[str, Any]:

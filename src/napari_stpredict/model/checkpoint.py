@@ -238,6 +238,12 @@ def _retrieval_settings(path: Path, stored: Any) -> RetrievalSettings:
     sigma = settings.context_sigma_um
     if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and math.isfinite(sigma) and sigma >= 0):
         raise _fail(path, f"retrieval.context_sigma_um must be 0 (no context) or a positive number, got {sigma!r}")
+    from .adaptation import ADAPTATION_MODES
+
+    if settings.adaptation not in ADAPTATION_MODES:
+        raise _fail(
+            path, f"retrieval.adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {settings.adaptation!r}"
+        )
     return settings
 
 

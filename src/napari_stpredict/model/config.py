@@ -99,10 +99,15 @@ class RetrievalSettings:
         is averaged with its 8 neighbouring patches' with Gaussian weights of this width
         in µm; 0 = none. Checkpoints written before these settings existed read as
         ``top_k=50``, no context, which is how they were evaluated.
+    adaptation : {"none", "centre", "standardise"}
+        Per-slide adaptation of the image features before retrieval
+        (`napari_stpredict.model.adaptation`). Checkpoints written before it read as
+        ``"none"``.
     """
 
     top_k: int = 50
     context_sigma_um: float = 0.0
+    adaptation: str = "none"
 
 
 def from_dict(cls, data: dict[str, Any]):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adaptation import ADAPTATION_MODES, FeatureStats, SlideAdaptation, estimate_adaptation
 from .checkpoint import CheckpointError, read_checkpoint
 from .cmrcnet import CMRCNet
 from .config import IOContract, ModelConfig, RetrievalSettings
@@ -68,16 +69,29 @@ class STModel:
         self.ridge = ridge
         self.provenance = provenance or {}
         self.evaluation = evaluation or {}
-        #: Trust calibration (see `napari_stpredict.training.calibration`): the training
-        #: images' features for the out-of-domain score and the tumour-score standardisation
-        #: and threshold; None for checkpoints written before it existed.
-        self.calibration = calibration
+        self.calibration = calibration  # also sets training_feature_stats
         #: Top-k and spatial context the model was evaluated and calibrated with (the
         #: engine's defaults).
         self.retrieval = retrieval or RetrievalSettings()
         self.source = source
         self.device = torch.device("cpu")
         self.to(device)
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """Trust calibration (see `napari_stpredict.training.calibration`): the training
+        images' features for the out-of-domain score and the tumour-score standardisation
+        and threshold; None for checkpoints written before it existed."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value: dict[str, Any] | None) -> None:
+        # The training images' feature statistics, the target of per-slide adaptation, are
+        # taken here from the raw reference features, before `to` normalises them.
+        self._calibration = value
+        self.training_feature_stats: FeatureStats | None = (
+            FeatureStats.of(value["domain"]["reference"].float()) if value is not None else None
+        )
 
     @property
     def genes(self) -> list[str]:
@@ -98,7 +112,7 @@ class STModel:
         if self.calibration is not None:
             domain = dict(self.calibration["domain"])
             domain["reference"] = torch.nn.functional.normalize(domain["reference"].float(), dim=1).to(self.device)
-            self.calibration = {**self.calibration, "domain": domain}
+            self._calibration = {**self.calibration, "domain": domain}  # statistics kept from the raw features
         return self
 
     def preprocess(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -121,15 +135,52 @@ class STModel:
         return emb.float()
 
     @torch.inference_mode()
-    def embed_with_features(self, patches: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_with_features(
+        self, patches: np.ndarray | torch.Tensor, *, adaptation: SlideAdaptation | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image embeddings ``(B, embed_dim)`` and the pooled backbone features they are
         projected from ``(B, num_features)``, in one pass (the features feed the
-        out-of-domain score)."""
+        out-of-domain score).
+
+        With ``adaptation`` (`slide_adaptation`) the embeddings are projected from the
+        adapted features; the features returned are always the raw ones."""
         x = self.preprocess(patches)
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
             features = self.network.image_tokens(x).mean(dim=1)
-            emb = self.network.image_projection(features)
-        return emb.float(), features.float()
+        features = features.float()
+        return self.embed_features(features, adaptation=adaptation), features
+
+    @torch.inference_mode()
+    def embed_features(self, features: torch.Tensor, *, adaptation: SlideAdaptation | None = None) -> torch.Tensor:
+        """Image embeddings of pooled backbone features, adapted first when ``adaptation``
+        is given."""
+        features = features.float().to(self.device)
+        if adaptation is not None:
+            features = adaptation.apply(features)
+        return self.network.image_projection(features).float()
+
+    def features_many(self, patches: np.ndarray, *, batch_size: int = 128) -> torch.Tensor:
+        """Raw pooled backbone features of any number of uint8 patches, in batches."""
+        return torch.cat(
+            [self.embed_with_features(patches[i : i + batch_size])[1] for i in range(0, len(patches), batch_size)]
+        )
+
+    def slide_adaptation(
+        self, features: torch.Tensor | np.ndarray, *, mode: str | None = None
+    ) -> SlideAdaptation | None:
+        """The per-slide adaptation (`napari_stpredict.model.adaptation`) of a slide or
+        section whose tissue patches have these raw ``features``.
+
+        ``mode`` defaults to the model's ``retrieval.adaptation``. None when adaptation is
+        off, when the model has no training statistics (no calibration) or for fewer
+        than `MIN_PATCHES` patches.
+        """
+        mode = self.retrieval.adaptation if mode is None else mode
+        if mode not in ADAPTATION_MODES:
+            raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {mode!r}")
+        if mode == "none" or self.training_feature_stats is None:
+            return None
+        return estimate_adaptation(features, self.training_feature_stats, mode)
 
     @torch.inference_mode()
     def domain_distance(self, features: torch.Tensor) -> torch.Tensor | None:
@@ -147,8 +198,13 @@ class STModel:
         k = max(1, min(int(domain["k"]), ref.shape[0]))
         return 1.0 - torch.topk(sims, k, dim=1).values.mean(dim=1)
 
-    def embed_many(self, patches: np.ndarray, *, batch_size: int = 128) -> torch.Tensor:
-        """Image embeddings of any number of uint8 patches, computed in batches."""
+    def embed_many(
+        self, patches: np.ndarray, *, batch_size: int = 128, adaptation: SlideAdaptation | None = None
+    ) -> torch.Tensor:
+        """Image embeddings of any number of uint8 patches, computed in batches (adapted
+        when ``adaptation`` is given)."""
+        if adaptation is not None:
+            return self.embed_features(self.features_many(patches, batch_size=batch_size), adaptation=adaptation)
         return torch.cat([self.embed(patches[i : i + batch_size]) for i in range(0, len(patches), batch_size)])
 
     @torch.inference_mode()

@@ -138,7 +138,14 @@ def compute_calibration(
         embs.append(e)
         feats.append(f)
     emb = torch.cat(embs)
-    features = torch.cat(feats).cpu().numpy()
+    from .adapt import adapted_embeddings, section_adaptations
+
+    adaptations = section_adaptations(model, train, torch.cat(feats))
+    if any(a is not None for a in adaptations.values()):
+        # The engine's per-slide adaptation, one section at a time (the neighbours'
+        # embeddings in ``neighbours`` were adapted alike by `context_embeddings`).
+        emb = adapted_embeddings(model, torch.cat(feats), train.section, adaptations)
+    features = torch.cat(feats).cpu().numpy()  # the out-of-domain reference stays raw
 
     sections = list(dict.fromkeys(train.section.tolist()))
     distances = np.empty(n, np.float64)
@@ -190,6 +197,11 @@ def compute_calibration(
         "specificity": None,
         "how": "predicted expression of the training spots, each section's spots retrieved "
         "from the bank without that section"
+        + (
+            f", its image features adapted to the training average ({model.retrieval.adaptation})"
+            if any(a is not None for a in adaptations.values())
+            else ""
+        )
         + (
             f", mixed with their neighbouring patches' (context σ {model.retrieval.context_sigma_um:g} µm)"
             if weights.any()

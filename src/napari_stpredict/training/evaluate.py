@@ -220,10 +220,11 @@ def _with_context(predict, embeddings, neighbours, weights: np.ndarray) -> np.nd
     return mix_with_neighbours(centre, around, neighbours[1], weights)
 
 
-def _predict_sets(model, spots, train_expression: np.ndarray, neighbours) -> dict[str, np.ndarray]:
+def _predict_sets(model, embs, train_expression: np.ndarray, neighbours) -> dict[str, np.ndarray]:
     """Predictions of a trained model with its retrieval settings (top-k, spatial
-    context): retrieval over its bank, over the training spots only (to measure what
-    the extra bank sections add), and its ridge head.
+    context) from a held-out section's spot embeddings ``embs``: retrieval over its bank,
+    over the training spots only (to measure what the extra bank sections add), and its
+    ridge head.
 
     ``neighbours`` is ``(embeddings, tissue)`` of the spots' 8 neighbouring patches
     (`map_neighbours`), or None without context."""
@@ -234,7 +235,6 @@ def _predict_sets(model, spots, train_expression: np.ndarray, neighbours) -> dic
 
     top_k = model.retrieval.top_k
     weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
-    embs = model.embed_many(spots.patches)
     with torch.inference_mode():
         train_expr = torch.from_numpy(train_expression).to(model.device)
         train_bank = ReferenceBank(model.network.encode_expression(train_expr), train_expr)
@@ -251,9 +251,18 @@ def _predict_sets(model, spots, train_expression: np.ndarray, neighbours) -> dic
     }
 
 
+def _embedded(model, features, raw_neighbours, adaptation):
+    """A section's spot embeddings and its neighbours' ``(embeddings, tissue)`` (or None)
+    from their raw features, adapted with ``adaptation`` (None: not adapted)."""
+    embs = model.embed_features(features, adaptation=adaptation)
+    if raw_neighbours is None:
+        return embs, None
+    return embs, ([model.embed_features(f, adaptation=adaptation) for f in raw_neighbours[0]], raw_neighbours[1])
+
+
 def held_out_predictions(model, spots, section: str, tc: TrainConfig) -> np.ndarray:
-    """Retrieval predictions of a held-out section with the model's own top-k and
-    spatial context: what `iter_evaluate` scores as ``retrieval``.
+    """Retrieval predictions of a held-out section with the model's own top-k, spatial
+    context and per-slide adaptation: what `iter_evaluate` scores as ``retrieval``.
 
     Parameters
     ----------
@@ -274,10 +283,11 @@ def held_out_predictions(model, spots, section: str, tc: TrainConfig) -> np.ndar
     from ..inference.context import neighbour_weights
 
     weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
-    neighbours = _around(model.embed_many, spots, section, tc, weights)
-    return _with_context(
-        lambda e: model.predict_embeddings(e)[0].cpu().numpy(), model.embed_many(spots.patches), neighbours, weights
+    features = model.features_many(spots.patches)
+    embs, neighbours = _embedded(
+        model, features, _around(model.features_many, spots, section, tc, weights), model.slide_adaptation(features)
     )
+    return _with_context(lambda e: model.predict_embeddings(e)[0].cpu().numpy(), embs, neighbours, weights)
 
 
 #: Ablation of the retrieval settings: the paper's top-k without context, then each
@@ -285,21 +295,24 @@ def held_out_predictions(model, spots, section: str, tc: TrainConfig) -> np.ndar
 ABLATION_BASE_TOP_K = 50
 
 
-def _ablation(model, spots, neighbours) -> dict[str, np.ndarray]:
-    """Retrieval predictions of every combination of the recipe's top-k and context
-    with the paper's top-k (50) and no context, keyed ``k<top_k>_ctx<sigma>``."""
+def _ablation(model, features, raw_neighbours, adaptation) -> dict[str, np.ndarray]:
+    """Retrieval predictions of every combination of the recipe's top-k, context and
+    per-slide adaptation with the paper's top-k (50), no context and no adaptation, keyed
+    ``k<top_k>_ctx<sigma>`` plus ``_adapt-<mode>`` where adapted."""
     from ..inference.context import neighbour_weights
 
-    embs = model.embed_many(spots.patches)
     out = {}
-    for k in sorted({ABLATION_BASE_TOP_K, model.retrieval.top_k}):
-        for sigma in sorted({0.0, float(model.retrieval.context_sigma_um)}):
-            weights = neighbour_weights(sigma, model.io.patch_um)
+    for adapted in [None] + ([adaptation] if adaptation is not None else []):
+        embs, neighbours = _embedded(model, features, raw_neighbours, adapted)
+        suffix = f"_adapt-{adapted.mode}" if adapted is not None else ""
+        for k in sorted({ABLATION_BASE_TOP_K, model.retrieval.top_k}):
+            for sigma in sorted({0.0, float(model.retrieval.context_sigma_um)}):
+                weights = neighbour_weights(sigma, model.io.patch_um)
 
-            def predict(e, k=k):
-                return model.predict_embeddings(e, method="retrieval", top_k=k)[0].cpu().numpy()
+                def predict(e, k=k):
+                    return model.predict_embeddings(e, method="retrieval", top_k=k)[0].cpu().numpy()
 
-            out[f"k{k}_ctx{sigma:g}"] = _with_context(predict, embs, neighbours, weights)
+                out[f"k{k}_ctx{sigma:g}{suffix}"] = _with_context(predict, embs, neighbours, weights)
     return out
 
 
@@ -311,7 +324,7 @@ def _calls(called: np.ndarray, label: np.ndarray) -> dict[str, float]:
     }
 
 
-def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str]) -> dict[str, Any]:
+def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str], features=None) -> dict[str, Any]:
     """Out-of-domain share and tumour calls of a held-out section, from a calibrated model.
 
     Parameters
@@ -324,6 +337,9 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str]) -> dict[
         The model's retrieval predictions for those spots.
     panel : list of str
         The fold's marker panel.
+    features : torch.Tensor, optional
+        The spots' raw pooled features, if computed already (the out-of-domain score is
+        always measured on raw, unadapted features).
 
     Returns
     -------
@@ -333,10 +349,9 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str]) -> dict[
         Otsu's threshold on them): sensitivity, specificity and share called against the
         cancer labels; the AUC of both scores.
     """
-    import torch
     from skimage.filters import threshold_otsu
 
-    feats = torch.cat([model.embed_with_features(spots.patches[i : i + 128])[1] for i in range(0, len(spots), 128)])
+    feats = features if features is not None else model.features_many(spots.patches)
     cal = model.calibration
     ood = model.domain_distance(feats).cpu().numpy() > cal["domain"]["threshold"]
     genes = model.genes
@@ -480,7 +495,11 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                 "gene_sets": sets,
                 "quick": quick,
                 "training_length": {"steps": base_tc.steps, "epochs": None if base_tc.steps else base_tc.epochs},
-                "retrieval": {"top_k": base_tc.top_k, "context_sigma_um": base_tc.context_sigma_um},
+                "retrieval": {
+                    "top_k": base_tc.top_k,
+                    "context_sigma_um": base_tc.context_sigma_um,
+                    "adaptation": base_tc.adaptation,
+                },
                 "bank_sections": base_tc.bank_sections,
             }
             weights = neighbour_weights(base_tc.context_sigma_um, base_tc.io.patch_um)
@@ -507,12 +526,17 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                     model.calibration = compute_calibration(model, train, markers=panel, neighbours=train_context)
                     model.to(model.device)
                     for s, t in tests.items():
-                        neighbours = _around(model.embed_many, t, s, tc, weights)
-                        predictions = _predict_sets(model, t, train.expression, neighbours)
+                        features = model.features_many(t.patches)
+                        adaptation = model.slide_adaptation(features)  # the engine's per-slide rule
+                        raw_neighbours = _around(model.features_many, t, s, tc, weights)
+                        embs, neighbours = _embedded(model, features, raw_neighbours, adaptation)
+                        predictions = _predict_sets(model, embs, train.expression, neighbours)
                         for method, pred in predictions.items():
                             results.setdefault(method, {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
-                        trust[s] = trust_scores(model, t, predictions["retrieval"], panel)
-                        for setting, pred in _ablation(model, t, neighbours).items():
+                        trust[s] = trust_scores(model, t, predictions["retrieval"], panel, features=features)
+                        if adaptation is not None:
+                            trust[s]["adaptation"] = adaptation.summary()
+                        for setting, pred in _ablation(model, features, raw_neighbours, adaptation).items():
                             scores = _scores(pred, t.expression, genes, sets, t.tumor, panel)
                             scores.pop("r_per_gene")
                             ablation.setdefault(setting, {})[s] = scores
@@ -686,9 +710,10 @@ _SEED_ROWS = {
 
 
 def _ablation_label(setting: str) -> str:
+    setting, _, adapted = setting.partition("_adapt-")
     k, ctx = setting.removeprefix("k").split("_ctx")
     context = "no context" if float(ctx) == 0 else f"context σ {ctx} µm"
-    return f"ablation: top-k {k}, {context}"
+    return f"ablation: top-k {k}, {context}" + (f", adapted to the slide ({adapted})" if adapted else "")
 
 
 def seed_summary(result_dirs: dict[int, str | Path], protocol: str = "patient") -> dict[str, Any]:
@@ -755,6 +780,7 @@ def seed_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ablation_order(name: str) -> tuple[int, float]:
-    k, ctx = name.removeprefix("ablation:k").split("_ctx")
-    return int(k), float(ctx)
+def _ablation_order(name: str) -> tuple[bool, int, float]:
+    setting, _, adapted = name.removeprefix("ablation:k").partition("_adapt-")
+    k, ctx = setting.split("_ctx")
+    return bool(adapted), int(k), float(ctx)

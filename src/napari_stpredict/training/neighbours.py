@@ -182,12 +182,27 @@ def context_embeddings(model, spots, sections: list[str], her2st_root: str | Non
     -------
     tuple or None
         ``(embeddings, tissue)`` as `map_neighbours` returns them, or None when the
-        model uses no context.
+        model uses no context. With per-slide adaptation each section's patches are
+        adapted with that section's map (`napari_stpredict.training.adapt`).
     """
     if not model.retrieval.context_sigma_um > 0:
         return None
-    return map_neighbours(
-        model.embed_many,
+    from .adapt import adapted_embeddings, section_adaptations
+
+    adaptations = section_adaptations(model, spots)
+    if not any(a is not None for a in adaptations.values()):
+        return map_neighbours(
+            model.embed_many,
+            spots,
+            sections,
+            her2st_root,
+            patch_um=model.io.patch_um,
+            input_px=model.io.input_px,
+            cache_dir=cache_dir,
+        )
+    # Adapted as the engine adapts every patch of a slide: with its section's map.
+    features, tissue = map_neighbours(
+        model.features_many,
         spots,
         sections,
         her2st_root,
@@ -195,3 +210,4 @@ def context_embeddings(model, spots, sections: list[str], her2st_root: str | Non
         input_px=model.io.input_px,
         cache_dir=cache_dir,
     )
+    return [adapted_embeddings(model, f, spots.section, adaptations) for f in features], tissue

@@ -55,6 +55,9 @@ class TrainConfig:
     #: evaluated and shipped with (`RetrievalSettings`); they do not change training.
     top_k: int = 50
     context_sigma_um: float = 0.0
+    #: Per-slide adaptation of the image features (`napari_stpredict.model.adaptation`):
+    #: "none", "centre" or "standardise"; a test-time setting like the two above.
+    adaptation: str = "none"
     out_dir: str = "runs/train"
     cache_dir: str = "runs/cache"
     half: bool = True
@@ -105,7 +108,7 @@ def _seed_everything(seed: int) -> None:
 
 #: Settings applied after training (retrieval, calibration): a change reuses the trained
 #: weights of a run folder instead of training again.
-TEST_TIME_FIELDS = ("top_k", "context_sigma_um")
+TEST_TIME_FIELDS = ("top_k", "context_sigma_um", "adaptation")
 
 
 def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
@@ -114,6 +117,9 @@ def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
     relevant = cfg.to_dict()
     for k in ("out_dir", "cache_dir", "device"):
         relevant.pop(k, None)
+    if relevant.get("adaptation") == "none":
+        # Added after results were committed: its default leaves their fingerprints as they were.
+        relevant.pop("adaptation")
     return relevant
 
 
@@ -176,6 +182,10 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
         raise ValueError(
             f"context_sigma_um must be 0 (no context) or a positive number of µm, got {cfg.context_sigma_um!r}"
         )
+    from ..model.adaptation import ADAPTATION_MODES
+
+    if cfg.adaptation not in ADAPTATION_MODES:
+        raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {cfg.adaptation!r}")
     run_dir = Path(run_dir or cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
@@ -390,6 +400,12 @@ def _calibrate(network, cfg: TrainConfig, bank_emb, bank_expression, ridge, prov
         retrieval=_retrieval(cfg),
         device=next(network.parameters()).device,
     )
+    if cfg.adaptation != "none":
+        from ..model.adaptation import FeatureStats
+
+        # The adaptation's target, as the checkpoint will derive it from its reference
+        # features (these training images) once loaded.
+        model.training_feature_stats = FeatureStats.of(model.features_many(train.patches))
     context = context_embeddings(model, train, cfg.train_sections, cfg.her2st, cache_dir=Path(cfg.cache_dir))
     return compute_calibration(model, train, neighbours=context)
 
@@ -397,7 +413,9 @@ def _calibrate(network, cfg: TrainConfig, bank_emb, bank_expression, ridge, prov
 def _retrieval(cfg: TrainConfig):
     from ..model import RetrievalSettings
 
-    return RetrievalSettings(top_k=int(cfg.top_k), context_sigma_um=float(cfg.context_sigma_um))
+    return RetrievalSettings(
+        top_k=int(cfg.top_k), context_sigma_um=float(cfg.context_sigma_um), adaptation=str(cfg.adaptation)
+    )
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Path:
