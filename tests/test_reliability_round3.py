@@ -270,3 +270,103 @@ def test_the_package_has_no_unsafe_loader():
                 line = text.count("\n", 0, match.start()) + 1
                 offenders.append(f"{path.relative_to(REPO)}:{line}: {what}")
     assert not offenders, offenders
+
+
+# --- issue 23.6, 24.4: absurd resolution tags, tissue detection in bounded time and memory -------
+def _tiff_with_resolution(path: Path, mpp: float, image: np.ndarray) -> Path:
+    import tifffile
+
+    per_cm = 1e4 / mpp
+    tifffile.imwrite(path, image, photometric="rgb", resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    return path
+
+
+@pytest.mark.parametrize("mpp", [0.001, 0.01])  # the largest TIFF resolution rationals hold
+def test_resolution_tags_finer_than_any_microscope_are_treated_as_missing(sample_slide_path, tmp_path, mpp, capsys):
+    from napari_stpredict.cli import main
+    from napari_stpredict.io.slide import open_slide
+
+    with open_slide(sample_slide_path) as slide:
+        crop = slide.read_region((2000, 2000), 0, (800, 800))
+    path = _tiff_with_resolution(tmp_path / "absurd.tif", mpp, crop)
+    with open_slide(path) as slide:
+        assert slide.mpp_x is None  # not believed
+    started = time.perf_counter()
+    assert main(["info", str(path), "--out", str(tmp_path / "info")]) in (0, 1)
+    assert time.perf_counter() - started < 60
+    rc = predict_cli(path, tmp_path / "no_model.pt", "--out", str(tmp_path / "out"))
+    assert rc != 0  # the slide needs --mpp (or the model is missing); never a MemoryError
+    assert "MemoryError" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("side", "mpp"), [(1100, 0.25), (1000, 0.5)])
+def test_tissue_detection_on_a_small_fine_image_is_bounded(sample_slide_path, side, mpp):
+    import tracemalloc
+
+    from napari_stpredict.io.slide import open_slide
+    from napari_stpredict.tissue import detect_tissue
+
+    with open_slide(sample_slide_path) as slide:
+        crop = slide.read_region((2200, 2200), 0, (side, side))  # tissue and glass
+    tracemalloc.start()
+    started = time.perf_counter()
+    mask = detect_tissue(crop, mpp=mpp)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 15, seconds
+    assert peak < 500e6, peak
+    assert mask.shape == crop.shape[:2] and 0.05 < mask.mean() <= 1.0
+
+
+# --- issue 24.7: every numeric argument of predict_slide checked --------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prefetch_batches": 0}, "prefetch_batches must be a whole number of at least 1, got 0"),
+        ({"prefetch_batches": -1}, "prefetch_batches must be a whole number"),
+        ({"num_workers": 0}, "num_workers must be a whole number"),
+        ({"batch_size": 0}, "batch_size must be a whole number"),
+        ({"stride_um": 1e9}, "stride_um 1e\\+09 µm is longer than her2st_C2"),
+        ({"stride_um": float("nan")}, "stride_um must be a finite number"),
+        ({"stride_um": 1.0}, "stride_um must be at least 14 µm"),
+        ({"roi": []}, "roi is empty"),
+        ({"roi": [[0, 0], [10, float("nan")], [5, 5]]}, "not a finite number"),
+        ({"roi": [10, 10, 5, 5]}, "x1 > x0"),
+    ],
+)
+def test_bad_engine_arguments_are_refused_before_any_work(sample_slide_path, tiny_model, kwargs, message):
+    from napari_stpredict.inference import predict_slide
+    from napari_stpredict.io.slide import open_slide
+
+    with open_slide(sample_slide_path) as slide, pytest.raises(ValueError, match=message):
+        next(predict_slide(slide, tiny_model, **kwargs))
+
+
+# --- issue 23.8: regions: a NaN named, a huge polygon in bounded time ------------------------------
+def test_a_nan_coordinate_in_a_region_file_is_named(tmp_path, capsys):
+    import json
+
+    from napari_stpredict.cli import _parse_roi
+
+    path = tmp_path / "roi.geojson"
+    ring = [[0, 0], [100, 0], [float("nan"), 100], [0, 0]]
+    path.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}).replace("NaN", "NaN"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"roi\.geojson: a Polygon has a coordinate that is not a number"):
+        _parse_roi(str(path))
+
+
+def test_a_region_of_200000_vertices_is_rasterised_in_bounded_time():
+    from napari_stpredict.tiling import roi_mask
+
+    angles = np.linspace(0, 2 * np.pi, 200_000, endpoint=False)
+    polygon = np.stack([5000 + 4000 * np.cos(angles), 5000 + 4000 * np.sin(angles)], axis=1)
+    started = time.perf_counter()
+    mask = roi_mask((1000, 1000), (10.0, 10.0), [polygon.tolist()])
+    assert time.perf_counter() - started < 10
+    area = mask.mean()
+    assert abs(area - np.pi * 0.4**2) < 0.01  # the disc it is
+    noisy = polygon + np.random.default_rng(0).normal(scale=30.0, size=polygon.shape)  # a hostile outline
+    started = time.perf_counter()
+    roi_mask((1000, 1000), (10.0, 10.0), [noisy.tolist()])
+    assert time.perf_counter() - started < 10

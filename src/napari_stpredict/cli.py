@@ -285,7 +285,10 @@ def _roi_polygons(path: Path) -> list:
                 continue
             for ring in rings:
                 ring = [[float(x), float(y)] for x, y, *_ in ring]
-                if len(ring) >= 3 and all(math.isfinite(v) for pt in ring for v in pt):
+                bad = next((pt for pt in ring if not all(math.isfinite(v) for v in pt)), None)
+                if bad is not None:
+                    raise ValueError(f"--roi {path}: a {geom.get('type')} has a coordinate that is not a number: {bad}")
+                if len(ring) >= 3:
                     polygons.append(ring)
         except (TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"--roi {path}: a {geom.get('type')} has malformed coordinates ({exc})") from exc

@@ -67,23 +67,102 @@ def roi_mask(mask_shape: tuple[int, int], l0_per_th: tuple[float, float], roi) -
     from skimage.draw import polygon as draw_polygon
 
     out = np.zeros(mask_shape, bool)
+    for poly in roi_polygons(roi):
+        th = poly / np.asarray(l0_per_th, float)
+        if len(th) > _MAX_PLAIN_VERTICES:
+            # skimage tests every pixel against every edge: a 200,000-vertex region would
+            # take minutes. A scan-line fill costs one crossing per edge and row it spans.
+            out |= _scanline_fill(_drop_repeats(np.round(th * 4) / 4), mask_shape)
+            continue
+        rr, cc = draw_polygon(th[:, 1], th[:, 0], shape=mask_shape)
+        out[rr, cc] = True
+    return out
+
+
+#: Polygons with more vertices are filled by scan lines (`_scanline_fill`).
+_MAX_PLAIN_VERTICES = 1_000
+#: Row crossings a region may have on the thumbnail (about 400 MB of work arrays).
+_MAX_CROSSINGS = 20_000_000
+
+
+def _drop_repeats(points: np.ndarray) -> np.ndarray:
+    keep = np.ones(len(points), bool)
+    keep[1:] = np.any(points[1:] != points[:-1], axis=1)
+    return points[keep]
+
+
+def _scanline_fill(th: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Even-odd fill of a closed polygon in thumbnail ``(x, y)`` pixels, pixel centres
+    sampled as `skimage.draw.polygon` samples them (row ``r`` is ``y == r``)."""
+    height, width = shape
+    x0, y0 = th[:, 0], th[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    flat = y0 == y1
+    x0, y0, x1, y1 = x0[~flat], y0[~flat], x1[~flat], y1[~flat]
+    low, high = np.minimum(y0, y1), np.maximum(y0, y1)
+    # Rows r with low <= r < high (half open: a vertex is crossed once).
+    first = np.clip(np.ceil(low), 0, height).astype(np.int64)
+    stop = np.clip(np.ceil(high), 0, height).astype(np.int64)
+    counts = np.maximum(stop - first, 0)
+    total = int(counts.sum())
+    if total > _MAX_CROSSINGS:
+        raise ValueError(
+            f"roi: the region's outline crosses the slide's rows {total:,} times, more than it can show; "
+            "simplify it (e.g. QuPath's Simplify shape)"
+        )
+    edge = np.repeat(np.arange(len(counts)), counts)
+    rows = first[edge] + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
+    xs = x0[edge] + (rows - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
+    order = np.lexsort((xs, rows))
+    rows, xs = rows[order], xs[order]
+    out = np.zeros(shape, bool)
+    # Crossings pair up within each row: fill between the 1st and 2nd, 3rd and 4th, ...
+    starts, ends, pair_rows = xs[0::2], xs[1::2], rows[0::2]
+    left = np.clip(np.ceil(starts), 0, width).astype(np.int64)
+    right = np.clip(np.floor(ends) + 1, 0, width).astype(np.int64)
+    for row, a, b in zip(pair_rows.tolist(), left.tolist(), right.tolist(), strict=True):
+        if b > a:
+            out[row, a:b] = True
+    return out
+
+
+def roi_polygons(roi) -> list[np.ndarray]:
+    """A region of interest as a list of ``(n, 2)`` level-0 ``(x, y)`` polygons, checked.
+
+    ``roi`` is a box ``(x0, y0, x1, y1)``, one polygon ``[(x, y), ...]`` or a list of
+    polygons.
+
+    Raises
+    ------
+    ValueError
+        Naming what is wrong: an empty region, a polygon of fewer than 3 points or of
+        another shape, a coordinate that is not a finite number, a box with x1 <= x0.
+    """
+    if roi is None or (hasattr(roi, "__len__") and len(roi) == 0):
+        raise ValueError("roi is empty: give a box (x0, y0, x1, y1) or polygons of level-0 (x, y) points")
     # A box or one polygon is a flat list of numbers or of points; several polygons are a
     # list of point lists (which may differ in length, so they cannot be one array).
-    arr = np.asarray(roi, dtype=float) if not isinstance(roi, list) or np.ndim(roi[0]) <= 1 else None
-    polygons = []
-    if arr is not None and arr.ndim == 1 and arr.size == 4:
-        x0, y0, x1, y1 = arr
-        polygons.append(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
-    elif arr is not None and arr.ndim == 2:
-        polygons.append(arr)
-    else:
-        polygons = [np.asarray(p, float) for p in roi]
+    try:
+        arr = np.asarray(roi, dtype=float) if not isinstance(roi, list) or np.ndim(roi[0]) <= 1 else None
+        if arr is not None and arr.ndim == 1 and arr.size == 4:
+            x0, y0, x1, y1 = arr
+            if not (x1 > x0 and y1 > y0):
+                raise ValueError(f"roi box must have x1 > x0 and y1 > y0, got {arr.tolist()}")
+            polygons = [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])]
+        elif arr is not None and arr.ndim == 2:
+            polygons = [arr]
+        else:
+            polygons = [np.asarray(p, float) for p in roi]
+    except (TypeError, ValueError) as exc:
+        if "roi" in str(exc):
+            raise
+        raise ValueError(f"roi must be a box (x0, y0, x1, y1) or polygons of (x, y) points ({exc})") from exc
     for poly in polygons:
         if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
             raise ValueError(f"roi polygon must be (n >= 3, 2) level-0 (x, y) points, got shape {poly.shape}")
-        rr, cc = draw_polygon(poly[:, 1] / l0_per_th[1], poly[:, 0] / l0_per_th[0], shape=mask_shape)
-        out[rr, cc] = True
-    return out
+        if not np.isfinite(poly).all():
+            raise ValueError("roi has a coordinate that is not a finite number (NaN or infinity)")
+    return polygons
 
 
 def spot_grid(

@@ -107,12 +107,33 @@ def detect_tissue(
     threshold = float(np.clip(filters.threshold_otsu(candidates), 0.08, 0.3))
     tissue = (od > threshold) & ~excluded
 
-    radius = max(1, int(round(closing_um / mpp)))
-    tissue = morphology.closing(tissue, morphology.disk(radius))
+    tissue = _bounded_closing(tissue, max(1, int(round(closing_um / mpp))))
     tissue &= ~excluded
     tissue = morphology.remove_small_holes(tissue, max_size=max(1, int(max_hole_um2 / px_area)))
     tissue = morphology.remove_small_objects(tissue, max_size=max(1, int(min_object_um2 / px_area)))
     return tissue
+
+
+#: Largest structuring element radius used directly. A small image at a fine resolution
+#: (a 1,000 px crop at 0.25 µm/px) asks for a 40 µm closing of 160 px, which takes
+#: minutes or runs out of memory; beyond this the closing runs on a coarser copy.
+_MAX_CLOSING_RADIUS = 32
+
+
+def _bounded_closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological closing with a disk of ``radius`` px in bounded time and memory."""
+    from skimage import morphology
+
+    if radius <= _MAX_CLOSING_RADIUS:
+        return morphology.closing(mask, morphology.disk(radius))
+    factor = -(-radius // _MAX_CLOSING_RADIUS)
+    height, width = mask.shape
+    padded = np.zeros((-(-height // factor) * factor, -(-width // factor) * factor), bool)
+    padded[:height, :width] = mask
+    coarse = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).any(axis=(1, 3))
+    coarse = morphology.closing(coarse, morphology.disk(max(1, round(radius / factor))))
+    closed = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:height, :width]
+    return mask | closed
 
 
 @dataclass(frozen=True)

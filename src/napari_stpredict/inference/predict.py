@@ -146,11 +146,10 @@ def predict_slide(
             f"{slide.name}: the slide does not record its resolution; give its mpp "
             "(--mpp, or the mpp field in the widget)"
         )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     from .context import neighbour_weights, smooth_on_grid
 
     io = model.io
+    _check_run_arguments(slide, io.patch_um, stride_um, roi, batch_size, num_workers, prefetch_batches)
     top_k = model.retrieval.top_k if top_k is None else int(top_k)
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -321,6 +320,33 @@ def predict_slide(
         "note": "Research use only; not for diagnosis.",
     }
     return Prediction(adata)
+
+
+def _check_run_arguments(slide, patch_um, stride_um, roi, batch_size, num_workers, prefetch_batches) -> None:
+    """Every numeric argument of `predict_slide` checked as the CLI checks its options,
+    before any slow work (a zero prefetch would return a map of uninitialised memory)."""
+    from ..tiling import roi_polygons
+
+    for name, value in (
+        ("batch_size", batch_size),
+        ("num_workers", num_workers),
+        ("prefetch_batches", prefetch_batches),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if stride_um is not None:
+        smallest = patch_um / 8
+        if isinstance(stride_um, bool) or not (isinstance(stride_um, (int, float)) and np.isfinite(stride_um)):
+            raise ValueError(f"stride_um must be a finite number of µm, got {stride_um!r}")
+        if stride_um < smallest:
+            raise ValueError(f"stride_um must be at least {smallest:g} µm (1/8 of the model's patch), got {stride_um}")
+        longest = max(slide.dimensions[0] * slide.mpp_x, slide.dimensions[1] * slide.mpp_y)
+        if stride_um > longest:
+            raise ValueError(
+                f"stride_um {stride_um:g} µm is longer than {slide.name} itself ({longest:,.0f} µm): no two spots fit"
+            )
+    if roi is not None:
+        roi_polygons(roi)
 
 
 #: Tissue patches the slide's feature statistics are measured on (evenly spread over the

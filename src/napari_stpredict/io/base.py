@@ -34,8 +34,10 @@ def plausible_mpp(value: Any) -> float | None:
     Returns
     -------
     float or None
-        The resolution, or None when it is missing, not positive, not finite, or above
-        `MAX_PLAUSIBLE_MPP` (a default dpi, not a measurement).
+        The resolution, or None when it is missing, not finite, below
+        ``MIN_PLAUSIBLE_MPP`` (finer than light microscopy) or above `MAX_PLAUSIBLE_MPP`
+        (a default dpi, not a measurement): treated as unrecorded, so the user is asked
+        for ``--mpp``.
     """
     if value is None:
         return None
@@ -43,7 +45,11 @@ def plausible_mpp(value: Any) -> float | None:
         mpp = float(value)
     except (TypeError, ValueError):
         return None
-    if not math.isfinite(mpp) or mpp <= 0 or mpp > MAX_PLAUSIBLE_MPP:
+    from ._guards import MIN_PLAUSIBLE_MPP
+
+    # Finer than any light microscope resolves: corrupt or unit-confused tags (a file
+    # claiming 2.3e-6 µm/px would make tissue detection ask for a thousand terabytes).
+    if not math.isfinite(mpp) or mpp < MIN_PLAUSIBLE_MPP or mpp > MAX_PLAUSIBLE_MPP:
         return None
     return mpp
 
