@@ -141,7 +141,8 @@ def _add_prediction_options(p) -> None:
     p.add_argument(
         "--tumour-out-of-domain",
         action="store_true",
-        help="also call tumour in spots (and slides) that are out of domain",
+        help="also call tumour where the model cannot judge it: out-of-domain spots and slides, and slides "
+        "coarser than 2.5x the model's input resolution",
     )
     p.add_argument(
         "--no-stain-check",

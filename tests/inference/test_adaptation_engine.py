@@ -81,3 +81,26 @@ def test_the_cli_switch_reaches_the_engine_and_the_cache_key(sample_slide_path, 
     assert predict_cli(sample_slide_path, default_model_path(), "--out", str(out), "--adaptation", "none") == 0
     meta = ad.read_h5ad(out / "her2st_C2" / "prediction.h5ad").uns["stpredict"]
     assert meta["model"]["adaptation"]["mode"] == "none"  # not the cached adapted result
+
+
+@pytest.mark.parametrize(("mpp", "withheld"), [(2.0, False), (3.2, True)])
+def test_the_tumour_call_is_withheld_on_slides_too_coarse_for_it(sample_slide_path, bundled, mpp, withheld):
+    from PIL import Image
+
+    from napari_stpredict.inference import run_prediction
+    from napari_stpredict.inference.tumor import tumor_mask
+    from napari_stpredict.io.base import ArraySlide
+    from napari_stpredict.io.slide import open_slide
+
+    with open_slide(sample_slide_path) as slide:
+        image = slide.read_region((0, 0), 0, slide.dimensions)
+        native = slide.mpp_x
+    factor = native / mpp
+    small = np.asarray(Image.fromarray(image).resize((round(image.shape[1] * factor), round(image.shape[0] * factor))))
+    prediction = run_prediction(ArraySlide(small, mpp=mpp, levels=3, name="coarse"), bundled)
+    mask = tumor_mask(prediction)
+    if withheld:
+        assert mask.fraction == 0 and "coarser than the 2.5 µm/px the tumour call holds at" in mask.note
+        assert tumor_mask(prediction, include_out_of_domain=True).fraction > 0  # the switch calls anyway
+    else:
+        assert mask.fraction > 0 and "coarser" not in mask.note
