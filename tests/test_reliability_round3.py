@@ -370,3 +370,31 @@ def test_a_region_of_200000_vertices_is_rasterised_in_bounded_time():
     started = time.perf_counter()
     roi_mask((1000, 1000), (10.0, 10.0), [noisy.tolist()])
     assert time.perf_counter() - started < 10
+
+
+# --- issue 23.5, 24.10: any file name the file system allows ---------------------------------------
+@pytest.mark.skipif(sys.platform == "win32", reason="platform: non-UTF-8 names are POSIX bytes")
+def test_unusual_file_names_are_predicted_and_kept_in_every_output(sample_slide_path, tiny_model_path, tmp_path):
+    import tifffile
+
+    names = ["Müller ü.tiff", "x" * 245 + ".tiff", os.fsdecode(b"slide\xff\xfe.tiff")]
+    for name in names:
+        shutil.copy(sample_slide_path, tmp_path / name)
+    out = tmp_path / "out"
+    from napari_stpredict.cli import main
+
+    rc = main(["predict", *[str(tmp_path / n) for n in names], "--model", str(tiny_model_path), "--out", str(out)])
+    assert rc == 0
+    folders = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    assert len(folders) == 3
+    assert all(len(f.name.encode("utf-8")) <= 200 for f in folders)
+    umlaut = out / "Müller_ü"
+    with tifffile.TiffFile(umlaut / "ERBB2.tif") as tif:
+        metadata = tif.pages[0].tags["GDAL_METADATA"].value
+    assert "M&#252;ller &#252;.tiff" in metadata  # decoded by GDAL and any XML reader
+    import rasterio
+
+    with rasterio.open(umlaut / "ERBB2.tif") as raster:
+        assert raster.tags()["SLIDE"] == "Müller ü.tiff"
+    for folder in folders:
+        assert (folder / "prediction.h5ad").exists() and (folder / "config.yaml").exists()

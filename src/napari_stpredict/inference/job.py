@@ -366,7 +366,7 @@ def folder_names(paths: list[Path], taken: set[str] | frozenset[str] = frozenset
 
     from .export import safe_filename
 
-    stems = [safe_filename(path.stem) for path in paths]
+    stems = [_bounded(safe_filename(path.stem)) for path in paths]
     counts: dict[str, int] = {}
     for stem in stems:
         counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
@@ -376,6 +376,23 @@ def folder_names(paths: list[Path], taken: set[str] | frozenset[str] = frozenset
             stem = f"{stem}-{hashlib.sha1(str(path.resolve()).encode('utf-8')).hexdigest()[:8]}"
         names.append(stem)
     return names
+
+
+#: Longest output folder name in UTF-8 bytes (file systems allow 255; the hidden
+#: temporary folder beside it adds about 40).
+MAX_FOLDER_NAME_BYTES = 200
+
+
+def _bounded(stem: str) -> str:
+    """``stem`` cut to `MAX_FOLDER_NAME_BYTES` with a hash of the whole name appended, so
+    that two long names sharing their start stay apart."""
+    import hashlib
+
+    if len(stem.encode("utf-8")) <= MAX_FOLDER_NAME_BYTES:
+        return stem
+    digest = hashlib.sha1(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    cut = stem.encode("utf-8")[: MAX_FOLDER_NAME_BYTES - 9].decode("utf-8", "ignore")
+    return f"{cut}-{digest}"
 
 
 def pseudonym(path: Path) -> str:

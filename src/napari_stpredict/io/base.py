@@ -23,6 +23,12 @@ __all__ = ["Slide", "ArraySlide", "plausible_mpp", "resize_rgb", "paste_region",
 MAX_PLAUSIBLE_MPP = 50.0
 
 
+def printable_name(name: str) -> str:
+    """A file name as text every output can hold: bytes that were not UTF-8 (Python keeps
+    them as surrogate escapes, which HDF5, YAML and JSON writers refuse) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def plausible_mpp(value: Any) -> float | None:
     """Return ``value`` as a float µm/px if it is a plausible scan resolution, else None.
 
@@ -137,7 +143,7 @@ class Slide(ABC):
     @property
     def name(self) -> str:
         """File name without folders (safe to show or export)."""
-        return self.path.name if self.path is not None else "in-memory slide"
+        return printable_name(self.path.name) if self.path is not None else "in-memory slide"
 
     @property
     def level_count(self) -> int:
@@ -369,7 +375,7 @@ class ArraySlide(Slide):
 
     @property
     def name(self) -> str:
-        return self.path.name if self.path is not None else self._name
+        return printable_name(self.path.name) if self.path is not None else self._name
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:

@@ -53,7 +53,9 @@ def _gdal_metadata(items: dict[str, Any]) -> str:
     from xml.sax.saxutils import escape
 
     body = "".join(f'<Item name="{escape(str(k))}">{escape(str(v))}</Item>' for k, v in items.items())
-    return f"<GDALMetadata>{body}</GDALMetadata>"
+    # TIFF ASCII tags hold 7-bit text only: any other character (a slide named "Müller ü")
+    # becomes an XML character reference, which GDAL and every XML reader decode back.
+    return f"<GDALMetadata>{body}</GDALMetadata>".encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
 def write_geotiff(
