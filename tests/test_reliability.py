@@ -605,6 +605,15 @@ def test_pseudonymize_leaves_the_file_name_out_of_every_output(
     assert "TCGA" not in json.dumps(adata.uns["stpredict"], default=str) and "TCGA" not in "".join(adata.obs_names)
     assert predict_cli(slide, tiny_model_path, "--pseudonymize", "--out", str(tmp_path / "o")) == 0
     assert [p.name for p in (tmp_path / "o").iterdir()] == [folder.name]  # stable id
+    # the cache entry records no file name either (issue 25.3), and a cache hit of another
+    # name of the same file shows that name, not the first one's
+    (entry,) = (tmp_path / "cache").glob("*.h5ad")
+    assert "TCGA" not in json.dumps(ad.read_h5ad(entry).uns["stpredict"], default=str)
+    renamed = tmp_path / "patient_07.tiff"
+    shutil.copy2(slide, renamed)  # content and time kept: the same cache entry
+    assert predict_cli(renamed, tiny_model_path, "--out", str(tmp_path / "p")) == 0
+    again = ad.read_h5ad(tmp_path / "p" / "patient_07" / "prediction.h5ad").uns["stpredict"]
+    assert again["cache"] == "hit" and again["slide"]["name"] == "patient_07.tiff"
 
 
 # --- 8: full and read-only file systems (a small tmpfs; needs root, as on this project's machines) ----------

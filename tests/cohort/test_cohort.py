@@ -328,19 +328,29 @@ def test_ctrl_c_stops_the_cohort_cleanly_and_keeps_finished_slides(sample_slide_
 
 
 def test_pseudonymized_cohort_records_no_file_name(sample_slide_path, tmp_path):
-    name = "TCGA-XX-1234-01Z-00-DX1"
+    """Not in the good slide's outputs, nor in the errors of a damaged and a missing one
+    (the table, its h5ad and the log are what one shares)."""
+    name, broken, missing = "TCGA-XX-1234-01Z-00-DX1", "TCGA-YY-5678-01Z-00-DX1", "TCGA-ZZ-0000-01Z-00-DX1"
     slide = tmp_path / f"{name}.tiff"
     shutil.copy(sample_slide_path, slide)
+    data = slide.read_bytes()
+    (tmp_path / f"{broken}.tiff").write_bytes(data[: len(data) // 50])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        f"slide\n{slide}\n{tmp_path / (broken + '.tiff')}\n{tmp_path / (missing + '.svs')}\n", encoding="utf-8"
+    )
     out = tmp_path / "out"
-    assert _cohort_cli(slide, "--out", out, "--workers", 1, "--pseudonymize") == 0
+    assert _cohort_cli(manifest, "--out", out, "--workers", 1, "--pseudonymize") == 1  # two slides fail
     table = _table(out)
     assert "slide" not in table.columns
-    (slide_id,) = table.index
-    assert slide_id.startswith("slide-")
+    assert sorted(table["status"]) == ["done", "failed", "failed"]
+    assert all(i.startswith(("slide-", "missing-")) for i in table.index)
+    assert (table["error"] != "").sum() == 2
     for path in out.rglob("*"):
-        assert name not in path.name
-        if path.is_file() and path.suffix in (".csv", ".yaml", ".json", ".geojson", ".log", ".h5ad"):
-            assert name.encode() not in path.read_bytes(), path
+        for secret in (name, broken, missing):
+            assert secret not in path.name
+            if path.is_file() and path.suffix in (".csv", ".yaml", ".json", ".geojson", ".log", ".h5ad"):
+                assert secret.encode() not in path.read_bytes(), path
 
 
 def test_cohort_checks_options_and_slides_before_starting(tmp_path, capsys):

@@ -231,14 +231,15 @@ def _plan(cohort, out: Path, options, model_sha1: str, gene: str, pseudonymize: 
     jobs = []
     for slide in cohort:
         base = {"id": slide.id, "slide": slide.given_as}
+        shown = slide.id if pseudonymize else slide.given_as  # what errors and the log may name
         if not slide.path.is_file():
-            rows[slide.id] = {**base, "status": "failed", "error": f"{slide.given_as}: file not found"}
-            logger.warning("%s: %s: file not found", slide.id, slide.given_as)
+            rows[slide.id] = {**base, "status": "failed", "error": f"{shown}: file not found"}
+            logger.warning("%s: %s: file not found", slide.id, shown)
             continue
         try:
             fp = fingerprint(slide_fingerprint(slide.path), model_sha1, settings, slide.mpp)
         except OSError as exc:
-            rows[slide.id] = {**base, "status": "failed", "error": f"{slide.given_as}: cannot read ({exc.strerror})"}
+            rows[slide.id] = {**base, "status": "failed", "error": f"{shown}: cannot read ({exc.strerror})"}
             continue
         folder = out / slide.id
         record = read_record(folder) if is_complete_output(folder) else None

@@ -144,7 +144,7 @@ def run_slide(job: dict[str, Any], options, plugin_name: str) -> dict[str, Any]:
             also_write=extra,
         )
     except (StPredictError, ValueError, OSError, MemoryError) as exc:
-        row.update(status="failed", error=_one_line(exc, job["path"], job["given_as"]))
+        row.update(status="failed", error=_one_line(exc, job["path"], job.get("shown_as") or job["given_as"]))
     row["seconds"] = round(time.perf_counter() - started, 2)
     return row
 
@@ -153,10 +153,15 @@ def _worker_label(worker) -> str:
     return f"{worker.name}@{worker.address.split('://')[-1]} pid {os.getpid()}"
 
 
-def _one_line(exc: Exception, path: str, given_as: str) -> str:
-    """The error without the full path when the user gave another (the table keeps only theirs)."""
+def _one_line(exc: Exception, path: str, shown_as: str) -> str:
+    """The error naming the slide as ``shown_as`` only: the path as the user gave it (the
+    table keeps only theirs), or its pseudonym, which must not be undone by a message that
+    names the file."""
     message = " ".join(str(exc).split()) or type(exc).__name__
-    return message.replace(str(path), given_as)
+    file = Path(path)
+    for name in dict.fromkeys([str(file.resolve()), str(file), file.name]):
+        message = message.replace(name, shown_as)
+    return message
 
 
 def _write_tile(path: Path, slide, prediction, gene: str, mask) -> list[float]:

@@ -86,6 +86,10 @@ def cache_key(slide, model_path: Path | None, params: dict[str, Any]) -> str | N
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: The slide name a cache entry records.
+UNNAMED = "(slide name not kept in the cache)"
+
+
 def _load_entry(path: Path, key: str, slide) -> Prediction | None:
     """The cached prediction at ``path`` if it is readable and really is this key's;
     otherwise None, with a warning, and the entry is removed so it is recomputed."""
@@ -131,6 +135,7 @@ def cached_predict_slide(
         if prediction is not None:
             yield {"stage": "cache", "done": 1, "total": 1, "message": f"loaded from cache {path.name}"}
             prediction.meta["cache"] = "hit"
+            prediction.meta["slide"]["name"] = slide.name  # the entry holds no file name
             return prediction
     prediction = yield from predict_slide(slide, model, **params)
     status = "off"
@@ -141,7 +146,14 @@ def cached_predict_slide(
             for leftover in path.parent.glob(f".{path.name}.*.part"):  # of a write that was killed
                 leftover.unlink(missing_ok=True)
             require_free_space(path.parent, 2 * prediction.adata.X.nbytes + (1 << 20))
-            prediction.save(path)
+            # Entries are keyed by content and shared by every name the file goes by: they
+            # record no file name (--pseudonymize promises that nothing else does).
+            name = prediction.meta["slide"]["name"]
+            prediction.meta["slide"]["name"] = UNNAMED
+            try:
+                prediction.save(path)
+            finally:
+                prediction.meta["slide"]["name"] = name
             status = "miss"
         except Exception as exc:  # noqa: BLE001 - OSError, or h5py's RuntimeError on a full disk
             warnings.warn(
