@@ -583,6 +583,33 @@ def test_one_corrupt_region_does_not_spoil_the_rest_of_the_slide(sample_slide_pa
         assert np.array_equal(slide.read_region((0, 0), 0, (64, 64)), good)  # still readable after the error
 
 
+def test_a_corrupt_tile_in_a_prediction_names_the_file_and_the_region(sample_slide_path, tmp_path, monkeypatch, capsys):
+    """With several reader threads one meets the damage and replaces the handle another
+    had picked up ("Passing closed slide object" before): the message names the file."""
+    import tifffile
+
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    corrupt = tmp_path / "corrupt.tiff"
+    shutil.copy(sample_slide_path, corrupt)
+    with tifffile.TiffFile(corrupt) as tif:  # garble a band of tiles through the tissue
+        page = tif.pages[0]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        row = (-(-page.imagelength // page.tilelength)) // 2
+        spans = [(page.dataoffsets[row * per_row + c], page.databytecounts[row * per_row + c]) for c in range(per_row)]
+    with open(corrupt, "r+b") as fh:
+        for offset, count in spans:
+            fh.seek(offset)
+            fh.write(b"\xff\x00" * (count // 2))
+    from napari_stpredict.model import default_model_path
+
+    # the bundled model reads 1 µm/px, so level 0, where the damage is (the tiny one reads a coarser level)
+    assert predict_cli(corrupt, default_model_path(), "--out", str(tmp_path / "o")) == 1
+    err = capsys.readouterr().err
+    assert "corrupt.tiff" in err and "corrupt or truncated image data in the region" in err, err
+    assert "Passing closed slide object" not in err
+    assert not (tmp_path / "o" / "corrupt").exists()
+
+
 # --- 11: file names that identify a patient ---------------------------------------------------------------
 def test_pseudonymize_leaves_the_file_name_out_of_every_output(
     sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys

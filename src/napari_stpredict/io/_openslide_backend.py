@@ -70,7 +70,9 @@ class OpenSlideSlide(Slide):
         self._closed = False
         self._lock = threading.Lock()
         # Close the C handle when the slide is garbage-collected (e.g. its layer deleted).
-        self._finalizer = weakref.finalize(self, self._osr.close)
+        # Every handle this slide opened (see `_reopen`), closed together with the slide.
+        self._handles = [self._osr]
+        self._finalizer = weakref.finalize(self, _close_handles, self._handles)
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -117,10 +119,21 @@ class OpenSlideSlide(Slide):
         openslide = _openslide()
         ds = self.level_downsamples[level]
         l0_xy = (round(level_xy[0] * ds), round(level_xy[1] * ds))
+        import ctypes
+
+        errors = (openslide.OpenSlideError, ctypes.ArgumentError)
         osr = self._osr
         try:
-            region = osr.read_region(l0_xy, level, size)
-        except openslide.OpenSlideError as exc:
+            try:
+                region = osr.read_region(l0_xy, level, size)
+            except errors:
+                # Another reader thread met a damaged region and replaced the handle this
+                # read had picked up (its errors are sticky): read again on the fresh one.
+                if self._osr is osr or self._closed:
+                    raise
+                osr = self._osr
+                region = osr.read_region(l0_xy, level, size)
+        except errors as exc:
             # OpenSlide's errors are sticky: after one, every read of the handle fails.
             # A fresh handle keeps the rest of the slide readable.
             self._reopen(osr)
@@ -136,13 +149,18 @@ class OpenSlideSlide(Slide):
         with self._lock:
             if self._closed or self._osr is not failed:
                 return
-            self._finalizer.detach()
-            failed.close()
+            # The failed handle stays open until the slide closes: another reader thread may
+            # be inside a read on it right now, and closing it there would crash the process.
             self._osr = openslide.OpenSlide(str(self.path))
-            self._finalizer = weakref.finalize(self, self._osr.close)
+            self._handles.append(self._osr)
 
     def close(self) -> None:
         with self._lock:
             if not self._closed:
                 self._finalizer()
                 self._closed = True
+
+
+def _close_handles(handles: list) -> None:
+    for handle in handles:
+        handle.close()
