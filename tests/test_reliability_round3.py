@@ -398,3 +398,55 @@ def test_unusual_file_names_are_predicted_and_kept_in_every_output(sample_slide_
         assert raster.tags()["SLIDE"] == "Müller ü.tiff"
     for folder in folders:
         assert (folder / "prediction.h5ad").exists() and (folder / "config.yaml").exists()
+
+
+# --- issue 24.6: measured spots with non-finite counts or the wrong shape ----------------------------
+@pytest.fixture(scope="module")
+def sample_prediction(sample_slide_path, tiny_model):
+    from napari_stpredict.inference import run_prediction
+    from napari_stpredict.io.slide import open_slide
+
+    with open_slide(sample_slide_path) as slide:
+        return run_prediction(slide, tiny_model)
+
+
+def _analysis(prediction):
+    from napari_stpredict.analysis import SlideAnalysis
+    from napari_stpredict.placement import Placement
+
+    mpp = (prediction.meta["mpp_y"], prediction.meta["mpp_x"])
+    return SlideAnalysis("slide", prediction, Placement(mpp, (0.0, 0.0), None, ("µm", "µm")))
+
+
+def test_a_nan_count_leaves_one_spot_out_not_the_whole_comparison(sample_prediction, sample_spots_path):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from napari_stpredict.layers import measured_points_layer
+
+    spots = ad.read_h5ad(sample_spots_path)
+    x = spots.X.toarray() if sp.issparse(spots.X) else np.array(spots.X, dtype=float)
+    x = x.astype(np.float64)
+    x[0, 0] = np.nan
+    x[1, 5] = np.inf
+    spots.X = x
+    analysis = _analysis(sample_prediction)
+    analysis.set_spots(spots, "broken.h5ad")
+    _, kwargs, _ = measured_points_layer(spots, "ERBB2", mpp=(0.688, 0.688), placement=analysis.placement)
+    lo, hi = kwargs["face_contrast_limits"]
+    assert np.isfinite(lo) and np.isfinite(hi) and hi > lo  # the other points stay visible
+    assert kwargs["metadata"]["stpredict"]["not_finite"] == 2
+    r = analysis.pearson("ERBB2", kwargs["features"]["expression"])
+    assert np.isfinite(r)
+
+
+@pytest.mark.parametrize("columns", [1, 3])
+def test_spot_positions_of_the_wrong_shape_are_refused_naming_the_shape(sample_prediction, sample_spots_path, columns):
+    import anndata as ad
+
+    spots = ad.read_h5ad(sample_spots_path)
+    xy = np.asarray(spots.obsm["spatial"], float)
+    spots.obsm["spatial"] = xy[:, :1] if columns == 1 else np.column_stack([xy, np.zeros(len(xy))])
+    expected = rf"bad\.h5ad: obsm\['spatial'\] must hold one level-0 \(x, y\) pair per spot, shape \({len(xy)}, 2\)"
+    with pytest.raises(ValueError, match=expected + rf"; got shape \({len(xy)}, {columns}\)"):
+        _analysis(sample_prediction).set_spots(spots, "bad.h5ad")

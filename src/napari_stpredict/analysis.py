@@ -29,7 +29,16 @@ def check_spots_fit(spots, prediction, *, source: str = "measured spots") -> Non
     source : str
         How to name the spots in the message (e.g. the file name).
     """
+    if "spatial" not in spots.obsm:
+        raise ValueError(f"{source}: no obsm['spatial'] (the spots' level-0 (x, y) pixel positions)")
     xy = np.asarray(spots.obsm["spatial"], float)
+    if xy.ndim != 2 or xy.shape[1] != 2 or xy.shape[0] != spots.n_obs:
+        raise ValueError(
+            f"{source}: obsm['spatial'] must hold one level-0 (x, y) pair per spot, shape ({spots.n_obs}, 2); "
+            f"got shape {xy.shape}"
+        )
+    if not np.isfinite(xy).all():
+        raise ValueError(f"{source}: {int((~np.isfinite(xy)).any(axis=1).sum())} spots have no finite (x, y) position")
     width, height = prediction.meta["slide"]["dimensions"]
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     if inside.mean() < 0.9:
@@ -125,9 +134,11 @@ class SlideAnalysis:
         return text
 
     def pearson(self, gene: str, measured: np.ndarray) -> float:
-        """Pearson r of the predicted ``gene`` at the measured spots against ``measured``."""
+        """Pearson r of the predicted ``gene`` at the measured spots against ``measured``
+        (spots whose measured value is not finite are left out)."""
         values = self.prediction.heatmap(gene).sample(self.spots.obsm["spatial"])
-        good = np.isfinite(values)
+        measured = np.asarray(measured, float)
+        good = np.isfinite(values) & np.isfinite(measured)
         if good.sum() < 3 or np.std(values[good]) == 0 or np.std(measured[good]) == 0:
             return float("nan")
         return float(np.corrcoef(values[good], measured[good])[0, 1])

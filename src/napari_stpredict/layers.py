@@ -205,7 +205,10 @@ def measured_points_layer(
     idx, found, missing = match_genes(spots.var, [gene])
     if missing:
         raise KeyError(f"gene {gene!r} is not in the measured spots")
-    values = log1p_cp10k(spots, idx).ravel()
+    values = log1p_cp10k(spots, idx).ravel().astype(np.float64)
+    # A NaN or infinite count (a damaged table) would make napari's colour limits NaN and
+    # every point invisible: such spots are left out of the colours (drawn grey) and of r.
+    finite = np.isfinite(values)
     mx, my = mpp
     if placement is None:
         placement = Placement(
@@ -213,7 +216,8 @@ def measured_points_layer(
         )
     xy = np.asarray(spots.obsm["spatial"], float)
     coords = np.column_stack([xy[:, 1], xy[:, 0]])  # level-0 (y, x); the placement maps them
-    lo, hi = np.percentile(values, [2, 98]) if len(values) else (0.0, 1.0)
+    lo, hi = np.percentile(values[finite], [2, 98]) if finite.any() else (0.0, 1.0)
+    values = np.where(finite, values, np.nan)
     kwargs = {
         "name": f"{found[0]} (measured)",
         "features": {"expression": values},
@@ -224,6 +228,8 @@ def measured_points_layer(
         "size": diameter_um / (mx or 0.5),
         "opacity": 0.9,
         **placement.layer_kwargs(),
-        "metadata": {"stpredict": {"kind": "measured", "gene": found[0], "units": UNITS}},
+        "metadata": {
+            "stpredict": {"kind": "measured", "gene": found[0], "units": UNITS, "not_finite": int((~finite).sum())}
+        },
     }
     return coords, kwargs, "points"

@@ -150,7 +150,12 @@ class SlideLayers:
                 self.viewer.layers.remove(layer)
             self.viewer.add_points(data, **kwargs)
         analysis.last_r = analysis.pearson(gene, kwargs["features"]["expression"])
-        return f"{gene}: predicted vs measured at {analysis.spots.n_obs} spots, Pearson r = {analysis.last_r:.2f}"
+        bad = kwargs["metadata"]["stpredict"].get("not_finite", 0)
+        counted = analysis.spots.n_obs - bad
+        line = f"{gene}: predicted vs measured at {counted} spots, Pearson r = {analysis.last_r:.2f}"
+        if bad:
+            line += f" ({bad} spots of {analysis.spots_source} have no finite {gene} count: left out)"
+        return line
 
     # --- two genes side by side ------------------------------------------------------
     def side_by_side(self, analysis: SlideAnalysis, genes: list[str], *, fixed_limits: bool = True) -> None:

@@ -32,7 +32,9 @@ def log1p_cp10k(adata, gene_indices) -> np.ndarray:
     totals[totals == 0] = 1.0
     sub = x[:, gene_indices]
     sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
-    return np.log1p(sub / totals[:, None] * 1e4).astype(np.float32)
+    out = np.log1p(sub / totals[:, None] * 1e4).astype(np.float32)
+    out[~np.isfinite(totals)] = np.nan  # a non-finite count anywhere in a spot spoils its every gene
+    return out
 
 
 def tumor_labels(obs) -> np.ndarray:
