@@ -450,3 +450,48 @@ def test_spot_positions_of_the_wrong_shape_are_refused_naming_the_shape(sample_p
     expected = rf"bad\.h5ad: obsm\['spatial'\] must hold one level-0 \(x, y\) pair per spot, shape \({len(xy)}, 2\)"
     with pytest.raises(ValueError, match=expected + rf"; got shape \({len(xy)}, {columns}\)"):
         _analysis(sample_prediction).set_spots(spots, "bad.h5ad")
+
+
+# --- issue 24.9: train / evaluate configs fail in one line naming the file and key -----------------
+def _empty_h5ad(path: Path) -> Path:
+    import anndata as ad
+
+    ad.AnnData(np.zeros((0, 3), np.float32)).write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("train_sections: []\n", "train_sections is empty"),
+        ("train_sections: [Z9]\n", "train_sections: her2st section 'Z9' is not in"),
+        ("train_sections: [C3\n  bad: [\n", r"not valid YAML at line 3, column 6"),
+        ("train_sections: [C3]\nbogus_key: 1\n", "unknown training config keys: bogus_key"),
+        ("train_sections: [C3]\nsteps: 0\n", "steps must be a whole number of at least 1, got 0"),
+        ("train_sections: [EMPTY]\n", "train_sections: .*empty.h5ad: has no spots"),
+        ("- just\n- a list\n", "a config is a mapping of keys to values, got list"),
+    ],
+)
+def test_bad_training_configs_are_one_line_naming_file_and_key(her2st_dir, tmp_path, capsys, body, message):
+    from napari_stpredict.cli import main
+
+    body = body.replace("EMPTY", str(_empty_h5ad(tmp_path / "empty.h5ad")))
+    config = tmp_path / "train.yaml"
+    config.write_text((f"her2st: {her2st_dir}\n" if not body.startswith("-") else "") + body, encoding="utf-8")
+    started = time.perf_counter()
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {config}:"), err
+    assert err.count(str(config)) == 1 and re.search(message, err), err
+    assert time.perf_counter() - started < 30
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_evaluation_key_names_its_file_once(tmp_path, capsys):
+    from napari_stpredict.cli import main
+
+    config = tmp_path / "eval.yaml"
+    config.write_text("bogus: 1\n", encoding="utf-8")
+    assert main(["evaluate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {config}: unknown evaluation config keys: bogus"

@@ -687,7 +687,11 @@ def _cmd_train(args) -> int:
             return f"step {p['global_step']}/{p['total_steps']} loss {p['loss']:.3f}"
         return p.get("message") or p["stage"]
 
-    path = _drain_with_bar(iter_train(cfg, run_dir), describe)
+    try:
+        path = _drain_with_bar(iter_train(cfg, run_dir), describe)
+    except (StPredictError, ValueError) as exc:  # data the checks could not see (labels, genes)
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 2
     print(f"checkpoint: {path}")
     return 0
 
@@ -722,7 +726,8 @@ def _cmd_evaluate(args) -> int:
     try:
         cfg = EvalConfig.from_yaml(args.config)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        message = str(exc)  # names the file already, unless Python's own error
+        print(f"error: {message if str(args.config) in message else f'{args.config}: {message}'}", file=sys.stderr)
         return 2
     if args.device:
         cfg.train.device = args.device

@@ -20,7 +20,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,24 @@ class EvalConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> EvalConfig:
-        import yaml
+        from .train import check_train_config, read_yaml_config
 
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        train = TrainConfig.from_dict(data.pop("train", {}) or {})
+        data = read_yaml_config(Path(path))
+        train_data = data.pop("train", {}) or {}
         known = set(cls.__dataclass_fields__) - {"train"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown evaluation config keys: {', '.join(unknown)}")
+        try:
+            if not isinstance(train_data, dict):
+                raise ValueError(f"must be a mapping of training settings, got {type(train_data).__name__}")
+            train = TrainConfig.from_dict(train_data)
+            # The folds choose their own sections; the rest of the training recipe is checked here.
+            check_train_config(
+                replace(train, train_sections=train.train_sections or ["B4"], bank_sections=[], marker_sections=[])
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: train: {exc}") from exc
         return cls(train=train, **data)
 
 

@@ -83,18 +83,95 @@ class TrainConfig:
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML training config (missing keys take defaults; unknown keys are errors)."""
-    import yaml
 
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml_config(path)
     data.update(overrides or {})
     try:
-        return TrainConfig.from_dict(data)
+        cfg = TrainConfig.from_dict(data)
+        check_train_config(cfg)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    return cfg
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    """A YAML config file as a dict; every problem one line naming the file (and, for a
+    syntax error, the line and column)."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path}: config file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the config ({exc})") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config is a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse, before any slow work, settings training cannot use, naming the key.
+
+    Raises
+    ------
+    ValueError
+        ``train_sections`` empty or not a list of names; a her2st section id that the
+        her2st folder does not hold (or no folder for it); an ``.h5ad`` section that does
+        not exist or has no spots; a non-positive length, batch size or learning rate.
+    """
+    from ..model.adaptation import ADAPTATION_MODES
+
+    for key in ("train_sections", "bank_sections", "marker_sections"):
+        value = getattr(cfg, key)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"{key} must be a list of section names or .h5ad paths, got {value!r}")
+    if not cfg.train_sections:
+        raise ValueError("train_sections is empty: name at least one section to train on")
+    for key in ("train_sections", "bank_sections", "marker_sections"):
+        for spec in getattr(cfg, key):
+            _check_section(spec, cfg.her2st, key)
+    for key in ("steps", "epochs", "batch_size"):
+        value = getattr(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}")
+    for key in ("lr", "lr_min"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
+    if cfg.adaptation not in ADAPTATION_MODES:
+        raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {cfg.adaptation!r}")
+
+
+def _check_section(spec: str, her2st: str | None, key: str) -> None:
+    if spec.endswith(".h5ad"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"{key}: {spec}: no such .h5ad file")
+        import anndata as ad
+
+        try:
+            n_spots = ad.read_h5ad(path, backed="r").n_obs
+        except Exception as exc:  # noqa: BLE001 - h5py and anndata raise many kinds for a bad file
+            raise ValueError(f"{key}: {spec}: not a readable .h5ad file ({exc})") from exc
+        if n_spots == 0:
+            raise ValueError(f"{key}: {spec}: has no spots")
+        return
+    if her2st is None:
+        raise ValueError(f"{key}: {spec!r} looks like a her2st section id, but no her2st folder is set (key her2st)")
+    counts = Path(her2st) / "ST-cnts" / f"{spec}.tsv.gz"
+    if not counts.is_file():
+        known = sorted(p.name.split(".")[0] for p in (Path(her2st) / "ST-cnts").glob("*.tsv.gz"))
+        hint = f" (it has {', '.join(known[:12])}{'...' if len(known) > 12 else ''})" if known else ""
+        raise ValueError(f"{key}: her2st section {spec!r} is not in {her2st}{hint}")
 
 
 def _seed_everything(seed: int) -> None:
