@@ -405,3 +405,59 @@ def test_import_napari_stpredict_does_not_load_distributed():
     code = "import sys, napari_stpredict, napari_stpredict.cohort; print('distributed' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [("abc", "--memory-limit 'abc': not a memory size"), ("500MB", "--memory-limit 500MB: a worker needs at least")],
+)
+def test_a_memory_limit_it_cannot_use_is_refused_before_any_work(tmp_path, capsys, limit, message):
+    out = tmp_path / "out"
+    assert _cohort_cli(WSI / "CMU-1-Small-Region.svs", "--out", out, "--memory-limit", limit) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_scheduler_lost_mid_cohort_still_writes_the_table_and_says_how_to_resume(sample_slide_path, tmp_path):
+    """A running cluster (scheduler and worker processes on loopback) whose scheduler is
+    killed after the first slide: the command ends with the finished slide in cohort.csv,
+    the others failed with a message to rerun, and no traceback."""
+    import socket
+
+    slides = _copies(sample_slide_path, tmp_path / "slides", 3)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    scheduler = subprocess.Popen(
+        [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        [str(bin_dir / "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    out = tmp_path / "out"
+    try:
+        command = [sys.executable, "-m", "napari_stpredict.cli", "cohort", str(tmp_path / "slides"), "--out", str(out)]
+        proc = subprocess.Popen([*command, "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not any(out.glob(f"*/{RECORD_NAME}")):
+            time.sleep(0.2)
+        scheduler.kill()
+        _, err = proc.communicate(timeout=180)
+    finally:
+        for p in (scheduler, worker):
+            p.kill()
+            p.wait(timeout=30)
+    err = err.decode()
+    assert proc.returncode == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    table = _table(out)
+    assert len(table) == len(slides)
+    assert (table["status"] == "done").sum() >= 1
+    lost = table[table["status"] == "failed"]
+    assert len(lost) >= 1 and lost["error"].str.contains("run the same command again to resume").all()

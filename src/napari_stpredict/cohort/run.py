@@ -11,6 +11,7 @@ figures are written at the end, from every slide's row.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -146,6 +147,7 @@ def run_cohort(
             raise ValueError(f"{name} must be at least 1, got {value}")
     if allowed_failures < 1:
         raise ValueError(f"--allowed-failures must be at least 1, got {allowed_failures}")
+    _check_memory_limit(memory_limit)
     if client is None and scheduler and Path(scheduler).suffix.lower() == ".json" and not Path(scheduler).is_file():
         raise ValueError(f"--scheduler {scheduler}: scheduler file not found")
     checker = load_model(model_path, device="cpu")  # checks the file before any worker starts
@@ -201,6 +203,32 @@ def run_cohort(
     finally:
         logger.removeHandler(log_handler)
         log_handler.close()
+
+
+#: What a worker needs to load the model and predict a slide (torch, the network, a batch
+#: of patches, the slide reader's cache), measured with the bundled model: about 1.1 GB.
+MIN_WORKER_MEMORY = 1_500_000_000
+
+
+def _check_memory_limit(memory_limit) -> None:
+    """Refuse, before any work, a ``--memory-limit`` Dask cannot read or too small for a
+    worker to load the model (its workers would die one after another)."""
+    if memory_limit in (None, "auto", 0, "0"):
+        return
+    from dask.utils import format_bytes, parse_bytes
+
+    try:
+        limit = parse_bytes(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"--memory-limit {memory_limit!r}: not a memory size (e.g. 8GB or 8GiB; auto shares the machine's "
+            "memory; 0 sets no limit)"
+        ) from exc
+    if 0 < limit < MIN_WORKER_MEMORY:
+        raise ValueError(
+            f"--memory-limit {memory_limit}: a worker needs at least {format_bytes(MIN_WORKER_MEMORY)} to load "
+            f"the model and predict a slide (got {format_bytes(limit)})"
+        )
 
 
 def _check_slide_folders(cohort, out: Path) -> None:
@@ -280,7 +308,7 @@ def _submit_all(
 ) -> dict[str, dict[str, Any]]:
     """Run the jobs on the cluster; the finished slides' rows by id."""
     import dask
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, LocalCluster
 
     from .task import ModelPlugin, run_slide
 
@@ -314,6 +342,7 @@ def _submit_all(
         progress({"event": "started", "dashboard": dashboard})
     plugin = ModelPlugin(model_path, device=device, torch_threads=threads_per_worker)
     finished: dict[str, dict[str, Any]] = {}
+    client_level = logging.getLogger("distributed.client").level
     try:
         client.register_plugin(plugin, name=plugin.name)
         token = f"{time.time_ns():x}"
@@ -335,36 +364,64 @@ def _submit_all(
             "reused": sum(r["status"] == "reused" for r in rows.values()),
             "total": len(rows) + len(jobs),
         }
-        for future in as_completed(futures):
-            job = futures[future]
-            base = {"id": job["id"], "slide": job["given_as"]}
-            try:
-                row = {**future.result(), **base}
-            except Exception as exc:  # noqa: BLE001 - KilledWorker, or an error no slide should raise: recorded, the cohort goes on
-                row = {**base, "status": "failed", "error": _task_error(exc)}
-            finished[job["id"]] = row
-            counts["done" if row["status"] == "done" else "failed"] += 1
-            logger.log(
-                logging.INFO if row["status"] == "done" else logging.WARNING,
-                "%s: %s in %ss on %s%s",
-                job["id"],
-                row["status"],
-                row.get("seconds", "?"),
-                row.get("worker", "?"),
-                f": {row['error']}" if row.get("error") else "",
+        try:
+            _collect(futures, finished, counts, client, progress)
+        except OSError as exc:  # CommClosedError, timeouts: the scheduler is gone
+            lost = [job for job in futures.values() if job["id"] not in finished]
+            message = (
+                f"the Dask scheduler stopped answering ({' '.join(str(exc).split()) or type(exc).__name__}) "
+                "before this slide finished; run the same command again to resume"
             )
-            if progress is not None:
-                # tasks the scheduler has handed to workers, at most one per worker thread
-                assigned = sum(len(keys) for keys in client.processing().values())
-                running = min(assigned, sum(client.nthreads().values()))
-                progress({"event": "slide", **counts, "running": running, "id": job["id"], "status": row["status"]})
+            logger.error("scheduler lost: %d slides unfinished; %s", len(lost), message)
+            for job in lost:
+                finished[job["id"]] = {"id": job["id"], "slide": job["given_as"], "status": "failed", "error": message}
+            # Dask's client goes on logging its reconnection attempts with tracebacks while
+            # it is closed; the line above says what happened and what to do.
+            logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     finally:
         if own_client:
-            client.close()
+            with contextlib.suppress(Exception):  # a lost scheduler cannot be told goodbye
+                client.close(timeout=10)
         if cluster is not None:
-            cluster.close()
+            with contextlib.suppress(Exception):
+                cluster.close(timeout=30)
             _restore_environ(saved_environ)
+        logging.getLogger("distributed.client").setLevel(client_level)
     return finished
+
+
+def _collect(futures, finished, counts, client, progress) -> None:
+    """Each slide's row as its task finishes, with the log line and progress event."""
+    from concurrent.futures import CancelledError
+
+    from distributed import as_completed
+
+    for future in as_completed(futures):
+        job = futures[future]
+        base = {"id": job["id"], "slide": job["given_as"]}
+        try:
+            row = {**future.result(), **base}
+        except Exception as exc:  # noqa: BLE001 - KilledWorker, or an error no slide should raise: recorded, the cohort goes on
+            if isinstance(exc, (OSError, CancelledError)) or client.status != "running":
+                # The scheduler is gone (its futures are cancelled): not this slide's fault.
+                raise OSError(f"{type(exc).__name__}: {exc}") from exc
+            row = {**base, "status": "failed", "error": _task_error(exc)}
+        finished[job["id"]] = row
+        counts["done" if row["status"] == "done" else "failed"] += 1
+        logger.log(
+            logging.INFO if row["status"] == "done" else logging.WARNING,
+            "%s: %s in %ss on %s%s",
+            job["id"],
+            row["status"],
+            row.get("seconds", "?"),
+            row.get("worker", "?"),
+            f": {row['error']}" if row.get("error") else "",
+        )
+        if progress is not None:
+            # tasks the scheduler has handed to workers, at most one per worker thread
+            assigned = sum(len(keys) for keys in client.processing().values())
+            running = min(assigned, sum(client.nthreads().values()))
+            progress({"event": "slide", **counts, "running": running, "id": job["id"], "status": row["status"]})
 
 
 # Dask's nanny sets these in its own process before it spawns a worker (and leaves them).
