@@ -553,8 +553,8 @@ def test_two_genes_side_by_side_in_one_click(predicted):
         widget.gene_list.findItems(gene, Qt.MatchStartsWith)[0].setSelected(True)
     n_layers = len(viewer.layers)
     widget.side_by_side_button.click()
-    assert viewer.grid.enabled and viewer.grid.stride == 2
-    assert viewer.grid.actual_shape(viewer.layers) == (1, 2)  # two views, nothing else
+    assert viewer.canvas.grid.enabled and viewer.canvas.grid.stride == 2
+    assert viewer.canvas.grid.actual_shape(viewer.layers) == (1, 2)  # two views, nothing else
     names = [layer.name for layer in viewer.layers][:4]
     assert names == [
         "her2st_C2",
@@ -564,5 +564,5 @@ def test_two_genes_side_by_side_in_one_click(predicted):
     ]
     assert viewer.layers[2].data is viewer.layers[0].data or viewer.layers[2].data[0] is viewer.layers[0].data[0]
     widget.side_by_side_button.click()  # back
-    assert not viewer.grid.enabled and len(viewer.layers) == n_layers + 1  # CD24's heatmap stays
+    assert not viewer.canvas.grid.enabled and len(viewer.layers) == n_layers + 1  # CD24's heatmap stays
     assert viewer.layers["tumour contour (predicted) [her2st_C2]"].visible

@@ -186,13 +186,13 @@ class SlideLayers:
         for layer in heat:
             if hasattr(layer, "name_overlay"):  # napari >= 0.9: the gene's name in its view
                 layer.name_overlay.visible = True
-        self.viewer.grid.stride = 2
-        self.viewer.grid.enabled = True
+        _grid(self.viewer).stride = 2
+        _grid(self.viewer).enabled = True
         self.viewer.reset_view()
 
     def single_view(self, analysis: SlideAnalysis | None) -> None:
         """Leave the grid view: the second view goes, what was visible is visible again."""
-        self.viewer.grid.enabled = False
+        _grid(self.viewer).enabled = False
         if analysis is not None:
             for layer in [layer for layer in self.viewer.layers if self.is_mine(layer, analysis, "slide_copy")]:
                 self.viewer.layers.remove(layer)
@@ -200,3 +200,10 @@ class SlideLayers:
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = visible
         self._visibility_before_grid = {}
+
+
+def _grid(viewer):
+    """The viewer's grid settings: ``viewer.canvas.grid`` since napari 0.9 (``viewer.grid``,
+    deprecated there, before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
