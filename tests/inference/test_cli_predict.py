@@ -117,3 +117,28 @@ def test_slide_errors_name_the_given_path_once(tmp_path):
     assert _slide_error(path, ValueError("a.svs: no resolution")) == f"error: {path}: no resolution"
     assert _slide_error(path, ValueError(f"{path}: truncated")) == f"error: {path}: truncated"
     assert _slide_error(path, OSError("disk full")) == f"error: {path}: disk full"
+
+
+def test_the_spot_table_carries_each_spots_tumour_call(sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
+    """Issue 25.5: prediction.h5ad and the CSV spot table join the mask to the spots."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import tifffile
+    from conftest import predict_cli
+
+    from napari_stpredict.inference.export import save_spot_table
+    from napari_stpredict.inference.prediction import Prediction
+
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(tmp_path / "o")) == 0
+    folder = tmp_path / "o" / "her2st_C2"
+    adata = ad.read_h5ad(folder / "prediction.h5ad")
+    assert {"tumour_score", "tumour"} <= set(adata.obs.columns)
+    mask = tifffile.imread(folder / "tumor_mask.tif")
+    rows, cols = adata.obs["grid_row"].to_numpy(int), adata.obs["grid_col"].to_numpy(int)
+    np.testing.assert_array_equal(adata.obs["tumour"].to_numpy(bool), mask[rows, cols] > 0)
+    call = adata.uns["stpredict"]["tumour_call"]
+    assert adata.obs["tumour"].any() == bool((adata.obs["tumour_score"] > call["threshold"]).any())
+    table = pd.read_csv(save_spot_table(Prediction(adata), tmp_path / "spots.csv"))
+    assert {"tumour_score", "tumour"} <= set(table.columns) and len(table) == adata.n_obs

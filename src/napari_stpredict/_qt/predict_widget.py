@@ -671,9 +671,13 @@ class PredictWidget(QWidget):
             notify_error(f"could not save {Path(path).name}: {exc}")
 
     def save_table(self, path: str | Path) -> Path:
-        """Spot table: ``.h5ad`` (full prediction) or ``.csv`` (spot centres, confidence, all genes)."""
+        """Spot table: ``.h5ad`` (full prediction) or ``.csv`` (spot centres, confidence, the
+        tumour score and call per spot, all genes)."""
         from ..inference.export import save_spot_table
+        from ..inference.tumor import add_tumour_columns
 
+        if self.tumor is not None:  # each spot's call as shown, so the table joins the mask
+            add_tumour_columns(self.prediction, self.tumor)
         return save_spot_table(self.prediction, path)
 
     def save_geojson(self, path: str | Path) -> Path:

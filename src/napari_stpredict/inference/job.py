@@ -270,12 +270,9 @@ def write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path
     from .. import __version__
     from ..io.atomic import require_free_space
     from .export import export_gene_geotiff, export_overview, export_tumor, safe_filename
-    from .tumor import tumor_mask
+    from .tumor import add_tumour_columns, tumor_mask
 
     require_free_space(folder, 2 * prediction.adata.X.nbytes + (4 << 20))  # the table plus maps and images
-    prediction.save(folder / "prediction.h5ad")
-    for gene in genes:
-        export_gene_geotiff(prediction, gene, folder / f"{safe_filename(gene)}.tif")
     mask = tumor_mask(
         prediction,
         options.usable_markers(model),
@@ -283,6 +280,10 @@ def write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path
         mode=options.threshold_mode,
         include_out_of_domain=options.tumour_out_of_domain,
     )
+    add_tumour_columns(prediction, mask)  # the spot table carries each spot's call
+    prediction.save(folder / "prediction.h5ad")
+    for gene in genes:
+        export_gene_geotiff(prediction, gene, folder / f"{safe_filename(gene)}.tif")
     export_tumor(prediction, mask, folder / "tumor_mask.tif", folder / "tumor.geojson")
     export_overview(slide, prediction, genes[0], mask, folder / "overview.png")
     config = {

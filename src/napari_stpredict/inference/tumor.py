@@ -226,6 +226,25 @@ def tumor_mask(
     )
 
 
+def add_tumour_columns(prediction: Prediction, mask: TumorMask) -> None:
+    """Write the tumour call into the prediction's spot table, so an analyst can join the
+    mask to the spots: ``obs["tumour_score"]`` (the score the threshold applies to) and
+    ``obs["tumour"]`` (the spot's cell in the cleaned mask, as drawn and exported), with
+    the threshold and mode in ``uns["stpredict"]["tumour_call"]``."""
+    obs = prediction.adata.obs
+    rows = obs["grid_row"].to_numpy(int)
+    cols = obs["grid_col"].to_numpy(int)
+    obs["tumour_score"] = np.asarray(mask.score, np.float32)
+    obs["tumour"] = np.asarray(mask.raster)[rows, cols] > 0
+    prediction.meta["tumour_call"] = {
+        "threshold": float(mask.threshold),
+        "mode": mask.mode,
+        "markers": list(mask.markers),
+        "automatic": bool(mask.automatic),
+        "note": mask.note,
+    }
+
+
 def mask_polygons(
     raster: np.ndarray, origin: tuple[float, float], stride: tuple[float, float]
 ) -> list[list[np.ndarray]]:
