@@ -34,6 +34,7 @@ def _grid(prediction: Prediction, placement: Placement | None) -> dict[str, Any]
 
 def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
     meta = prediction.meta
+    domain = (meta.get("trust") or {}).get("domain") or {}
     return {
         "stpredict": {
             "kind": extra.pop("kind"),
@@ -45,6 +46,7 @@ def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
             "l0_origin": [float(v) for v in meta["grid_origin_l0"]],
             "l0_stride": [float(v) for v in meta["grid_stride_l0"]],
             "mpp": [meta.get("mpp_x"), meta.get("mpp_y")],
+            "domain": {k: domain.get(k) for k in ("verdict", "share_out")} if domain else {},
             "note": "Research use only; not for diagnosis.",
             **extra,
         }
@@ -81,10 +83,18 @@ def heatmap_layer(
     opacity: float = 0.65,
     placement: Placement | None = None,
     fixed_limits: bool = True,
+    show_out_of_domain: bool = False,
 ) -> tuple:
-    """Image layer of one gene's predicted expression (viridis; limits from `colour_limits`)."""
+    """Image layer of one gene's predicted expression (viridis; limits from `colour_limits`).
+
+    Out-of-domain spots are left out of the map (transparent), and on a slide that is out
+    of domain as a whole so is every spot: a map of tissue the model never saw would read
+    as a confident one (normal skin drawn in top-of-scale yellow reads as "maximal HER2").
+    ``show_out_of_domain`` draws them anyway; the layer's metadata says which was done.
+    """
     heat = prediction.heatmap(gene)
     lo, hi = colour_limits(prediction, gene, fixed=fixed_limits)
+    hidden = 0 if show_out_of_domain else _hide_out_of_domain(prediction, heat.raster)
     kwargs = {
         "name": f"{heat.name} (predicted)",
         **_grid(prediction, placement),
@@ -96,9 +106,21 @@ def heatmap_layer(
         # measured spots from 0.32 to 0.28 at 56 µm and took 3.4x as long; see the README).
         "blending": "translucent",
         "interpolation2d": "linear",
-        "metadata": _provenance(prediction, kind="heatmap", gene=heat.name, units=UNITS),
+        "metadata": _provenance(prediction, kind="heatmap", gene=heat.name, units=UNITS, hidden_out_of_domain=hidden),
     }
     return heat.raster, kwargs, "image"
+
+
+def _hide_out_of_domain(prediction: Prediction, raster: np.ndarray) -> int:
+    """Blank the out-of-domain spots' cells of ``raster`` in place (every spot's on a slide
+    out of domain as a whole); returns how many spots were blanked."""
+    obs = prediction.adata.obs
+    if "out_of_domain" not in obs:
+        return 0
+    verdict = ((prediction.meta.get("trust") or {}).get("domain") or {}).get("verdict")
+    hide = np.ones(len(obs), bool) if verdict == "out of domain" else obs["out_of_domain"].to_numpy(bool)
+    raster[obs["grid_row"].to_numpy(int)[hide], obs["grid_col"].to_numpy(int)[hide]] = np.nan
+    return int(hide.sum())
 
 
 def confidence_layer(prediction: Prediction, placement: Placement | None = None) -> tuple:

@@ -352,6 +352,28 @@ def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qt
     kinds = _kinds(viewer)
     assert "out_of_domain" in kinds and int(kinds["tumor_mask"].data.sum()) == 0
     assert "out of domain" in widget.status.text()
+    # On the canvas too (issue 23.10): the map of tissue the model never saw is left blank,
+    # the caption (in any screenshot) says why, a switch draws it, a saved GeoTIFF says so.
+    from napari_stpredict._qt.common import canvas_caption
+
+    heat = kinds["heatmap"]
+    assert np.isnan(np.asarray(heat.data)).all()
+    assert "OUT OF DOMAIN" in canvas_caption(viewer).text and "map hidden" in canvas_caption(viewer).text
+    widget.genes_panel.show_out_of_domain.setChecked(True)
+    heat = _kinds(viewer)["heatmap"]
+    assert np.isfinite(np.asarray(heat.data)).any()
+    assert "not meaningful" in canvas_caption(viewer).text
+    widget.genes_panel.show_out_of_domain.setChecked(False)
+    heat = _kinds(viewer)["heatmap"]
+    import tifffile
+
+    from napari_stpredict._writer import write_heatmap_geotiff
+
+    # what File > Save Layers hands the plugin's writer: the layer's data and attributes
+    (saved,) = write_heatmap_geotiff(str(tmp_path / "skin_erbb2.tif"), heat.data, heat._get_state())
+    with tifffile.TiffFile(saved) as tif:
+        tags = tif.pages[0].tags["GDAL_METADATA"].value
+    assert "DOMAIN_VERDICT" in tags and "out of domain" in tags and "OUT_OF_DOMAIN_BLANKED" in tags
     widget.threshold_mode.setCurrentText("Automatic per slide")  # the named per-slide option
     assert widget.tumor.mode == "slide" and "per slide" in widget.threshold_label.toolTip()
 

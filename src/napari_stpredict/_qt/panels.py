@@ -187,6 +187,12 @@ class GenesPanel(QGroupBox):
         row.addWidget(self.show_genes_button)
         g.addLayout(row)
         g.addWidget(self.side_by_side_button)
+        self.show_out_of_domain = QCheckBox("Show out-of-domain spots")
+        self.show_out_of_domain.setToolTip(
+            "Tissue unlike the model's training data is left blank in the maps (a whole slide out of "
+            "domain: the whole map): the model cannot judge it. Tick to draw it anyway"
+        )
+        g.addWidget(self.show_out_of_domain)
 
     @property
     def fixed_colours(self) -> bool:

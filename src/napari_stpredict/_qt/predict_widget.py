@@ -129,6 +129,9 @@ class PredictWidget(QWidget):
         genes.colour_range.currentIndexChanged.connect(
             lambda *_: self.show_genes(self.analysis.shown_genes) if self.analysis else None
         )
+        genes.show_out_of_domain.toggled.connect(
+            lambda *_: self.show_genes(self.analysis.shown_genes) if self.analysis else None
+        )
         genes.preset_combo.activated.connect(self._apply_preset)
         genes.show_genes_button.clicked.connect(self.show_selected_genes)
         genes.side_by_side_button.toggled.connect(self.set_side_by_side)
@@ -525,7 +528,12 @@ class PredictWidget(QWidget):
         several: a layer each), and recolour the measured spots by the first."""
         if self.prediction is None:
             return
-        self.layers.show_genes(self.analysis, genes, fixed_limits=self.genes_panel.fixed_colours)
+        self.layers.show_genes(
+            self.analysis,
+            genes,
+            fixed_limits=self.genes_panel.fixed_colours,
+            show_out_of_domain=self.genes_panel.show_out_of_domain.isChecked(),
+        )
         self._update_measured(genes[0] if genes else None)
 
     def set_side_by_side(self, on: bool) -> None:
@@ -540,7 +548,12 @@ class PredictWidget(QWidget):
             notify_warning("Select two genes in the list to show them side by side")
             self.genes_panel.set_side_by_side_checked(False)
             return
-        self.layers.side_by_side(self.analysis, genes, fixed_limits=self.genes_panel.fixed_colours)
+        self.layers.side_by_side(
+            self.analysis,
+            genes,
+            fixed_limits=self.genes_panel.fixed_colours,
+            show_out_of_domain=self.genes_panel.show_out_of_domain.isChecked(),
+        )
         self._update_measured(genes[0])
 
     def show_selected_genes(self) -> None:

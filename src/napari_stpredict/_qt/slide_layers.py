@@ -59,7 +59,9 @@ class SlideLayers:
         if "domain_distance" in prediction.adata.obs and prediction.meta.get("tumor_calibration") is not None:
             self.upsert(analysis, *domain_layer(prediction, analysis.placement))
 
-    def show_genes(self, analysis: SlideAnalysis, genes: list[str], *, fixed_limits: bool = True):
+    def show_genes(
+        self, analysis: SlideAnalysis, genes: list[str], *, fixed_limits: bool = True, show_out_of_domain: bool = False
+    ):
         """A heatmap layer per gene; returns the last one shown (None if none).
 
         One gene at a time (browsing) reuses the layer of the gene browsed before, renamed
@@ -73,7 +75,11 @@ class SlideLayers:
         for gene in genes:
             try:
                 data, kwargs, kind = heatmap_layer(
-                    analysis.prediction, gene, placement=analysis.placement, fixed_limits=fixed_limits
+                    analysis.prediction,
+                    gene,
+                    placement=analysis.placement,
+                    fixed_limits=fixed_limits,
+                    show_out_of_domain=show_out_of_domain,
                 )
             except KeyError as exc:
                 notify_error(str(exc).strip("'\""))
@@ -109,7 +115,7 @@ class SlideLayers:
                 other.colorbar.visible = other.name == layer.name  # plugin viewers hand out proxies: no `is`
         caption = canvas_caption(self.viewer)
         slide = f" ({meta['slide_layer']})" if meta.get("slide_layer") else ""
-        caption.text = f"{meta['gene']}: predicted {meta['units']}{slide}"
+        caption.text = f"{meta['gene']}: predicted {meta['units']}{slide}" + _domain_caption(meta)
         caption.visible = True
 
     def show_tumour(self, analysis: SlideAnalysis) -> None:
@@ -158,10 +164,12 @@ class SlideLayers:
         return line
 
     # --- two genes side by side ------------------------------------------------------
-    def side_by_side(self, analysis: SlideAnalysis, genes: list[str], *, fixed_limits: bool = True) -> None:
+    def side_by_side(
+        self, analysis: SlideAnalysis, genes: list[str], *, fixed_limits: bool = True, show_out_of_domain: bool = False
+    ) -> None:
         """Two genes next to each other in napari's grid view, each over its own view of the
         slide (a second layer sharing the slide's data: nothing is read twice)."""
-        self.show_genes(analysis, genes, fixed_limits=fixed_limits)
+        self.show_genes(analysis, genes, fixed_limits=fixed_limits, show_out_of_domain=show_out_of_domain)
         slide = self.viewer.layers[analysis.layer_name]
         copy = self.viewer.add_image(
             slide.data,
@@ -207,3 +215,19 @@ def _grid(viewer):
     deprecated there, before)."""
     canvas = getattr(viewer, "canvas", None)
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def _domain_caption(meta: dict) -> str:
+    """The slide's out-of-domain verdict for the canvas caption, so that a screenshot of
+    the canvas carries it (the dock's banner does not)."""
+    domain = meta.get("domain") or {}
+    verdict, hidden = domain.get("verdict"), meta.get("hidden_out_of_domain", 0)
+    if verdict == "out of domain":
+        return (
+            "\nOUT OF DOMAIN: tissue unlike the model's training data; map hidden"
+            if hidden
+            else "\nOUT OF DOMAIN: tissue unlike the model's training data; the map is not meaningful"
+        )
+    if hidden:
+        return f"\n{hidden} spots out of domain left blank"
+    return ""
