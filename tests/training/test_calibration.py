@@ -201,3 +201,33 @@ def test_a_model_calibrated_with_adaptation_adapts_each_training_section(her2st_
     assert torch.equal(model.calibration["domain"]["reference"], plain.calibration["domain"]["reference"])
     with pytest.raises(ValueError, match="adaptation must be one of"):
         list(iter_train(replace(cfg, adaptation="bogus"), run))
+
+
+def test_section_z_targets_train_and_bank_on_per_section_statistics(her2st_dir, tmp_path):
+    """Scale-free expression targets (issue 19): the encoder learns from each gene
+    standardised within its section; the bank keeps log1p CP10k for what retrieval
+    returns; the setting is recorded and changes the training fingerprint."""
+    from dataclasses import replace
+
+    from napari_stpredict.training.data import SpotSet
+    from napari_stpredict.training.sections import section_spots
+    from napari_stpredict.training.train import _config_hash, encoder_input, iter_train
+
+    cfg = replace(_two_section_config(her2st_dir, tmp_path), expression_targets="section_z")
+    assert _config_hash(cfg) != _config_hash(_two_section_config(her2st_dir, tmp_path))
+    model = load_model(list(iter_train(cfg, tmp_path / "run"))[-1]["checkpoint"], device="cpu")
+    assert model.provenance["expression_targets"] == "section_z"
+    train = SpotSet.concat([section_spots(s, str(her2st_dir), cfg.genes) for s in ("C3", "C4")])
+    z = encoder_input(train, "section_z")
+    for section in ("C3", "C4"):
+        rows = train.section == section
+        varying = train.expression[rows].std(0) > 1e-6
+        np.testing.assert_allclose(z[rows][:, varying].mean(0), 0, atol=1e-4)
+        np.testing.assert_allclose(z[rows][:, varying].std(0), 1, atol=1e-3)
+    n = len(train)
+    np.testing.assert_allclose(model.bank.expression[:n].numpy(), train.expression, atol=2e-2)  # log1p kept
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.network.encode_expression(torch.from_numpy(z)), dim=1)
+    np.testing.assert_allclose(model.bank.embeddings[:n].float().numpy(), expected.numpy(), atol=2e-2)
+    with pytest.raises(ValueError, match="expression_targets must be one of log1p, section_z"):
+        encoder_input(train, "ranks")

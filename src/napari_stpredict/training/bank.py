@@ -35,7 +35,7 @@ def rebuild_bank(
     from .data import SpotSet
     from .neighbours import context_embeddings
     from .sections import section_spots
-    from .train import _confidence_reference
+    from .train import _confidence_reference, encoder_input
 
     model = load_model(checkpoint, device="cpu")
     prov = dict(model.provenance)
@@ -47,7 +47,10 @@ def rebuild_bank(
         ]
     )
     extra = [section_spots(s, her2st, genes) for s in bank_sections]
-    expression = np.concatenate([train.expression] + [e.expression for e in extra])
+    everything = SpotSet.concat([train, *extra]) if extra else train
+    expression = everything.expression
+    # The encoder's input as it was trained (per-section statistics of whole sections).
+    encoded = encoder_input(everything, prov.get("expression_targets", "log1p"))
     if len(expression) > max_bank:
         rng = np.random.default_rng(seed)
         keep = np.concatenate(
@@ -56,9 +59,9 @@ def rebuild_bank(
                 rng.choice(np.arange(len(train), len(expression)), max_bank - len(train), replace=False),
             ]
         )
-        expression = expression[np.sort(keep)]
+        expression, encoded = expression[np.sort(keep)], encoded[np.sort(keep)]
     with torch.inference_mode():
-        bank_emb = model.network.encode_expression(torch.from_numpy(expression))
+        bank_emb = model.network.encode_expression(torch.from_numpy(encoded))
         train_emb = model.embed_many(train.patches)
     prov.update(
         bank_sections=list(bank_sections),

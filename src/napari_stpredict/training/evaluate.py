@@ -230,14 +230,18 @@ def _with_context(predict, embeddings, neighbours, weights: np.ndarray) -> np.nd
     return mix_with_neighbours(centre, around, neighbours[1], weights)
 
 
-def _predict_sets(model, embs, train_expression: np.ndarray, neighbours) -> dict[str, np.ndarray]:
+def _predict_sets(
+    model, embs, train_expression: np.ndarray, neighbours, train_encoded: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Predictions of a trained model with its retrieval settings (top-k, spatial
     context) from a held-out section's spot embeddings ``embs``: retrieval over its bank,
     over the training spots only (to measure what the extra bank sections add), and its
     ridge head.
 
     ``neighbours`` is ``(embeddings, tissue)`` of the spots' 8 neighbouring patches
-    (`map_neighbours`), or None without context."""
+    (`map_neighbours`), or None without context. ``train_encoded`` is what the model's
+    expression encoder takes of the training spots (`encoder_input`; default: their
+    expression)."""
     import torch
 
     from ..inference.context import neighbour_weights
@@ -247,7 +251,8 @@ def _predict_sets(model, embs, train_expression: np.ndarray, neighbours) -> dict
     weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
     with torch.inference_mode():
         train_expr = torch.from_numpy(train_expression).to(model.device)
-        train_bank = ReferenceBank(model.network.encode_expression(train_expr), train_expr)
+        encoded = torch.from_numpy(train_encoded if train_encoded is not None else train_expression).to(model.device)
+        train_bank = ReferenceBank(model.network.encode_expression(encoded), train_expr)
 
     def by(method: str):
         return lambda e: model.predict_embeddings(e, method=method, top_k=top_k)[0].cpu().numpy()
@@ -470,7 +475,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
     from .calibration import compute_calibration
     from .features import patch_features
     from .neighbours import context_embeddings
-    from .train import iter_train
+    from .train import encoder_input, iter_train
 
     out_root = Path(cfg.out_dir) / ("quick" if quick else "full")
     run_root = Path(cfg.run_dir) / ("quick" if quick else "full")
@@ -540,7 +545,9 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                         adaptation = model.slide_adaptation(features)  # the engine's per-slide rule
                         raw_neighbours = _around(model.features_many, t, s, tc, weights)
                         embs, neighbours = _embedded(model, features, raw_neighbours, adaptation)
-                        predictions = _predict_sets(model, embs, train.expression, neighbours)
+                        predictions = _predict_sets(
+                            model, embs, train.expression, neighbours, encoder_input(train, tc.expression_targets)
+                        )
                         for method, pred in predictions.items():
                             results.setdefault(method, {})[s] = _scores(pred, t.expression, genes, sets, t.tumor, panel)
                         trust[s] = trust_scores(model, t, predictions["retrieval"], panel, features=features)

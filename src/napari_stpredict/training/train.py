@@ -58,6 +58,11 @@ class TrainConfig:
     #: Per-slide adaptation of the image features (`napari_stpredict.model.adaptation`):
     #: "none", "centre" or "standardise"; a test-time setting like the two above.
     adaptation: str = "none"
+    #: What the expression encoder learns from: "log1p" (log1p CP10k, the paper) or
+    #: "section_z" (each gene standardised within its section: free of library size and
+    #: batch scale, e.g. B4's 648 median counts against patient C's 8.5-12.4 k). Retrieval
+    #: still returns the reference spots' log1p CP10k.
+    expression_targets: str = "log1p"
     out_dir: str = "runs/train"
     cache_dir: str = "runs/cache"
     half: bool = True
@@ -149,6 +154,30 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise ValueError(f"{key} must be a positive number, got {value!r}")
     if cfg.adaptation not in ADAPTATION_MODES:
         raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {cfg.adaptation!r}")
+    if cfg.expression_targets not in EXPRESSION_TARGETS:
+        raise ValueError(
+            f"expression_targets must be one of {', '.join(EXPRESSION_TARGETS)}, got {cfg.expression_targets!r}"
+        )
+
+
+EXPRESSION_TARGETS = ("log1p", "section_z")
+
+
+def encoder_input(spots, targets: str) -> np.ndarray:
+    """What the expression encoder sees of ``spots`` (`TrainConfig.expression_targets`):
+    their log1p CP10k, or each gene standardised within each section."""
+    if targets == "log1p":
+        return spots.expression
+    if targets != "section_z":
+        raise ValueError(f"expression_targets must be one of {', '.join(EXPRESSION_TARGETS)}, got {targets!r}")
+    out = np.empty_like(spots.expression, dtype=np.float32)
+    sections = np.asarray(spots.section)
+    for section in dict.fromkeys(sections.tolist()):
+        rows = sections == section
+        x = spots.expression[rows].astype(np.float64)
+        sd = x.std(0)
+        out[rows] = np.where(sd > 1e-6, (x - x.mean(0)) / np.where(sd > 1e-6, sd, 1.0), 0.0)
+    return out
 
 
 def _check_section(spec: str, her2st: str | None, key: str) -> None:
@@ -194,9 +223,10 @@ def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
     relevant = cfg.to_dict()
     for k in ("out_dir", "cache_dir", "device"):
         relevant.pop(k, None)
-    if relevant.get("adaptation") == "none":
-        # Added after results were committed: its default leaves their fingerprints as they were.
-        relevant.pop("adaptation")
+    # Added after results were committed: their defaults leave those fingerprints as they were.
+    for key, default in (("adaptation", "none"), ("expression_targets", "log1p")):
+        if relevant.get(key) == default:
+            relevant.pop(key)
     return relevant
 
 
@@ -302,7 +332,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
             yield {"stage": "resume", "epoch": start_epoch}
 
     images_u8 = torch.from_numpy(train.patches)  # (N, H, W, 3)
-    expression = torch.from_numpy(train.expression)
+    expression = torch.from_numpy(encoder_input(train, cfg.expression_targets))
     mean = torch.tensor(cfg.io.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.io.std).view(1, 3, 1, 1)
     use_amp = device.type == "cuda"
@@ -355,15 +385,18 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     model.eval()
     bank_sets = [train] + [section_spots(s, cfg.her2st, genes) for s in cfg.bank_sections]
     bank = SpotSet.concat([SpotSet(genes, s.expression, s.section, s.patient, s.tumor, s.xy) for s in bank_sets])
+    bank_input = encoder_input(bank, cfg.expression_targets)  # each whole section's statistics
     if len(bank) > cfg.max_bank:  # keep every training spot; subsample the extra sections
         rng = np.random.default_rng(cfg.seed)
         extra = np.arange(len(train), len(bank))
-        keep = np.concatenate([np.arange(len(train)), rng.choice(extra, cfg.max_bank - len(train), replace=False)])
-        bank = bank.subset(np.sort(keep))
+        keep = np.sort(
+            np.concatenate([np.arange(len(train)), rng.choice(extra, cfg.max_bank - len(train), replace=False)])
+        )
+        bank, bank_input = bank.subset(keep), bank_input[keep]
     with torch.inference_mode():
         bank_emb = torch.cat(
             [
-                model.encode_expression(torch.from_numpy(bank.expression[i : i + 512]).to(device)).cpu()
+                model.encode_expression(torch.from_numpy(bank_input[i : i + 512]).to(device)).cpu()
                 for i in range(0, len(bank), 512)
             ]
         )
@@ -392,6 +425,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
         "seconds": round(time.perf_counter() - t_start, 1),
         "data": "her2st (Andersson et al. 2021)" if cfg.her2st else "user data",
         "confidence_reference": confidence_reference,
+        "expression_targets": cfg.expression_targets,
     }
     yield {"stage": "calibrate", "message": "calibrating the out-of-domain score and the tumour threshold"}
     calibration = _calibrate(model, cfg, bank_emb, bank.expression, ridge, provenance, train)
