@@ -507,6 +507,25 @@ def test_two_slides_in_one_window_keep_their_own_results(
     widget.slide_combo.setCurrentText("her2st_C2")  # back to the first slide: its own results
     assert widget.prediction.meta["slide"]["name"] == "her2st_C2.tiff" and widget.last_r == sample_r
     assert widget.tumor is not crop_mask and "Pearson r" in widget.r_label.text()
+    # issue 23.14: only the chosen slide's prediction layers are shown (reversibly) ...
+    assert viewer.layers["ERBB2 (predicted) [her2st_C2]"].visible
+    assert not viewer.layers["ERBB2 (predicted) [crop]"].visible
+    assert not viewer.layers["tumour contour (predicted) [crop]"].visible
+    # ... and issue 23.11: the threshold slider follows the slide (range and position)
+    panel = widget.tumour_panel
+    assert abs(panel.threshold_at(widget.threshold_slider.value()) - widget.tumor.threshold) < 0.02 * (
+        widget.tumor.score.max() - widget.tumor.score.min()
+    )
+    assert panel._score_range[0] <= widget.tumor.score.min() and panel._score_range[1] >= widget.tumor.score.max()
+    widget.slide_combo.setCurrentText("crop")
+    assert (
+        viewer.layers["ERBB2 (predicted) [crop]"].visible and viewer.layers["tumour contour (predicted) [crop]"].visible
+    )
+    assert not viewer.layers["ERBB2 (predicted) [her2st_C2]"].visible
+    assert abs(panel.threshold_at(widget.threshold_slider.value()) - crop_mask.threshold) < 0.02 * (
+        crop_mask.score.max() - crop_mask.score.min()
+    )
+    widget.slide_combo.setCurrentText("her2st_C2")
     with pytest.raises(ValueError, match="outside this slide"):  # spots of another slide are refused
         import anndata as ad
 

@@ -247,6 +247,7 @@ class PredictWidget(QWidget):
         if analysis is self.analysis:
             return  # layer events fire often: refill only when the slide changes
         self.analysis = analysis
+        self.layers.focus(layer_name if analysis is not None else None)
         if analysis is None:
             self._set_result_controls(False)
             self.gene_list.clear()
@@ -257,7 +258,8 @@ class PredictWidget(QWidget):
         self._fill_result_controls()
         self._show_trust(analysis.prediction)
         if analysis.tumor is not None:
-            self.threshold_label.setText(f"{analysis.tumor.threshold:.2f} ({analysis.tumor.fraction:.0%})")
+            # The slider takes this slide's score range and threshold (it kept the previous one's).
+            self.tumour_panel.show_mask(analysis.tumor, automatic=True)
         self.r_label.setText(
             f"Pearson r = {analysis.last_r:.2f} ({analysis.spots_source})" if analysis.spots is not None else ""
         )

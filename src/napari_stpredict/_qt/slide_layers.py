@@ -21,6 +21,8 @@ class SlideLayers:
     def __init__(self, viewer) -> None:
         self.viewer = viewer
         self._visibility_before_grid: dict[str, bool] = {}
+        #: Visibility of other slides' prediction layers hidden by `focus`, to restore.
+        self._hidden_by_focus: dict[str, bool] = {}
 
     # --- generic ---------------------------------------------------------------------
     def upsert(self, analysis: SlideAnalysis, data, kwargs: dict, layer_type: str):
@@ -42,6 +44,22 @@ class SlideLayers:
             return layer
         add = getattr(self.viewer, f"add_{layer_type}")
         return add(data, **kwargs)
+
+    def focus(self, slide_layer: str | None) -> None:
+        """Show the prediction layers of the slide chosen in the dock and hide the other
+        slides' (a map or banner of one slide beside another's is misread); hiding is
+        undone when their slide is chosen again. The slide images stay as they are."""
+        for layer in self.viewer.layers:
+            meta = layer.metadata.get("stpredict", {})
+            owner = meta.get("slide_layer")
+            if owner is None or meta.get("kind") in (None, "slide_copy"):
+                continue
+            if owner == slide_layer:
+                if layer.name in self._hidden_by_focus:
+                    layer.visible = self._hidden_by_focus.pop(layer.name)
+            elif layer.name not in self._hidden_by_focus:
+                self._hidden_by_focus[layer.name] = layer.visible
+                layer.visible = False
 
     @staticmethod
     def is_mine(layer, analysis: SlideAnalysis, kind: str) -> bool:
