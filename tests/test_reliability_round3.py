@@ -495,3 +495,38 @@ def test_a_bad_evaluation_key_names_its_file_once(tmp_path, capsys):
     assert main(["evaluate", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {config}: unknown evaluation config keys: bogus"
+
+
+# --- issue 23.8 (EXIF), 24.10: plain images as viewers show them; TIFFs named for what they are ---
+def test_a_jpeg_is_read_as_its_exif_orientation_shows_it(tmp_path):
+    from PIL import Image
+
+    from napari_stpredict.io.slide import open_slide
+
+    image = np.zeros((60, 100, 3), np.uint8)
+    image[:10, :, 0] = 255  # a red band along the top as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(image).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    with open_slide(tmp_path / "rotated.jpg", mpp=0.5) as slide:
+        assert slide.dimensions == (60, 100)  # displayed: portrait
+        shown = slide.read_region((0, 0), 0, slide.dimensions)
+    assert shown[:, -10:, 0].mean() > 200 and shown[:, :10, 0].mean() < 50  # the band is on the right
+
+
+def test_palette_and_float_tiffs_are_read_or_named_for_what_they_are(sample_slide_path, tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from napari_stpredict.errors import SlideFormatError
+    from napari_stpredict.io.slide import open_slide
+
+    with open_slide(sample_slide_path) as slide:
+        crop = slide.read_region((2200, 2200), 0, (400, 400))
+    Image.fromarray(crop).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.tif")
+    with open_slide(tmp_path / "palette.tif", mpp=0.5) as slide:
+        colours = slide.read_region((0, 0), 0, (400, 400))
+    assert colours.shape == (400, 400, 3) and np.abs(colours.astype(int) - crop).mean() < 12  # colours, not indices
+    tifffile.imwrite(tmp_path / "float.tif", crop.astype(np.float32) / 255, photometric="rgb")
+    with pytest.raises(SlideFormatError, match=r"float\.tif: samples are float32; only 8-bit RGB or grey"):
+        open_slide(tmp_path / "float.tif", mpp=0.5)

@@ -36,7 +36,11 @@ class PillowSlide(ArraySlide):
                         f"loaded into memory ({MAX_UNPYRAMIDED_PIXELS:,} px); save it as a pyramidal TIFF"
                     )
                 fmt = (im.format or "image").lower()
-                image = np.asarray(im.convert("RGB"))
+                # A camera or scanner that writes an EXIF orientation means the image as
+                # every viewer shows it; spots and regions are placed on that one.
+                from PIL import ImageOps
+
+                image = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
         except SlideFormatError:
             raise
         except Image.DecompressionBombError as exc:

@@ -146,6 +146,13 @@ class TiffSlide(Slide):
                 raise SlideFormatError(
                     f"{self.path}: samples are {page.dtype}; only 8-bit RGB or grey slides are supported"
                 )
+            # A palette image stores colour indices: its colour map gives the colours (read
+            # as grey, the indices were refused as a dark fluorescence image).
+            self._palette = None
+            if int(page.photometric) == 3 and page.colormap is not None:
+                colormap = np.asarray(page.colormap)
+                shift = 8 if colormap.max() > 255 else 0  # TIFF stores 16-bit colour values
+                self._palette = np.ascontiguousarray((colormap >> shift).astype(np.uint8).T)  # (256, 3)
             self._mpp_xy = _mpp_from_tiff(self._tif, page)
             self._vendor = _vendor(self._tif)
             self._tiles = []
@@ -220,7 +227,8 @@ class TiffSlide(Slide):
                 f"{self.path}: corrupt or truncated image data in the region at level-0 "
                 f"(x, y) = ({round(x0 * ds)}, {round(y0 * ds)}), level {level}: {exc}"
             ) from exc
-        rgb = _to_rgb(np.asarray(data), self._axes)
+        data = np.asarray(data)
+        rgb = self._palette[data] if self._palette is not None and data.ndim == 2 else _to_rgb(data, self._axes)
         return (
             paste_region(rgb, (x0 - sx0, y0 - sy0), size)
             if (sx0, sy0, sx1, sy1)
