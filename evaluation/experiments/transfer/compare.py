@@ -34,7 +34,8 @@ def table(folder: Path) -> str:
     for setting, scores in rows.items():
         cells = [f"{statistics.mean(s[m] for s in scores if s[m] is not None):.3f}" for m in METRICS]
         lines.append(f"| {setting} | {len(scores)} | " + " | ".join(cells) + " |")
-    lines += ["", "| section | absolute: sens / spec / called | per-slide Otsu: sens / spec / called |", "|---|---|---|"]
+    header = "| section | absolute: sens / spec / called | per-slide Otsu: sens / spec / called |"
+    lines += ["", header, "|---|---|---|"]
     for section, t in trust:
         a, o = t.get("absolute") or {}, t["slide_otsu"]
         fmt = "{sensitivity:.2f} / {specificity:.2f} / {called_share:.2f}"
