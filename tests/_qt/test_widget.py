@@ -604,6 +604,15 @@ def test_two_genes_side_by_side_in_one_click(predicted):
         "CD24 (predicted) [her2st_C2]",
     ]
     assert viewer.layers[2].data is viewer.layers[0].data or viewer.layers[2].data[0] is viewer.layers[0].data[0]
+    # issue 23.12: one colour bar per map (their ranges differ), no canvas caption over a title
+    from napari_stpredict._qt.common import canvas_caption
+
+    erbb2, cd24 = viewer.layers["ERBB2 (predicted) [her2st_C2]"], viewer.layers["CD24 (predicted) [her2st_C2]"]
+    assert erbb2.colorbar.visible and cd24.colorbar.visible and not canvas_caption(viewer).visible
     widget.side_by_side_button.click()  # back
     assert not viewer.canvas.grid.enabled and len(viewer.layers) == n_layers + 1  # CD24's heatmap stays
     assert viewer.layers["tumour contour (predicted) [her2st_C2]"].visible
+    # one map on top with its own bar and caption, the other hidden (not stacked), no titles
+    assert erbb2.visible and not cd24.visible and erbb2.colorbar.visible and not cd24.colorbar.visible
+    assert canvas_caption(viewer).visible and canvas_caption(viewer).text.startswith("ERBB2")
+    assert not erbb2.name_overlay.visible and not cd24.name_overlay.visible

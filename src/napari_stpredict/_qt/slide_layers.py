@@ -212,6 +212,9 @@ class SlideLayers:
         for layer in heat:
             if hasattr(layer, "name_overlay"):  # napari >= 0.9: the gene's name in its view
                 layer.name_overlay.visible = True
+            layer.colorbar.visible = True  # each map its own colour bar: their ranges differ
+        # The canvas caption names one gene; in two views it would sit over the second's title.
+        canvas_caption(self.viewer).visible = False
         _grid(self.viewer).stride = 2
         _grid(self.viewer).enabled = True
         self.viewer.reset_view()
@@ -226,6 +229,20 @@ class SlideLayers:
             if name in self.viewer.layers:
                 self.viewer.layers[name].visible = visible
         self._visibility_before_grid = {}
+        if analysis is None:
+            return
+        # One view again: the first gene's map on top, with its colour bar and the caption;
+        # the second gene's map hidden rather than stacked under it, no view titles left.
+        heat = [layer for layer in self.viewer.layers if self.is_mine(layer, analysis, "heatmap")]
+        for layer in heat:
+            if hasattr(layer, "name_overlay"):
+                layer.name_overlay.visible = False
+        first = analysis.label(f"{analysis.shown_genes[0]} (predicted)") if analysis.shown_genes else None
+        for layer in heat:
+            if layer.name != first and layer.metadata.get("stpredict", {}).get("pinned"):
+                layer.visible = False
+        if first in self.viewer.layers:
+            self.follow(self.viewer.layers[first])
 
 
 def _grid(viewer):
