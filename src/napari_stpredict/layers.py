@@ -245,7 +245,11 @@ def measured_points_layer(
         "features": {"expression": values},
         "face_color": "expression",
         "face_colormap": "viridis",
-        "border_width": 0,
+        # A white ring around each measured spot: never mistaken for the predicted map
+        # under it, which uses the same colours so the two can be compared.
+        "border_color": "white",
+        "border_width": 0.15,
+        "border_width_is_relative": True,
         "face_contrast_limits": (float(lo), float(max(hi, lo + 1e-3))),
         "size": diameter_um / (mx or 0.5),
         "opacity": 0.9,

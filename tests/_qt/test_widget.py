@@ -358,7 +358,9 @@ def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qt
 
     heat = kinds["heatmap"]
     assert np.isnan(np.asarray(heat.data)).all()
-    assert "OUT OF DOMAIN" in canvas_caption(viewer).text and "map hidden" in canvas_caption(viewer).text
+    assert "OUT OF DOMAIN" in canvas_caption(viewer).text and "hidden" in canvas_caption(viewer).text
+    viewer.layers.selection.active = heat
+    assert canvas_caption(viewer).text.endswith("OUT OF DOMAIN: tissue unlike the model's training data; map hidden")
     widget.genes_panel.show_out_of_domain.setChecked(True)
     heat = _kinds(viewer)["heatmap"]
     assert np.isfinite(np.asarray(heat.data)).any()
@@ -374,6 +376,9 @@ def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qt
     with tifffile.TiffFile(saved) as tif:
         tags = tif.pages[0].tags["GDAL_METADATA"].value
     assert "DOMAIN_VERDICT" in tags and "out of domain" in tags and "OUT_OF_DOMAIN_BLANKED" in tags
+    viewer.layers.selection.active = _kinds(viewer)["out_of_domain"]  # its own caption and bar
+    assert canvas_caption(viewer).text.startswith("Out of domain: distance to the training images")
+    assert _kinds(viewer)["out_of_domain"].colorbar.visible and not _kinds(viewer)["heatmap"].colorbar.visible
     widget.threshold_mode.setCurrentText("Automatic per slide")  # the named per-slide option
     assert widget.tumor.mode == "slide" and "per slide" in widget.threshold_label.toolTip()
 
@@ -616,3 +621,23 @@ def test_two_genes_side_by_side_in_one_click(predicted):
     assert erbb2.visible and not cd24.visible and erbb2.colorbar.visible and not cd24.colorbar.visible
     assert canvas_caption(viewer).visible and canvas_caption(viewer).text.startswith("ERBB2")
     assert not erbb2.name_overlay.visible and not cd24.name_overlay.visible
+
+
+def test_caption_and_colour_bar_follow_whatever_prediction_layer_is_selected(predicted):
+    """Issue 23.13: the confidence map, the tumour layers and the measured spots each get
+    their own caption (and bar), not the gene map's (the out-of-domain map: the skin test)."""
+    from napari_stpredict._qt.common import canvas_caption
+
+    viewer, widget = predicted
+    kinds = _kinds(viewer)
+    caption = canvas_caption(viewer)
+    viewer.layers.selection.active = kinds["confidence"]
+    assert caption.text.startswith("Confidence: cosine similarity")
+    assert kinds["confidence"].colorbar.visible and not kinds["heatmap"].colorbar.visible
+    viewer.layers.selection.active = kinds["tumor_contour"]
+    assert caption.text.startswith("Tumour contour, red")
+    viewer.layers.selection.active = kinds["measured"]
+    assert "MEASURED" in caption.text and kinds["measured"].border_width_is_relative
+    viewer.layers.selection.active = kinds["heatmap"]
+    assert caption.text.startswith("ERBB2: predicted") and kinds["heatmap"].colorbar.visible
+    assert not kinds["confidence"].colorbar.visible

@@ -124,16 +124,23 @@ class SlideLayers:
         return layer if meta.get("kind") == "heatmap" and not meta.get("pinned") else None
 
     def follow(self, layer) -> None:
-        """Colour bar and caption of ``layer`` (a heatmap); the other heatmaps hide theirs."""
+        """Colour bar and caption of the prediction layer ``layer`` (a gene map, the
+        confidence or out-of-domain map, the tumour mask or contour, the measured spots);
+        the other maps hide their bars. Any other layer leaves them as they are."""
         meta = layer.metadata.get("stpredict", {}) if layer is not None else {}
-        if meta.get("kind") != "heatmap":
+        kind = meta.get("kind")
+        if kind not in _CAPTIONS and kind != "heatmap":
             return
         for other in self.viewer.layers:
-            if other.metadata.get("stpredict", {}).get("kind") == "heatmap":
+            if other.metadata.get("stpredict", {}).get("kind") in _BARRED:
                 other.colorbar.visible = other.name == layer.name  # plugin viewers hand out proxies: no `is`
         caption = canvas_caption(self.viewer)
         slide = f" ({meta['slide_layer']})" if meta.get("slide_layer") else ""
-        caption.text = f"{meta['gene']}: predicted {meta['units']}{slide}" + _domain_caption(meta)
+        if kind == "heatmap":
+            text = f"{meta['gene']}: predicted {meta['units']}{slide}"
+        else:
+            text = _CAPTIONS[kind].format(**{"units": "", "gene": "", **meta}) + slide
+        caption.text = text + _domain_caption(meta)  # whichever layer: a screenshot carries the verdict
         caption.visible = True
 
     def show_tumour(self, analysis: SlideAnalysis) -> None:
@@ -258,11 +265,24 @@ def _domain_caption(meta: dict) -> str:
     domain = meta.get("domain") or {}
     verdict, hidden = domain.get("verdict"), meta.get("hidden_out_of_domain", 0)
     if verdict == "out of domain":
-        return (
-            "\nOUT OF DOMAIN: tissue unlike the model's training data; map hidden"
-            if hidden
-            else "\nOUT OF DOMAIN: tissue unlike the model's training data; the map is not meaningful"
-        )
+        if meta.get("kind") == "heatmap":
+            what = "map hidden" if hidden else "the map is not meaningful"
+        else:
+            what = "no tumour called, maps hidden"
+        return f"\nOUT OF DOMAIN: tissue unlike the model's training data; {what}"
     if hidden:
         return f"\n{hidden} spots out of domain left blank"
     return ""
+
+
+#: Layer kinds with a colour bar (image layers of values).
+_BARRED = ("heatmap", "confidence", "out_of_domain")
+#: The canvas caption of each prediction layer kind other than a gene map: what its
+#: colours or marks mean, so a screenshot explains itself.
+_CAPTIONS = {
+    "confidence": "Confidence: {units} (dark: less like the training data than 95 % of it)",
+    "out_of_domain": "Out of domain: {units} (above 1: unlike the training data, never called tumour)",
+    "tumor_mask": "Tumour mask (predicted from the marker panel; research use only)",
+    "tumor_contour": "Tumour contour, red (predicted from the marker panel; research use only)",
+    "measured": "{gene} MEASURED at the data's spots (ringed dots), {units}; the map is the prediction",
+}
