@@ -641,3 +641,38 @@ def test_caption_and_colour_bar_follow_whatever_prediction_layer_is_selected(pre
     viewer.layers.selection.active = kinds["heatmap"]
     assert caption.text.startswith("ERBB2: predicted") and kinds["heatmap"].colorbar.visible
     assert not kinds["confidence"].colorbar.visible
+
+
+def test_a_pixel_slide_can_be_put_in_um_beside_a_slide_in_um(
+    make_napari_viewer, qtbot, sample_slide_path, png_without_mpp, tiny_model_path, tmp_path, monkeypatch
+):
+    """Issue 23.14: a slide opened by napari's reader (pixels) beside one opened in µm: once
+    its mpp is typed, one click puts it (and its maps) in µm, at its true size."""
+    monkeypatch.setenv("STPREDICT_CACHE_DIR", str(tmp_path / "cache"))
+    viewer = make_napari_viewer(show=True)
+    widget = _open_widget(viewer, sample_slide_path)
+    widget.set_model_path(tiny_model_path)
+    viewer.open(str(png_without_mpp), plugin="napari")
+    widget.slide_combo.setCurrentText("crop")
+    button = widget.run_panel.to_um_button
+    assert not button.isEnabled()  # no resolution yet
+    widget.mpp_spin.setValue(0.688)
+    assert button.isEnabled()
+    _run(qtbot, widget)
+    heat_before = viewer.layers["ERBB2 (predicted) [crop]"]
+    scale_px = np.asarray(heat_before.scale[-2:], float)
+    button.click()
+    crop = viewer.layers["crop"]
+    assert tuple(str(u) for u in crop.units[-2:]) == ("micrometer", "micrometer")
+    np.testing.assert_allclose(crop.scale[-2:], [0.688, 0.688])
+    heat = viewer.layers["ERBB2 (predicted) [crop]"]
+    np.testing.assert_allclose(np.asarray(heat.scale[-2:], float), scale_px * 0.688, rtol=1e-6)
+    assert tuple(str(u) for u in heat.units[-2:]) == ("micrometer", "micrometer")
+    # the map still sits on the slide: a spot's level-0 centre maps to the same world point through both
+    obs = widget.prediction.adata.obs
+    x, y = float(obs["x"].iloc[0]), float(obs["y"].iloc[0])
+    on_slide = np.asarray(crop.data_to_world((y, x)))[-2:]
+    row, col = int(obs["grid_row"].iloc[0]), int(obs["grid_col"].iloc[0])
+    on_map = np.asarray(heat.data_to_world((row, col)))[-2:]
+    np.testing.assert_allclose(on_map, on_slide, atol=0.688)
+    assert not button.isEnabled()  # in µm now

@@ -64,6 +64,13 @@ class RunPanel(QWidget):
         self.mpp_spin.setSuffix(" µm/px")
         self.mpp_spin.setToolTip("Resolution of the slide layer; needed when the file does not record it")
         form.addRow("Resolution", self.mpp_spin)
+        self.to_um_button = QPushButton("Put this slide in µm")
+        self.to_um_button.setToolTip(
+            "The layer is in pixels (napari's own reader): give it the resolution above so that it and "
+            "its maps share one physical frame with slides opened in µm"
+        )
+        self.to_um_button.setEnabled(False)
+        form.addRow("", self.to_um_button)
         self.model_combo = QComboBox()
         self.model_combo.addItems([BUNDLED, FROM_FILE])
         form.addRow("Model", self.model_combo)

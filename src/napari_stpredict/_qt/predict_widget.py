@@ -120,6 +120,7 @@ class PredictWidget(QWidget):
         run = self.run_panel
         run.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
         run.mpp_spin.valueChanged.connect(self._remember_typed_mpp)
+        run.to_um_button.clicked.connect(self.put_slide_in_um)
         run.model_combo.activated.connect(self._on_model_choice)
         run.run_button.clicked.connect(self.run)
         run.cancel_button.clicked.connect(self.cancel)
@@ -239,6 +240,7 @@ class PredictWidget(QWidget):
         typed = self._typed_mpp.get(layer.name if layer else "", 0.0)
         self.mpp_spin.setValue(recorded if recorded is not None else typed)
         self.mpp_spin.blockSignals(False)
+        self._update_to_um_button()
         self._show_analysis(layer.name if layer is not None else None)
 
     def _show_analysis(self, layer_name: str | None) -> None:
@@ -269,6 +271,39 @@ class PredictWidget(QWidget):
         layer = self._selected_slide_layer()
         if layer is not None and self.mpp_spin.isEnabled():
             self._typed_mpp[layer.name] = value
+        self._update_to_um_button()
+
+    def _update_to_um_button(self) -> None:
+        layer = self._selected_slide_layer()
+        in_pixels = layer is not None and Placement.of_layer(layer).units is None
+        self.run_panel.to_um_button.setEnabled(bool(in_pixels and self.mpp_spin.value() > 0))
+
+    def put_slide_in_um(self) -> None:
+        """Give the chosen slide layer, opened in pixels, the physical scale of the
+        resolution typed for it, so that it and its prediction layers share one frame (µm)
+        with slides opened by this plugin's reader; napari then stops warning of
+        inconsistent units and the slides sit side by side at their true sizes."""
+        layer = self._selected_slide_layer()
+        mpp = self.mpp_spin.value()
+        if layer is None or mpp <= 0:
+            notify_error("choose a slide layer and enter its resolution (µm per pixel) first")
+            return
+        n = layer.ndim
+        layer.scale = [*list(layer.scale)[: n - 2], *(np.asarray(layer.scale[-2:], float) * mpp)]
+        layer.translate = [*list(layer.translate)[: n - 2], *(np.asarray(layer.translate[-2:], float) * mpp)]
+        layer.units = [*list(layer.units)[: n - 2], "µm", "µm"]
+        analysis = self.analyses.get(layer.name)
+        if analysis is not None:  # its maps, mask and spots follow the slide's new frame
+            analysis.placement = Placement.of_layer(layer)
+            self.layers.show_prediction(analysis)
+            if analysis.shown_genes:
+                self.show_genes(analysis.shown_genes)
+            if analysis.tumor is not None:
+                self.layers.show_tumour(analysis)
+            if analysis.spots is not None and analysis.shown_genes:
+                self._update_measured(analysis.shown_genes[0])
+        self._update_to_um_button()
+        self.viewer.reset_view()
 
     def _on_model_choice(self, index: int) -> None:
         if self.model_combo.itemText(index) != FROM_FILE:
