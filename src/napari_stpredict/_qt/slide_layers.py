@@ -220,6 +220,7 @@ class SlideLayers:
             if hasattr(layer, "name_overlay"):  # napari >= 0.9: the gene's name in its view
                 layer.name_overlay.visible = True
             layer.colorbar.visible = True  # each map its own colour bar: their ranges differ
+            layer.colorbar.position = "bottom_right"  # clear of the view's title at the top
         # The canvas caption names one gene; in two views it would sit over the second's title.
         canvas_caption(self.viewer).visible = False
         _grid(self.viewer).stride = 2
@@ -242,6 +243,7 @@ class SlideLayers:
         # the second gene's map hidden rather than stacked under it, no view titles left.
         heat = [layer for layer in self.viewer.layers if self.is_mine(layer, analysis, "heatmap")]
         for layer in heat:
+            layer.colorbar.position = "top_right"
             if hasattr(layer, "name_overlay"):
                 layer.name_overlay.visible = False
         first = analysis.label(f"{analysis.shown_genes[0]} (predicted)") if analysis.shown_genes else None
