@@ -376,6 +376,7 @@ def test_out_of_domain_slide_shows_a_banner_and_no_tumour(make_napari_viewer, qt
     with tifffile.TiffFile(saved) as tif:
         tags = tif.pages[0].tags["GDAL_METADATA"].value
     assert "DOMAIN_VERDICT" in tags and "out of domain" in tags and "OUT_OF_DOMAIN_BLANKED" in tags
+    _kinds(viewer)["out_of_domain"].visible = True
     viewer.layers.selection.active = _kinds(viewer)["out_of_domain"]  # its own caption and bar
     assert canvas_caption(viewer).text.startswith("Out of domain: distance to the training images")
     assert _kinds(viewer)["out_of_domain"].colorbar.visible and not _kinds(viewer)["heatmap"].colorbar.visible
@@ -631,6 +632,7 @@ def test_caption_and_colour_bar_follow_whatever_prediction_layer_is_selected(pre
     viewer, widget = predicted
     kinds = _kinds(viewer)
     caption = canvas_caption(viewer)
+    kinds["confidence"].visible = True  # hidden by default: shown, then selected, as a user would
     viewer.layers.selection.active = kinds["confidence"]
     assert caption.text.startswith("Confidence: cosine similarity")
     assert kinds["confidence"].colorbar.visible and not kinds["heatmap"].colorbar.visible

@@ -124,16 +124,19 @@ class SlideLayers:
         return layer if meta.get("kind") == "heatmap" and not meta.get("pinned") else None
 
     def follow(self, layer) -> None:
-        """Colour bar and caption of the prediction layer ``layer`` (a gene map, the
-        confidence or out-of-domain map, the tumour mask or contour, the measured spots);
-        the other maps hide their bars. Any other layer leaves them as they are."""
+        """Caption of the prediction layer ``layer`` (a gene map, the confidence or
+        out-of-domain map, the tumour mask or contour, the measured spots) and, for a map,
+        its colour bar (the other maps hide theirs). Any other layer leaves them as they are."""
         meta = layer.metadata.get("stpredict", {}) if layer is not None else {}
         kind = meta.get("kind")
-        if kind not in _CAPTIONS and kind != "heatmap":
+        if (kind not in _CAPTIONS and kind != "heatmap") or not layer.visible:
+            # A hidden layer (napari selects every layer it adds, the confidence map too)
+            # does not take the caption or bar from the map on screen.
             return
-        for other in self.viewer.layers:
-            if other.metadata.get("stpredict", {}).get("kind") in _BARRED:
-                other.colorbar.visible = other.name == layer.name  # plugin viewers hand out proxies: no `is`
+        if kind in _BARRED:  # a layer without a bar of its own (tumour, measured) leaves the bars as they are
+            for other in self.viewer.layers:
+                if other.metadata.get("stpredict", {}).get("kind") in _BARRED:
+                    other.colorbar.visible = other.name == layer.name  # plugin viewers hand out proxies: no `is`
         caption = canvas_caption(self.viewer)
         slide = f" ({meta['slide_layer']})" if meta.get("slide_layer") else ""
         if kind == "heatmap":
