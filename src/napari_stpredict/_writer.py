@@ -27,7 +27,7 @@ def _placement(meta: dict[str, Any], what: str):
 
 
 def _tags(info: dict[str, Any]) -> dict[str, Any]:
-    from .io.geotiff import provenance_tags
+    from .io.geotiff import domain_tags, provenance_tags
 
     tags = provenance_tags(
         slide=info.get("slide"),
@@ -36,10 +36,7 @@ def _tags(info: dict[str, Any]) -> dict[str, Any]:
         patch_um=info.get("patch_um"),
         stride_um=info.get("stride_um"),
     )
-    domain = info.get("domain") or {}
-    if domain:  # as the CLI's GeoTIFFs carry it (inference/export.py)
-        tags["DOMAIN_VERDICT"] = domain.get("verdict")
-        tags["DOMAIN_SHARE_OUT"] = domain.get("share_out")
+    tags |= domain_tags(info.get("domain"))  # as the CLI's GeoTIFFs carry it (inference/export.py)
     if info.get("hidden_out_of_domain"):
         tags["OUT_OF_DOMAIN_BLANKED"] = info["hidden_out_of_domain"]
     return tags

@@ -138,15 +138,11 @@ def _merge_repeats(entries: list[_Entry]) -> list[_Entry]:
     return list(by_file.values())
 
 
-# Longest id in UTF-8 bytes: file systems allow 255 per name, and the hidden temporary
-# folder of a slide (`io.output_folder`) adds about 40.
-_MAX_ID_BYTES = 200
-
-
 def _checked_ids(entries: list[_Entry]) -> list[str | None]:
     """The manifest ids made safe as folder names, refused (naming the manifest line) when
     reserved, empty, too long or equal to another after the change."""
     from ..inference.export import safe_filename
+    from ..inference.job import MAX_FOLDER_NAME_BYTES as _MAX_ID_BYTES  # the same folder-name limit
 
     ids: list[str | None] = []
     owners: dict[str, _Entry] = {}

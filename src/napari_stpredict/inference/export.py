@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import atomic_path
-from ..io.geotiff import provenance_tags, write_geojson, write_geotiff
+from ..io.geotiff import domain_tags, provenance_tags, write_geojson, write_geotiff
 from .prediction import UNITS, Prediction
 from .tumor import TumorMask, mask_polygons, polygons_geojson
 
@@ -36,11 +36,7 @@ def _common_tags(prediction: Prediction) -> dict[str, Any]:
         patch_um=meta["patch_um"],
         stride_um=meta["stride_um"],
     )
-    domain = (meta.get("trust") or {}).get("domain") or {}
-    if domain:
-        tags["DOMAIN_VERDICT"] = domain.get("verdict")
-        tags["DOMAIN_SHARE_OUT"] = domain.get("share_out")
-    return tags
+    return tags | domain_tags((meta.get("trust") or {}).get("domain"))
 
 
 def export_gene_geotiff(prediction: Prediction, gene: str, path: Path) -> Path:

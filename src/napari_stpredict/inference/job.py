@@ -329,7 +329,9 @@ def slide_summary(prediction, mask, genes: list[str]) -> dict[str, Any]:
     stride_um = float(prediction.meta["stride_um"])
     tissue_mm2 = float(np.sum(obs["tissue_fraction"])) * stride_um * stride_um / 1e6
     domain = (prediction.meta.get("trust") or {}).get("domain") or {}
-    tumour = _spots_in_raster(prediction, mask.raster)  # the cleaned mask, as drawn and exported
+    from .tumor import spots_called
+
+    tumour = spots_called(prediction, mask.raster)  # the cleaned mask, as drawn and exported
     row: dict[str, Any] = {
         "tissue_mm2": round(tissue_mm2, 3),
         "spots": len(prediction),
@@ -344,14 +346,6 @@ def slide_summary(prediction, mask, genes: list[str]) -> dict[str, Any]:
         row[f"{gene}_mean"] = round(float(np.mean(values)), 4) if len(values) else math.nan
         row[f"{gene}_tumour_mean"] = round(float(np.mean(values[tumour])), 4) if tumour.any() else math.nan
     return row
-
-
-def _spots_in_raster(prediction, raster: np.ndarray) -> np.ndarray:
-    """Per spot: whether its grid cell is set in ``raster`` (the cleaned tumour mask)."""
-    obs = prediction.adata.obs
-    rows = obs["grid_row"].to_numpy(int)
-    cols = obs["grid_col"].to_numpy(int)
-    return np.asarray(raster)[rows, cols] > 0
 
 
 def folder_names(paths: list[Path], taken: set[str] | frozenset[str] = frozenset()) -> list[str]:

@@ -226,16 +226,20 @@ def tumor_mask(
     )
 
 
+def spots_called(prediction: Prediction, raster: np.ndarray) -> np.ndarray:
+    """Per spot: whether its grid cell is set in ``raster`` (the cleaned tumour mask)."""
+    obs = prediction.adata.obs
+    return np.asarray(raster)[obs["grid_row"].to_numpy(int), obs["grid_col"].to_numpy(int)] > 0
+
+
 def add_tumour_columns(prediction: Prediction, mask: TumorMask) -> None:
     """Write the tumour call into the prediction's spot table, so an analyst can join the
     mask to the spots: ``obs["tumour_score"]`` (the score the threshold applies to) and
     ``obs["tumour"]`` (the spot's cell in the cleaned mask, as drawn and exported), with
     the threshold and mode in ``uns["stpredict"]["tumour_call"]``."""
     obs = prediction.adata.obs
-    rows = obs["grid_row"].to_numpy(int)
-    cols = obs["grid_col"].to_numpy(int)
     obs["tumour_score"] = np.asarray(mask.score, np.float32)
-    obs["tumour"] = np.asarray(mask.raster)[rows, cols] > 0
+    obs["tumour"] = spots_called(prediction, mask.raster)
     prediction.meta["tumour_call"] = {
         "threshold": float(mask.threshold),
         "mode": mask.mode,

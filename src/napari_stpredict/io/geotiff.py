@@ -49,6 +49,13 @@ def provenance_tags(*, slide, model, mpp, patch_um, stride_um) -> dict[str, Any]
     }
 
 
+def domain_tags(domain: dict[str, Any] | None) -> dict[str, Any]:
+    """GDAL metadata items of a prediction's out-of-domain verdict (none without one)."""
+    if not domain:
+        return {}
+    return {"DOMAIN_VERDICT": domain.get("verdict"), "DOMAIN_SHARE_OUT": domain.get("share_out")}
+
+
 def _gdal_metadata(items: dict[str, Any]) -> str:
     from xml.sax.saxutils import escape
 

@@ -190,19 +190,11 @@ def context_embeddings(model, spots, sections: list[str], her2st_root: str | Non
     from .adapt import adapted_embeddings, section_adaptations
 
     adaptations = section_adaptations(model, spots)
-    if not any(a is not None for a in adaptations.values()):
-        return map_neighbours(
-            model.embed_many,
-            spots,
-            sections,
-            her2st_root,
-            patch_um=model.io.patch_um,
-            input_px=model.io.input_px,
-            cache_dir=cache_dir,
-        )
-    # Adapted as the engine adapts every patch of a slide: with its section's map.
-    features, tissue = map_neighbours(
-        model.features_many,
+    adapted = any(a is not None for a in adaptations.values())
+    # Adapted as the engine adapts every patch of a slide: raw features first, then each
+    # section's map (`adapted_embeddings`); unadapted, embedded directly.
+    outputs, tissue = map_neighbours(
+        model.features_many if adapted else model.embed_many,
         spots,
         sections,
         her2st_root,
@@ -210,4 +202,6 @@ def context_embeddings(model, spots, sections: list[str], her2st_root: str | Non
         input_px=model.io.input_px,
         cache_dir=cache_dir,
     )
-    return [adapted_embeddings(model, f, spots.section, adaptations) for f in features], tissue
+    if not adapted:
+        return outputs, tissue
+    return [adapted_embeddings(model, f, spots.section, adaptations) for f in outputs], tissue
