@@ -131,7 +131,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     ValueError
         ``train_sections`` empty or not a list of names; a her2st section id that the
         her2st folder does not hold (or no folder for it); an ``.h5ad`` section that does
-        not exist or has no spots; a non-positive length, batch size or learning rate.
+        not exist or has no spots; a non-positive length, batch size or learning rate;
+        retrieval settings (top-k, context, adaptation) or targets it does not know.
     """
     from ..model.adaptation import ADAPTATION_MODES
 
@@ -152,6 +153,11 @@ def check_train_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value > 0):
             raise ValueError(f"{key} must be a positive number, got {value!r}")
+    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {cfg.top_k!r}")
+    sigma = cfg.context_sigma_um
+    if isinstance(sigma, bool) or not (isinstance(sigma, (int, float)) and np.isfinite(sigma)) or sigma < 0:
+        raise ValueError(f"context_sigma_um must be 0 (no context) or a positive number of µm, got {sigma!r}")
     if cfg.adaptation not in ADAPTATION_MODES:
         raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {cfg.adaptation!r}")
     if cfg.expression_targets not in EXPRESSION_TARGETS:
@@ -281,18 +287,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     from .data import SpotSet
     from .sections import section_spots
 
-    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {cfg.top_k!r}")
-    if not (isinstance(cfg.context_sigma_um, (int, float)) and np.isfinite(cfg.context_sigma_um)) or (
-        cfg.context_sigma_um < 0
-    ):
-        raise ValueError(
-            f"context_sigma_um must be 0 (no context) or a positive number of µm, got {cfg.context_sigma_um!r}"
-        )
-    from ..model.adaptation import ADAPTATION_MODES
-
-    if cfg.adaptation not in ADAPTATION_MODES:
-        raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {cfg.adaptation!r}")
+    check_train_config(cfg)  # configs built in Python too, not only those read from YAML
     run_dir = Path(run_dir or cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
