@@ -340,7 +340,9 @@ def _submit_all(
     logger.info("dashboard: %s", dashboard or "(pip install bokeh to get one)")
     if progress is not None:
         progress({"event": "started", "dashboard": dashboard})
-    plugin = ModelPlugin(model_path, device=device, torch_threads=threads_per_worker)
+    plugin = ModelPlugin(
+        model_path, device=device, torch_threads=threads_per_worker, quiet_when_scheduler_closes=cluster is not None
+    )
     finished: dict[str, dict[str, Any]] = {}
     client_level = logging.getLogger("distributed.client").level
     try:
@@ -382,11 +384,16 @@ def _submit_all(
         if own_client:
             with contextlib.suppress(Exception):  # a lost scheduler cannot be told goodbye
                 client.close(timeout=10)
+        nanny_level = logging.getLogger("distributed.nanny").level
         if cluster is not None:
+            # A worker busy with a slide when Ctrl-C closes the cluster is killed after
+            # Dask's grace period, with a warning per worker; the command's own line says it.
+            logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
             with contextlib.suppress(Exception):
                 cluster.close(timeout=30)
             _restore_environ(saved_environ)
         logging.getLogger("distributed.client").setLevel(client_level)
+        logging.getLogger("distributed.nanny").setLevel(nanny_level)
     return finished
 
 

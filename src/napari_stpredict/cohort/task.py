@@ -33,6 +33,12 @@ class ModelPlugin(WorkerPlugin):
     device : str
         ``auto`` (CUDA > MPS > CPU; with several GPUs on one machine, worker ``i`` of a
         `LocalCluster` takes GPU ``i mod n``), or a torch device name.
+    quiet_when_scheduler_closes : bool
+        For the `LocalCluster` a command starts (its scheduler lives in the command's own
+        process): drop the worker's heartbeat tracebacks logged when the command closes the
+        scheduler while a slide is still running (Ctrl-C), so the terminal keeps the one
+        line that says what happened. Left off for a cluster the user runs, where a lost
+        scheduler is news.
     torch_threads : int, optional
         Threads for torch's CPU kernels in each worker (so workers sharing a machine do
         not oversubscribe its cores). Default: all the cores of the worker's machine,
@@ -41,8 +47,15 @@ class ModelPlugin(WorkerPlugin):
         ``OMP_NUM_THREADS=1`` in its workers).
     """
 
-    def __init__(self, model_path: Path, device: str = "auto", torch_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        quiet_when_scheduler_closes: bool = False,
+    ) -> None:
         self.model_path = Path(model_path)
+        self.quiet_when_scheduler_closes = quiet_when_scheduler_closes
         self.device = device
         self.torch_threads = torch_threads
         self.name = f"napari-stpredict-model-{_short(self.model_path)}-{device}"
@@ -57,6 +70,8 @@ class ModelPlugin(WorkerPlugin):
         # tifffile logs structural oddities on the way to an error of ours that says it
         # better (the slide's row gets ours); keep the terminal to the cohort's progress.
         logging.getLogger("tifffile").setLevel(logging.ERROR)
+        if self.quiet_when_scheduler_closes:
+            logging.getLogger("distributed.worker").addFilter(_drop_heartbeat_failures)
         import torch
 
         from ..model import load_model
@@ -73,6 +88,11 @@ class ModelPlugin(WorkerPlugin):
     def teardown(self, worker) -> None:
         """Free the model."""
         self.model = None
+
+
+def _drop_heartbeat_failures(record) -> bool:
+    """Logging filter: False for the worker's "Failed to communicate with scheduler" records."""
+    return not record.getMessage().startswith("Failed to communicate with scheduler")
 
 
 def _short(path: Path) -> str:
