@@ -154,3 +154,27 @@ def test_command_line_epochs_replace_a_configured_step_budget(tmp_path):
         450,
         30,
     )
+
+
+def test_coarse_scan_blurs_chosen_patches_like_a_coarser_scan():
+    """The resolution augmentation: nothing at share 0; at share 1 every patch loses the fine
+    detail a 3x coarser scan lacks and keeps its colour; the config refuses bad values."""
+    import torch
+
+    from napari_stpredict.training.augment import coarse_scan
+    from napari_stpredict.training.train import TrainConfig, check_train_config
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 64, 64, generator=gen)  # noise: all detail is fine detail
+    assert coarse_scan(x, 0.0, 3.2, generator=gen) is x
+    out = coarse_scan(x, 1.0, 3.2, generator=gen)
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+
+    def detail(t):
+        return float((t[..., 1:] - t[..., :-1]).abs().mean())
+
+    assert detail(out) < 0.6 * detail(x)
+    assert torch.allclose(out.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=0.02)
+    for key, bad in (("coarse_scan", 1.5), ("coarse_scan", -0.1), ("coarse_max_ratio", 0.5)):
+        with pytest.raises(ValueError, match=key):
+            check_train_config(TrainConfig(**{key: bad}))

@@ -49,6 +49,11 @@ class TrainConfig:
     lr_min: float = 1e-5
     weight_decay: float = 1e-3
     hed_sigma: float = 0.05
+    #: Resolution robustness (`napari_stpredict.training.augment.coarse_scan`): the share of
+    #: training patches shown as if scanned coarser, down to ``coarse_max_ratio`` times the
+    #: model's input µm per pixel (3.2 = a Visium "hires" image for a 1 µm/px model).
+    coarse_scan: float = 0.0
+    coarse_max_ratio: float = 3.2
     seed: int = 0
     device: str = "auto"
     #: Retrieval neighbours and spatial context (µm, 0 = none) the model is calibrated,
@@ -164,6 +169,12 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError(
             f"expression_targets must be one of {', '.join(EXPRESSION_TARGETS)}, got {cfg.expression_targets!r}"
         )
+    share = cfg.coarse_scan
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"coarse_scan must be a share of the patches between 0 and 1, got {share!r}")
+    ratio = cfg.coarse_max_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (np.isfinite(ratio) and ratio >= 1):
+        raise ValueError(f"coarse_max_ratio must be a number of at least 1 (1 = native), got {ratio!r}")
 
 
 EXPRESSION_TARGETS = ("log1p", "section_z")
@@ -230,7 +241,12 @@ def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
     for k in ("out_dir", "cache_dir", "device"):
         relevant.pop(k, None)
     # Added after results were committed: their defaults leave those fingerprints as they were.
-    for key, default in (("adaptation", "none"), ("expression_targets", "log1p")):
+    for key, default in (
+        ("adaptation", "none"),
+        ("expression_targets", "log1p"),
+        ("coarse_scan", 0.0),
+        ("coarse_max_ratio", 3.2),
+    ):
         if relevant.get(key) == default:
             relevant.pop(key)
     return relevant
@@ -283,7 +299,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
 
     from ..io.atomic import atomic_path
     from ..model import create_model, fit_ridge, save_checkpoint, select_device
-    from .augment import augment_batch
+    from .augment import augment_batch, coarse_scan
     from .data import SpotSet
     from .sections import section_spots
 
@@ -341,6 +357,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
                 break
             x = images_u8[idx].permute(0, 3, 1, 2).float().div(255.0)
             x = augment_batch(x, hed_sigma=cfg.hed_sigma, generator=gen)
+            x = coarse_scan(x, cfg.coarse_scan, cfg.coarse_max_ratio, generator=gen)
             x = ((x - mean) / std).to(device)
             e = expression[idx].to(device)
             with torch.autocast(device_type=device.type, enabled=use_amp):
