@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from napari_stpredict.io.atomic import atomic_path
-from napari_stpredict.model import default_model_path, read_checkpoint
+from napari_stpredict.model import default_model_path, read_checkpoint, write_card
 
 
 def main() -> None:
@@ -47,6 +47,7 @@ def main() -> None:
     with atomic_path(target) as tmp:
         torch.save(data, tmp)
     read_checkpoint(target)
+    write_card(target, data)  # the torch-free description (`stpredict genes`, cached reruns)
     print(f"shipped {args.checkpoint} -> {target} ({target.stat().st_size / 2**20:.1f} MB)")
 
 

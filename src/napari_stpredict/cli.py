@@ -335,12 +335,13 @@ def _load_checked(args):
     Returns ``(options, model, model_path)``, or None after printing what is wrong.
     """
     from .inference.job import PredictOptions
-    from .model import default_model_path, load_model
+    from .model import default_model_path, open_model
 
     try:
         options = PredictOptions.from_args(args, roi=_parse_roi(args.roi))
         model_path = args.model or default_model_path()
-        model = load_model(model_path, device=args.device)
+        # Known by its card until a slide needs the network: a cached rerun never loads it.
+        model = open_model(model_path, device=args.device)
     except (StPredictError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -778,11 +779,11 @@ def _add_genes(sub) -> None:
 
 
 def _cmd_genes(args) -> int:
-    from .model import default_model_path, load_model
+    from .model import open_model
     from .model.accuracy import gene_accuracy
 
     try:
-        model = load_model(args.model or default_model_path(), device="cpu")
+        model = open_model(args.model, device="cpu")  # the card: no torch for a gene list
     except StPredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -827,7 +828,16 @@ def main(argv: list[str] | None = None) -> int:
     # the way to an error of ours that says it better; keep the terminal to ours.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (``stpredict genes | head``): no traceback; Python's own
+        # advice is to point stdout at devnull so the exit-time flush cannot fail again.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141 if os.name == "posix" else 1
 
 
 if __name__ == "__main__":

@@ -127,9 +127,8 @@ def run_cohort(
     ValueError, StPredictError
         Bad options, slides or model, before any slide is read.
     """
-    from ..inference.cache import file_sha1
-    from ..model import default_model_path, load_model
-    from ..model.stmodel import select_device
+    from ..io.fingerprint import file_sha1
+    from ..model import default_model_path, open_model
     from .manifest import resolve_slides
 
     if options is None:
@@ -138,10 +137,13 @@ def run_cohort(
         options = replace(options, **option_values)
     out = Path(out)
     model_path = Path(model) if model is not None else default_model_path()
-    try:
-        select_device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"--device {device!r}: {exc}") from exc
+    if device not in ("auto", "cpu"):  # "cuda:3" on a machine without it: said before any work
+        from ..model.stmodel import select_device
+
+        try:
+            select_device(device)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"--device {device!r}: {exc}") from exc
     for name, value in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
@@ -150,7 +152,9 @@ def run_cohort(
     _check_memory_limit(memory_limit)
     if client is None and scheduler and Path(scheduler).suffix.lower() == ".json" and not Path(scheduler).is_file():
         raise ValueError(f"--scheduler {scheduler}: scheduler file not found")
-    checker = load_model(model_path, device="cpu")  # checks the file before any worker starts
+    # Its card (or, without one, the checkpoint read now) checks the options before any
+    # worker starts; a rerun with nothing to recompute never imports torch.
+    checker = open_model(model_path, device="cpu")
     problems = options.problems(checker)
     if problems:
         raise ValueError("; ".join(problems))

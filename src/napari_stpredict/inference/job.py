@@ -290,7 +290,8 @@ def write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path
         "napari_stpredict": __version__,
         "slide": prediction.meta["slide"]["name"],
         "model": str(model_path.name),
-        "device": str(model.device),
+        # A rerun answered by the cache never loads the network (`LazyModel`).
+        "device": str(model.device) if getattr(model, "loaded", True) else "none (read from the cache)",
         "genes": list(genes),
         "markers": mask.markers,
         "threshold": mask.threshold,

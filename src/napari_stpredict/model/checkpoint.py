@@ -17,6 +17,7 @@ import torch
 
 from ..errors import StPredictError
 from ..io.atomic import atomic_path
+from .card import write_card
 from .config import IOContract, ModelConfig, RetrievalSettings, from_dict, to_dict
 
 __all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "FORMAT", "FORMAT_VERSION"]
@@ -92,6 +93,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+    write_card(path, payload)  # what commands without torch read (gene list, accuracy)
     return path
 
 

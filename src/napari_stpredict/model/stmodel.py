@@ -9,19 +9,13 @@ import numpy as np
 import torch
 
 from .adaptation import ADAPTATION_MODES, FeatureStats, SlideAdaptation, estimate_adaptation
+from .card import default_model_path
 from .checkpoint import CheckpointError, read_checkpoint
 from .cmrcnet import CMRCNet
 from .config import IOContract, ModelConfig, RetrievalSettings
 from .predictor import ReferenceBank, RidgeHead, retrieve
 
 __all__ = ["STModel", "load_model", "default_model_path", "select_device"]
-
-DEFAULT_CHECKPOINT = "cmrcnet_her2st.pt"
-
-
-def default_model_path() -> Path:
-    """Path of the model shipped inside the package."""
-    return Path(__file__).resolve().parent / "weights" / DEFAULT_CHECKPOINT
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
