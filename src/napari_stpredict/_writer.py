@@ -45,12 +45,16 @@ def _tags(info: dict[str, Any]) -> dict[str, Any]:
 def write_heatmap_geotiff(path: str, data: Any, meta: dict) -> list[str]:
     """Write a heatmap (or confidence) Image layer as a float32 GeoTIFF."""
     from .io.geotiff import write_geotiff
+    from .layers import spot_values_of_display
 
     info = _placement(meta, "heatmap")
     tags = _tags(info) | {"GENE": info.get("gene", ""), "UNITS": info.get("units", "")}
+    # One value per spot, on the spot grid the placement describes (the layer draws each
+    # spot as sub-cells): the file equals the CLI's GeoTIFF of the same map.
+    values = spot_values_of_display(data, info.get("display_oversample", 1))
     out = write_geotiff(
         _tif(path),
-        np.asarray(data, np.float32),
+        np.asarray(values, np.float32),
         l0_origin=tuple(info["l0_origin"]),
         l0_stride=tuple(info["l0_stride"]),
         metadata=tags,

@@ -22,6 +22,19 @@ def _run(qtbot, widget, timeout=180_000):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
 
 
+def _cell(layer, row, col):
+    """Data coordinates of spot-grid cell ``(row, col)``'s centre in ``layer`` (heatmaps draw
+    each spot as sub-cells, `layers.DISPLAY_OVERSAMPLE`)."""
+    f = layer.metadata["stpredict"].get("display_oversample", 1)
+    return (row * f + f // 2, col * f + f // 2)
+
+
+def _spot_values(layer):
+    from napari_stpredict.layers import spot_values_of_display
+
+    return spot_values_of_display(layer.data, layer.metadata["stpredict"].get("display_oversample", 1))
+
+
 def _kinds(viewer):
     return {
         layer.metadata.get("stpredict", {}).get("kind"): layer
@@ -55,10 +68,10 @@ def test_prediction_adds_layers_aligned_with_the_slide(predicted):
     for i in (0, len(obs) // 2, len(obs) - 1):  # a known spot: same world point in both layers
         x, y = obs["x"].iloc[i], obs["y"].iloc[i]
         slide_world = slide_layer.data_to_world((y - 0.5, x - 0.5))
-        heat_world = heat.data_to_world((obs["grid_row"].iloc[i], obs["grid_col"].iloc[i]))
+        heat_world = heat.data_to_world(_cell(heat, obs["grid_row"].iloc[i], obs["grid_col"].iloc[i]))
         assert np.allclose(slide_world, heat_world, atol=1e-6)
     mask_world = kinds["tumor_mask"].data_to_world((obs["grid_row"].iloc[0], obs["grid_col"].iloc[0]))
-    assert np.allclose(mask_world, heat.data_to_world((obs["grid_row"].iloc[0], obs["grid_col"].iloc[0])))
+    assert np.allclose(mask_world, heat.data_to_world(_cell(heat, obs["grid_row"].iloc[0], obs["grid_col"].iloc[0])))
     assert any("Research use only" in label.text() for label in widget.findChildren(type(widget.status)))
     assert "trained on" in widget.model_info.text()
     assert np.isfinite(widget.last_r)  # measured spots of the sample were loaded for comparison
@@ -110,7 +123,7 @@ def test_switching_genes_does_not_rerun_the_model(predicted):
     heatmaps = [layer.name for layer in viewer.layers if layer.metadata.get("stpredict", {}).get("kind") == "heatmap"]
     assert len(heatmaps) == len(heatmaps_before) and "ERBB2 (predicted) [her2st_C2]" not in viewer.layers
     grb7 = viewer.layers["GRB7 (predicted) [her2st_C2]"]
-    assert np.allclose(grb7.data, widget.prediction.heatmap("GRB7").raster, equal_nan=True)
+    assert np.allclose(_spot_values(grb7), widget.prediction.heatmap("GRB7").raster, equal_nan=True)
     measured = viewer.layers["GRB7 (measured) [her2st_C2]"]  # recoloured in place for the new gene
     assert "ERBB2 (measured) [her2st_C2]" not in viewer.layers
     from napari_stpredict.io.st_data import match_genes
@@ -128,6 +141,41 @@ def test_switching_genes_does_not_rerun_the_model(predicted):
     assert grb7.colorbar.visible and not erbb2.colorbar.visible
     viewer.layers.selection.active = erbb2  # the colour bar and caption follow the selected map
     assert erbb2.colorbar.visible and not grb7.colorbar.visible and "ERBB2" in canvas_caption(viewer).text
+
+
+def test_the_map_keeps_every_predicted_cell_whole_and_the_contour_on_it(predicted):
+    """No half spot lost at the tissue edge: every sub-cell of every predicted spot's cell
+    is drawn (finite), nothing outside the predicted cells is, and each vertex of the
+    tumour contour touches a drawn cell."""
+    viewer, widget = predicted
+    kinds = _kinds(viewer)
+    heat = kinds["heatmap"]
+    f = heat.metadata["stpredict"]["display_oversample"]
+    assert f > 1 and heat.interpolation2d == "nearest"
+    data = np.asarray(heat.data)
+    spot_grid = widget.prediction.heatmap("ERBB2").raster
+    rows, cols = spot_grid.shape
+    blocks = np.isfinite(data).reshape(rows, f, cols, f)
+    assert np.array_equal(blocks.all(axis=(1, 3)), np.isfinite(spot_grid))  # every predicted cell whole
+    assert np.array_equal(blocks.any(axis=(1, 3)), np.isfinite(spot_grid))  # and nothing beside it
+    contour = kinds["tumor_contour"]
+    assert len(contour.data), "the sample has a tumour contour"
+    for polygon in contour.data:
+        world = contour.data_to_world(np.asarray(polygon))
+        on_map = np.asarray([heat.world_to_data(w) for w in world])
+        # a vertex lies on cell corners: one of the four sub-cells around it is drawn
+        near = [
+            np.isfinite(
+                data[
+                    int(np.clip(np.floor(r + dr), 0, data.shape[0] - 1)),
+                    int(np.clip(np.floor(c + dc), 0, data.shape[1] - 1)),
+                ]
+            )
+            for r, c in on_map
+            for dr in (-0.5, 0.5)
+            for dc in (-0.5, 0.5)
+        ]
+        assert np.asarray(near).reshape(len(on_map), 4).any(axis=1).all()
 
 
 def test_threshold_slider_changes_the_mask(predicted):
@@ -163,7 +211,8 @@ def test_exports_read_back(predicted, tmp_path):
     viewer.layers.save(str(tmp_path / "erbb2.tif"), selected=True, plugin="napari-stpredict")
     with rasterio.open(tmp_path / "erbb2.tif") as ds:
         band = ds.read(1)
-        assert ds.tags()["GENE"] == "ERBB2" and np.allclose(band, kinds["heatmap"].data, equal_nan=True)
+        assert ds.tags()["GENE"] == "ERBB2" and np.allclose(band, _spot_values(kinds["heatmap"]), equal_nan=True)
+        assert np.allclose(band, widget.prediction.heatmap("ERBB2").raster, equal_nan=True)  # = the CLI's file
     viewer.layers.selection = {kinds["tumor_mask"]}
     viewer.layers.save(str(tmp_path / "mask.tif"), selected=True, plugin="napari-stpredict")
     with rasterio.open(tmp_path / "mask.tif") as ds:
@@ -440,7 +489,7 @@ def test_layers_lie_on_a_slide_opened_by_naparis_own_reader(
         x, y, row, col = obs["x"].iloc[i], obs["y"].iloc[i], obs["grid_row"].iloc[i], obs["grid_col"].iloc[i]
         expected = np.asarray(slide_layer.data_to_world((y - 0.5, x - 0.5)))
         for kind in ("heatmap", "tumor_mask", "confidence"):
-            assert np.allclose(kinds[kind].data_to_world((row, col)), expected, atol=1e-6), kind
+            assert np.allclose(kinds[kind].data_to_world(_cell(kinds[kind], row, col)), expected, atol=1e-6), kind
     contour = kinds["tumor_contour"]
     if len(contour.data):
         vertex = contour.data[0][0]  # level-0 (y, x)
@@ -675,6 +724,6 @@ def test_a_pixel_slide_can_be_put_in_um_beside_a_slide_in_um(
     x, y = float(obs["x"].iloc[0]), float(obs["y"].iloc[0])
     on_slide = np.asarray(crop.data_to_world((y, x)))[-2:]
     row, col = int(obs["grid_row"].iloc[0]), int(obs["grid_col"].iloc[0])
-    on_map = np.asarray(heat.data_to_world((row, col)))[-2:]
+    on_map = np.asarray(heat.data_to_world(_cell(heat, row, col)))[-2:]
     np.testing.assert_allclose(on_map, on_slide, atol=0.688)
     assert not button.isEnabled()  # in µm now

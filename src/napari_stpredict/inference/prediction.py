@@ -68,6 +68,40 @@ class Heatmap:
         out[np.isnan(self.sample(xy))] = np.nan  # keep the tissue outline of the grid
         return out.astype(np.float32)
 
+    def display_raster(self, oversample: int) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+        """The raster as it is drawn: each spot's cell split into ``oversample`` x
+        ``oversample`` sub-cells valued by `sample_smooth` at their centres.
+
+        Interpolating on screen between spot centres (napari's linear mode) blanks the
+        outer half of every cell at the tissue edge, where a neighbour is missing, and strips
+        one spot wide vanish; this keeps every predicted cell whole and nothing outside it.
+        With an odd ``oversample`` each cell's centre sub-cell is the spot's own value
+        (`spot_values_of_display` reads them back).
+
+        Returns
+        -------
+        raster : ndarray
+            ``(rows * oversample, cols * oversample)`` float32, NaN off the tissue.
+        l0_origin, l0_stride : tuple of float
+            Level-0 ``(x, y)`` of the first sub-cell's centre and the sub-cell spacing.
+        """
+        f = int(oversample)
+        rows, cols = self.raster.shape
+        offsets = (np.arange(f) + 0.5) / f - 0.5  # sub-cell centres within a cell, in cells
+        fr = (np.arange(rows)[:, None] + offsets[None, :]).ravel()
+        fc = (np.arange(cols)[:, None] + offsets[None, :]).ravel()
+        yy, xx = np.meshgrid(fr, fc, indexing="ij")
+        l0 = np.column_stack(
+            [self.l0_origin[0] + xx.ravel() * self.l0_stride[0], self.l0_origin[1] + yy.ravel() * self.l0_stride[1]]
+        )
+        values = self.sample_smooth(l0).reshape(rows * f, cols * f)
+        if f % 2 == 1:  # the centre sub-cell is exactly the spot (no rounding through level 0)
+            values[f // 2 :: f, f // 2 :: f] = self.raster
+        stride = (self.l0_stride[0] / f, self.l0_stride[1] / f)
+        first = offsets[0]  # the first sub-cell's centre, in cells from the first spot's
+        origin = (self.l0_origin[0] + first * self.l0_stride[0], self.l0_origin[1] + first * self.l0_stride[1])
+        return values, origin, stride
+
     def sample(self, l0_xy: np.ndarray) -> np.ndarray:
         """Values at level-0 ``(x, y)`` points (the grid cell each falls in; NaN off the grid)."""
         xy = np.atleast_2d(np.asarray(l0_xy, float))
