@@ -727,3 +727,63 @@ def test_a_pixel_slide_can_be_put_in_um_beside_a_slide_in_um(
     on_map = np.asarray(heat.data_to_world(_cell(heat, row, col)))[-2:]
     np.testing.assert_allclose(on_map, on_slide, atol=0.688)
     assert not button.isEnabled()  # in µm now
+
+
+def _caption_gene_and_top_map(viewer, widget):
+    from napari_stpredict._qt.common import canvas_caption
+
+    top = widget.layers.topmost_map()
+    return canvas_caption(viewer).text.split(":")[0], top.metadata["stpredict"].get("gene"), top
+
+
+def test_caption_names_the_map_on_top_after_pinning_browsing_rerun_and_side_by_side(qtbot, predicted):
+    """Issue 25.1, each sequence a newcomer met: pin CD24 + EPCAM, type GRB7 + Enter, rerun,
+    side by side and back; after each the caption and the one shown colour bar belong to
+    the visible map on top, and no map holds the previous run's values."""
+    from qtpy.QtCore import Qt
+
+    viewer, widget = predicted
+    widget.gene_list.clearSelection()
+    for gene in ("CD24", "EPCAM"):
+        widget.gene_list.findItems(gene, Qt.MatchStartsWith)[0].setSelected(True)
+    widget.show_selected_genes()
+    caption, top_gene, top = _caption_gene_and_top_map(viewer, widget)
+    assert caption == top_gene == "EPCAM" and top.colorbar.visible
+
+    widget.gene_search.setText("GRB7")
+    widget._select_typed_gene()  # what Enter does
+    caption, top_gene, top = _caption_gene_and_top_map(viewer, widget)
+    assert caption == top_gene == "GRB7", (caption, top_gene)  # browsing is never hidden under pinned maps
+    bars = [layer.name for layer in viewer.layers if getattr(layer, "colorbar", None) and layer.colorbar.visible]
+    assert bars == [top.name]
+
+    widget.gene_search.setText("")
+    widget.stride_spin.setValue(widget.stride_spin.value() * 2)  # a rerun that changes every value
+    _run(qtbot, widget)
+    caption, top_gene, top = _caption_gene_and_top_map(viewer, widget)
+    assert caption == top_gene == "ERBB2", (caption, top_gene)
+    for layer in viewer.layers:  # the pinned maps hold the new run's values, on its grid
+        meta = layer.metadata.get("stpredict", {})
+        if meta.get("kind") == "heatmap":
+            assert np.allclose(_spot_values(layer), widget.prediction.heatmap(meta["gene"]).raster, equal_nan=True), (
+                layer.name
+            )
+
+    widget.gene_list.clearSelection()
+    for gene in ("CD24", "GRB7"):
+        widget.gene_list.findItems(gene, Qt.MatchStartsWith)[0].setSelected(True)
+    widget.side_by_side_button.click()
+    widget.side_by_side_button.click()  # back to one view
+    caption, top_gene, top = _caption_gene_and_top_map(viewer, widget)
+    assert caption == top_gene, (caption, top_gene)
+
+    lower = next(
+        layer
+        for layer in viewer.layers
+        if layer.visible and layer.metadata.get("stpredict", {}).get("kind") == "heatmap" and layer is not top
+    )
+    viewer.layers.selection.active = lower  # a map under another, selected: the caption says so
+    from napari_stpredict._qt.common import canvas_caption
+
+    text = canvas_caption(viewer).text
+    assert text.startswith(lower.metadata["stpredict"]["gene"]) and f"{top.name} is drawn over it" in text

@@ -504,7 +504,13 @@ class PredictWidget(QWidget):
         cached = " (from cache)" if prediction.meta.get("cache") == "hit" else ""
         self.status.setText(f"{len(prediction)} spots predicted{cached}")
         genes = prediction.genes
-        # The first map first: the other layers follow once it is on screen.
+        if previous is not None:  # a rerun: no map of the previous run stays on screen
+            self.layers.refill_maps(
+                self.analysis,
+                fixed_limits=self.genes_panel.fixed_colours,
+                show_out_of_domain=self.genes_panel.show_out_of_domain.isChecked(),
+            )
+        # The first map first (on top, with the caption): the other layers follow once it is on screen.
         self.show_genes(["ERBB2" if "ERBB2" in genes else genes[0]])
         self.layers.show_prediction(self.analysis)
         self._show_trust(prediction, notify=True)

@@ -107,6 +107,7 @@ class SlideLayers:
             if not pinned and analysis.label(kwargs["name"]) not in self.viewer.layers and browsing is not None:
                 browsing.name = analysis.label(kwargs["name"])
             shown = self.upsert(analysis, data, kwargs, kind)
+            self.raise_map(shown)  # what was just asked for is on top, never under a pinned map
         if shown is None:
             return None
         if not pinned:
@@ -114,6 +115,44 @@ class SlideLayers:
         analysis.shown_genes = list(genes)
         self.follow(shown)
         return shown
+
+    def refill_maps(self, analysis: SlideAnalysis, *, fixed_limits: bool = True, show_out_of_domain: bool = False):
+        """Refill every gene map of the analysis's slide from its (new) prediction, in
+        place and in the same order, so that a rerun leaves no map of the previous run on
+        screen; maps of genes the new prediction lacks are removed."""
+        from ..layers import heatmap_layer
+
+        for layer in [layer for layer in self.viewer.layers if self.is_mine(layer, analysis, "heatmap")]:
+            meta = layer.metadata["stpredict"]
+            try:
+                data, kwargs, _ = heatmap_layer(
+                    analysis.prediction,
+                    meta["gene"],
+                    placement=analysis.placement,
+                    fixed_limits=fixed_limits,
+                    show_out_of_domain=show_out_of_domain,
+                )
+            except KeyError:
+                self.viewer.layers.remove(layer)
+                continue
+            kwargs["metadata"]["stpredict"]["pinned"] = meta.get("pinned", False)
+            self.upsert(analysis, data, kwargs, "image")
+
+    def raise_map(self, layer) -> None:
+        """Move ``layer`` just above the topmost map (gene, confidence or out-of-domain
+        layer) of any slide; contours and spots stay above it."""
+        layers = self.viewer.layers
+        maps = [i for i, other in enumerate(layers) if other.metadata.get("stpredict", {}).get("kind") in _BARRED]
+        index = layers.index(layer)
+        if maps and maps[-1] > index:
+            layers.move(index, maps[-1] + 1)  # inserted before maps[-1] + 1: after the old top map
+
+    def topmost_map(self):
+        """The visible map drawn over the others (None when no map is visible)."""
+        for layer in reversed(list(self.viewer.layers)):
+            if layer.visible and layer.metadata.get("stpredict", {}).get("kind") in _BARRED:
+                return layer
+        return None
 
     def _browsing_layer(self, analysis: SlideAnalysis):
         name = analysis.browsing_layer
@@ -143,6 +182,10 @@ class SlideLayers:
             text = f"{meta['gene']}: predicted {meta['units']}{slide}"
         else:
             text = _CAPTIONS[kind].format(**{"units": "", "gene": "", **meta}) + slide
+        top = self.topmost_map() if kind in _BARRED else None
+        if top is not None and top.name != layer.name and not _grid(self.viewer).enabled:
+            # The caption describes the layer the user selected; say when another is on top.
+            text += f"\n(selected; {top.name} is drawn over it)"
         caption.text = text + _domain_caption(meta)  # whichever layer: a screenshot carries the verdict
         caption.visible = True
 
@@ -254,6 +297,7 @@ class SlideLayers:
             if layer.name != first and layer.metadata.get("stpredict", {}).get("pinned"):
                 layer.visible = False
         if first in self.viewer.layers:
+            self.raise_map(self.viewer.layers[first])  # over the browsed map, if one is visible
             self.follow(self.viewer.layers[first])
 
 
