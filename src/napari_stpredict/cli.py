@@ -84,9 +84,11 @@ def _cmd_info(args) -> int:
             from PIL import Image
 
             Image.fromarray(thumb).save(tmp, format="PNG")
+        mpp = summary["mpp_x"]
+        resolution = "mpp unknown (the file does not record it; give --mpp)" if mpp is None else f"mpp {mpp}"
         print(
             f"{slide.name}: {summary['dimensions'][0]}x{summary['dimensions'][1]} px, "
-            f"{summary['level_count']} levels, mpp {summary['mpp_x']}, "
+            f"{summary['level_count']} levels, {resolution}, "
             f"tissue {summary['tissue_fraction']:.0%} -> {json_path}, {png_path}"
         )
     return 1 if failures else 0

@@ -787,3 +787,17 @@ def test_caption_names_the_map_on_top_after_pinning_browsing_rerun_and_side_by_s
 
     text = canvas_caption(viewer).text
     assert text.startswith(lower.metadata["stpredict"]["gene"]) and f"{top.name} is drawn over it" in text
+
+
+def test_the_dock_fits_its_controls_beside_the_scroll_bar(make_napari_viewer, qtbot):
+    """Issue 25.6: at the dock's default width no control of the Run panel runs under the
+    vertical scroll bar (Cancel, the spin boxes, the progress bar)."""
+    viewer = make_napari_viewer(show=True)  # laid out as on screen (a hidden window is not)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-stpredict", "Predict gene expression")
+    qtbot.waitExposed(widget)
+    qtbot.wait(200)  # the layout settles
+    viewport = widget._scroll.viewport()
+    room = viewport.width()
+    for control in (widget.cancel_button, widget.run_button, widget.stride_spin, widget.mpp_spin, widget.progress_bar):
+        right = control.mapTo(viewport, control.rect().topRight()).x()
+        assert right <= room, (control, right, room)

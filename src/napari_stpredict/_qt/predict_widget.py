@@ -94,6 +94,10 @@ class PredictWidget(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        # Always there: with a bar that appears as needed, the panels stayed laid out for the
+        # width without it, and the Run panel's Cancel button, the spin boxes' "+" and the
+        # progress bar ran under the bar.
+        scroll.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOn)
         self.setMinimumWidth(400)
         scroll.setFrameShape(QFrame.NoFrame)
         content = QWidget()
@@ -116,6 +120,7 @@ class PredictWidget(QWidget):
         hint.setWordWrap(True)
         layout.addWidget(hint)
         layout.addStretch(1)
+        self._scroll = scroll
 
         run = self.run_panel
         run.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
@@ -163,6 +168,15 @@ class PredictWidget(QWidget):
     def _set_result_controls(self, enabled: bool) -> None:
         for panel in (self.genes_panel, self.tumour_panel, self.measured_panel, self.export_panel):
             panel.setEnabled(enabled)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Wide enough for the widest panel beside the scroll bar (known once styled:
+        before the dock is shown the panels report 50 px less)."""
+        super().showEvent(event)
+        content = self._scroll.widget()
+        need = content.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width() + 2
+        if need > self.minimumWidth():
+            self.setMinimumWidth(need)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """Stop a running prediction and let go of the viewer's events."""
@@ -256,6 +270,8 @@ class PredictWidget(QWidget):
             self.trust_banner.setVisible(False)
             self.r_label.setText("")
             self.threshold_label.setText("-")
+            # One status line per slide: not the message of the slide shown before.
+            self.status.setText(f"{layer_name}: not predicted yet" if layer_name else "")
             return
         self._fill_result_controls()
         self._show_trust(analysis.prediction)
@@ -396,6 +412,7 @@ class PredictWidget(QWidget):
             roi = self._region()
         except StPredictError as exc:
             notify_error(str(exc))
+            self.status.setText(str(exc))  # whole, in the dock: napari's toast cuts long messages short
             return
         self._cancel = threading.Event()
         # Prediction layers take the slide layer's own transform (read here, on the GUI thread).

@@ -187,6 +187,7 @@ class SlideLayers:
             # The caption describes the layer the user selected; say when another is on top.
             text += f"\n(selected; {top.name} is drawn over it)"
         caption.text = text + _domain_caption(meta)  # whichever layer: a screenshot carries the verdict
+        caption.font_size = CAPTION_FONT_SIZE
         caption.visible = True
 
     def show_tumour(self, analysis: SlideAnalysis) -> None:
@@ -324,6 +325,8 @@ def _domain_caption(meta: dict) -> str:
     return ""
 
 
+#: The canvas caption's size (napari's default 10 read small and cramped on a slide).
+CAPTION_FONT_SIZE = 13
 #: Layer kinds with a colour bar (image layers of values).
 _BARRED = ("heatmap", "confidence", "out_of_domain")
 #: The canvas caption of each prediction layer kind other than a gene map: what its

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 __all__ = ["overview_image", "colormap", "caption_image"]
@@ -76,7 +78,7 @@ def caption_image(
     scale_bar: tuple[float, str] | None = None,
 ) -> np.ndarray:
     """``image`` with a white strip below it: a colour bar and a scale bar, then ``warnings``
-    in red and ``lines``, wrapped to the image width (Pillow's built-in font).
+    in red and ``lines``, wrapped to the image width (DejaVu Sans, which draws "µm").
 
     Parameters
     ----------
@@ -87,9 +89,9 @@ def caption_image(
     """
     import textwrap
 
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default()
+    font = _font(11)
     width = image.shape[1]
     chars = max(20, (width - 16) // 6)
     wrapped = [(t, (200, 0, 0)) for w in (warnings or []) for t in textwrap.wrap(w, chars)]
@@ -115,3 +117,18 @@ def caption_image(
     for i, (text, colour) in enumerate(wrapped):
         draw.text((8, bars_h + 4 + i * line_h), text, fill=colour, font=font)
     return np.vstack([np.asarray(image, np.uint8), np.asarray(strip)])
+
+
+def _font(size: int):
+    """DejaVu Sans from matplotlib's data (a dependency): Pillow's built-in bitmap font
+    has no "µ" and drew "500 µm" as "500 ?m"; found without importing matplotlib."""
+    import importlib.util
+
+    from PIL import ImageFont
+
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+        if path.is_file():
+            return ImageFont.truetype(str(path), size)
+    return ImageFont.load_default(size=size)
