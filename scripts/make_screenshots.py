@@ -58,9 +58,9 @@ def main() -> None:
 
     only("her2st_C2", "ERBB2 (predicted) [her2st_C2]")
     shot("widget_heatmap.png")
-    only("her2st_C2", "tumour mask (predicted) [her2st_C2]", "tumour contour (predicted) [her2st_C2]")
+    only("her2st_C2", "tumour mask [her2st_C2]", "tumour (predicted) [her2st_C2]")
     shot("widget_tumour.png")
-    only("her2st_C2", "ERBB2 (measured) [her2st_C2]", "tumour contour (predicted) [her2st_C2]")
+    only("her2st_C2", "ERBB2 (measured) [her2st_C2]", "tumour (predicted) [her2st_C2]")
     shot("widget_measured.png")
     from qtpy.QtCore import Qt
 
@@ -78,7 +78,7 @@ def main() -> None:
         viewer.open(str(skin), plugin="napari-stpredict")
         widget.slide_combo.setCurrentText("CMU-1-Small-Region")
         run_and_wait()
-        only("CMU-1-Small-Region", "out of domain (distance / threshold) [CMU-1-Small-Region]")
+        only("CMU-1-Small-Region", "out of domain [CMU-1-Small-Region]")
         shot("widget_out_of_domain.png")
     viewer.close()
 

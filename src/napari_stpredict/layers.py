@@ -157,7 +157,7 @@ def confidence_layer(prediction: Prediction, placement: Placement | None = None)
     lo = float(ref.get("q05", finite.min() if finite.size else 0.0))
     hi = float(ref.get("q50", finite.max() if finite.size else 1.0))
     kwargs = {
-        "name": "confidence (similarity to training data)",
+        "name": "confidence",  # what it means: the canvas caption and README
         **_grid(prediction, placement),
         "colormap": "magma",
         "contrast_limits": (lo, max(hi, lo + 1e-3)),
@@ -177,7 +177,7 @@ def domain_layer(prediction: Prediction, placement: Placement | None = None) -> 
     values = prediction.adata.obs["domain_distance"].to_numpy(np.float32) / threshold
     heat = prediction.raster(values, "out of domain", units="distance to the training images / threshold")
     kwargs = {
-        "name": "out of domain (distance / threshold)",
+        "name": "out of domain",
         **_grid(prediction, placement),
         "colormap": "inferno",
         "contrast_limits": (0.5, 1.5),
@@ -194,7 +194,7 @@ def tumor_labels_layer(prediction: Prediction, mask: TumorMask, placement: Place
     # Hidden at first: drawn over a heatmap it would change the colours the colour bar explains;
     # the contour shows the same region without hiding them.
     kwargs = {
-        "name": "tumour mask (predicted)",
+        "name": "tumour mask",
         **_grid(prediction, placement),
         "opacity": 0.45,
         "visible": False,
@@ -219,7 +219,7 @@ def tumor_contour_layer(prediction: Prediction, mask: TumorMask, placement: Plac
             shapes.append(np.column_stack([ring[:, 1], ring[:, 0]]))
     stride = float(np.mean(meta["grid_stride_l0"]))
     kwargs = {
-        "name": "tumour contour (predicted)",
+        "name": "tumour (predicted)",
         "shape_type": "polygon",
         "edge_color": "red",
         "face_color": "transparent",
