@@ -180,6 +180,20 @@ def _add_prediction_options(p) -> None:
         help="region: x0,y0,x1,y1 in level-0 pixels, or a GeoJSON file of polygons (e.g. from QuPath)",
     )
     p.add_argument("--mpp", type=float, default=None, help="µm per pixel for slides that do not record it")
+    p.add_argument(
+        "--export",
+        nargs="+",
+        choices=["qupath"],
+        default=None,
+        help="extra files per slide: qupath = qupath_detections.geojson, one QuPath detection per spot "
+        "with the genes, confidence and tumour score as measurements (Measure > Show measurement maps)",
+    )
+    p.add_argument(
+        "--export-genes",
+        choices=["chosen", "all"],
+        default="chosen",
+        help="genes in the --export files: those of --genes (default) or all the model's",
+    )
 
 
 def _add_cohort(sub) -> None:

@@ -73,6 +73,8 @@ def test_prediction_adds_layers_aligned_with_the_slide(predicted):
     mask_world = kinds["tumor_mask"].data_to_world((obs["grid_row"].iloc[0], obs["grid_col"].iloc[0]))
     assert np.allclose(mask_world, heat.data_to_world(_cell(heat, obs["grid_row"].iloc[0], obs["grid_col"].iloc[0])))
     assert any("Research use only" in label.text() for label in widget.findChildren(type(widget.status)))
+    regions = [widget.region_combo.itemText(i) for i in range(widget.region_combo.count())]
+    assert not any("tumour" in name for name in regions), regions  # its own contour is no region to predict in
     assert "trained on" in widget.model_info.text()
     assert np.isfinite(widget.last_r)  # measured spots of the sample were loaded for comparison
 
@@ -206,6 +208,11 @@ def test_exports_read_back(predicted, tmp_path):
     assert len(table) == len(widget.prediction)
     widget.save_geojson(tmp_path / "tumour.geojson")
     assert json.loads((tmp_path / "tumour.geojson").read_text())["features"]
+    widget.save_qupath(tmp_path / "spots.geojson")  # the Export panel's "QuPath spots..."
+    spots = json.loads((tmp_path / "spots.geojson").read_text())["features"]
+    assert len(spots) == len(widget.prediction) and "ERBB2" in spots[0]["properties"]["measurements"]
+    called = [f["properties"].get("classification", {}).get("name") == "Tumor" for f in spots]
+    assert called == list(widget.prediction.adata.obs["tumour"].to_numpy(bool))
     kinds = _kinds(viewer)
     viewer.layers.selection = {kinds["heatmap"]}
     viewer.layers.save(str(tmp_path / "erbb2.tif"), selected=True, plugin="napari-stpredict")
@@ -495,6 +502,13 @@ def test_layers_lie_on_a_slide_opened_by_naparis_own_reader(
         vertex = contour.data[0][0]  # level-0 (y, x)
         assert np.allclose(contour.data_to_world(vertex), slide_layer.data_to_world(vertex - 0.5), atol=1e-6)
     assert tuple(str(u) for u in heat_units(kinds["heatmap"])) == tuple(str(u) for u in heat_units(slide_layer))
+    # Issue 20.5: a layer with no slide file is cached by its pixels; the rerun runs no model.
+    assert widget.prediction.meta["cache"] == "miss"
+    calls = []
+    original = widget.model.embed_with_features
+    widget.model.embed_with_features = lambda *a, **k: calls.append(1) or original(*a, **k)
+    _run(qtbot, widget)
+    assert widget.prediction.meta["cache"] == "hit" and calls == [], widget.prediction.meta["cache"]
 
 
 def heat_units(layer):
@@ -553,8 +567,8 @@ def test_two_slides_in_one_window_keep_their_own_results(
     assert {
         "ERBB2 (predicted) [her2st_C2]",
         "ERBB2 (predicted) [crop]",
-        "tumour contour (predicted) [her2st_C2]",
-        "tumour contour (predicted) [crop]",
+        "tumour (predicted) [her2st_C2]",
+        "tumour (predicted) [crop]",
     } <= names
     assert not any(name.endswith("(measured) [crop]") for name in names)  # the sample's spots stay the sample's
     assert "ERBB2 (measured) [her2st_C2]" in names and widget.spots is None and widget.r_label.text() == ""
@@ -565,7 +579,7 @@ def test_two_slides_in_one_window_keep_their_own_results(
     # issue 23.14: only the chosen slide's prediction layers are shown (reversibly) ...
     assert viewer.layers["ERBB2 (predicted) [her2st_C2]"].visible
     assert not viewer.layers["ERBB2 (predicted) [crop]"].visible
-    assert not viewer.layers["tumour contour (predicted) [crop]"].visible
+    assert not viewer.layers["tumour (predicted) [crop]"].visible
     # ... and issue 23.11: the threshold slider follows the slide (range and position)
     panel = widget.tumour_panel
     assert abs(panel.threshold_at(widget.threshold_slider.value()) - widget.tumor.threshold) < 0.02 * (
@@ -573,9 +587,7 @@ def test_two_slides_in_one_window_keep_their_own_results(
     )
     assert panel._score_range[0] <= widget.tumor.score.min() and panel._score_range[1] >= widget.tumor.score.max()
     widget.slide_combo.setCurrentText("crop")
-    assert (
-        viewer.layers["ERBB2 (predicted) [crop]"].visible and viewer.layers["tumour contour (predicted) [crop]"].visible
-    )
+    assert viewer.layers["ERBB2 (predicted) [crop]"].visible and viewer.layers["tumour (predicted) [crop]"].visible
     assert not viewer.layers["ERBB2 (predicted) [her2st_C2]"].visible
     assert abs(panel.threshold_at(widget.threshold_slider.value()) - crop_mask.threshold) < 0.02 * (
         crop_mask.score.max() - crop_mask.score.min()
@@ -666,7 +678,7 @@ def test_two_genes_side_by_side_in_one_click(predicted):
     assert erbb2.colorbar.visible and cd24.colorbar.visible and not canvas_caption(viewer).visible
     widget.side_by_side_button.click()  # back
     assert not viewer.canvas.grid.enabled and len(viewer.layers) == n_layers + 1  # CD24's heatmap stays
-    assert viewer.layers["tumour contour (predicted) [her2st_C2]"].visible
+    assert viewer.layers["tumour (predicted) [her2st_C2]"].visible
     # one map on top with its own bar and caption, the other hidden (not stacked), no titles
     assert erbb2.visible and not cd24.visible and erbb2.colorbar.visible and not cd24.colorbar.visible
     assert canvas_caption(viewer).visible and canvas_caption(viewer).text.startswith("ERBB2")

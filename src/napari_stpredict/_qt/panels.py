@@ -331,12 +331,18 @@ class MeasuredPanel(QGroupBox):
 
 
 class ExportPanel(QGroupBox):
-    """Save the spot table and the tumour contours."""
+    """Save the spot table, the tumour contours and the spots as QuPath detections."""
 
     def __init__(self) -> None:
         super().__init__("Export")
         e = QHBoxLayout(self)
         self.save_table_button = QPushButton("Spot table...")
         self.save_geojson_button = QPushButton("Tumour GeoJSON...")
+        self.save_qupath_button = QPushButton("QuPath spots...")
+        self.save_qupath_button.setToolTip(
+            "Every spot as a QuPath detection with the shown genes, confidence and tumour score as "
+            "measurements (QuPath: File > Import objects, then Measure > Show measurement maps)"
+        )
         e.addWidget(self.save_table_button)
         e.addWidget(self.save_geojson_button)
+        e.addWidget(self.save_qupath_button)

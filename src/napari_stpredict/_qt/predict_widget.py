@@ -149,6 +149,7 @@ class PredictWidget(QWidget):
         self.measured_panel.load_spots_button.clicked.connect(self._choose_spots_file)
         self.export_panel.save_table_button.clicked.connect(self._choose_table_file)
         self.export_panel.save_geojson_button.clicked.connect(self._choose_geojson_file)
+        self.export_panel.save_qupath_button.clicked.connect(self._choose_qupath_file)
         self._set_result_controls(False)
 
     @staticmethod
@@ -230,7 +231,8 @@ class PredictWidget(QWidget):
             + [
                 lyr.name
                 for lyr in self.viewer.layers
-                if isinstance(lyr, Shapes) and not lyr.name.startswith("tumour contour")
+                # the user's own regions, not the tumour contours the plugin drew
+                if isinstance(lyr, Shapes) and lyr.metadata.get("stpredict", {}).get("kind") != "tumor_contour"
             ]
         )
         if region:
@@ -736,6 +738,15 @@ class PredictWidget(QWidget):
             self._remember_dir(Path(path))
             self._guarded(self.save_geojson, path)
 
+    def _choose_qupath_file(self) -> None:
+        from ..inference.qupath import QUPATH_FILE
+
+        start = str(Path(self._last_dir()) / QUPATH_FILE)
+        path, _ = QFileDialog.getSaveFileName(self, "Save spots for QuPath", start, "GeoJSON (*.geojson)")
+        if path:
+            self._remember_dir(Path(path))
+            self._guarded(self.save_qupath, path)
+
     def _guarded(self, func, path) -> None:
         try:
             func(path)
@@ -752,6 +763,20 @@ class PredictWidget(QWidget):
         if self.tumor is not None:  # each spot's call as shown, so the table joins the mask
             add_tumour_columns(self.prediction, self.tumor)
         return save_spot_table(self.prediction, path)
+
+    def save_qupath(self, path: str | Path, genes: list[str] | None = None) -> Path:
+        """Every spot as a QuPath detection (`napari_stpredict.inference.qupath`), with the
+        genes shown in the viewer (or ``genes``) as measurements and the tumour call as shown."""
+        from ..inference.qupath import write_qupath_detections
+        from ..inference.tumor import add_tumour_columns
+
+        if self.prediction is None:
+            raise StPredictError("no prediction yet: run a prediction first")
+        if self.tumor is not None:
+            add_tumour_columns(self.prediction, self.tumor)
+        genes = genes or list(self.analysis.shown_genes) or list(self.prediction.genes[:1])
+        threshold = self.tumor.threshold if self.tumor is not None else None
+        return write_qupath_detections(self.prediction, genes, path, threshold=threshold)
 
     def save_geojson(self, path: str | Path) -> Path:
         """Tumour contours as a GeoJSON FeatureCollection (level-0 pixels; QuPath imports it)."""

@@ -29,6 +29,10 @@ __all__ = [
 ]
 
 
+#: Extra per-slide files ``--export`` can add.
+EXPORTS = ("qupath",)
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """The prediction options of ``stpredict predict`` and ``stpredict cohort``.
@@ -57,6 +61,11 @@ class PredictOptions:
         Region in level-0 pixels (outer rings ``[[x, y], ...]``).
     mpp : float, optional
         µm per pixel for slides that do not record it.
+    exports : tuple of str
+        Extra files per slide: ``"qupath"`` writes ``qupath_detections.geojson`` (one QuPath
+        detection per spot, with measurements; `napari_stpredict.inference.qupath`).
+    export_genes : {"chosen", "all"}
+        The genes in those files: the chosen ones (``genes``) or every gene of the model.
     batch_size : int
         Patches per model call. Run control: never changes a result.
     use_cache : bool
@@ -74,6 +83,8 @@ class PredictOptions:
     adaptation: str | None = None
     roi: list | None = None
     mpp: float | None = None
+    exports: tuple[str, ...] = ()
+    export_genes: str = "chosen"
     batch_size: int = field(default=64, compare=False)
     use_cache: bool = field(default=True, compare=False)
 
@@ -92,6 +103,8 @@ class PredictOptions:
             adaptation=getattr(args, "adaptation", None),
             roi=roi,
             mpp=args.mpp,
+            exports=tuple(dict.fromkeys(getattr(args, "export", None) or ())),
+            export_genes=getattr(args, "export_genes", "chosen"),
             batch_size=args.batch_size,
             use_cache=not args.no_cache,
         )
@@ -124,6 +137,11 @@ class PredictOptions:
             problems.append(f"--threshold-mode must be auto, absolute or slide, got {self.threshold_mode!r}")
         if self.adaptation not in (None, "none", "centre", "standardise"):
             problems.append(f"--adaptation must be none, centre or standardise, got {self.adaptation!r}")
+        unknown_exports = [e for e in self.exports if e not in EXPORTS]
+        if unknown_exports:
+            problems.append(f"--export must be one of {', '.join(EXPORTS)}, got {', '.join(unknown_exports)}")
+        if self.export_genes not in ("chosen", "all"):
+            problems.append(f"--export-genes must be chosen or all, got {self.export_genes!r}")
         if self.method not in ("retrieval", "ridge"):
             problems.append(f"--method must be retrieval or ridge, got {self.method!r}")
         known = {g.upper() for g in model.genes}
@@ -166,8 +184,12 @@ class PredictOptions:
         settings = asdict(self)
         for run_control in ("batch_size", "use_cache"):
             settings.pop(run_control)
-        if settings["adaptation"] is None:  # the model's default: fingerprints as before the option
-            settings.pop("adaptation")
+        # Options added later, at their defaults: fingerprints (cohort records) as before them.
+        for key, default in (("adaptation", None), ("exports", ()), ("export_genes", "chosen")):
+            if settings[key] == default or (key == "exports" and not settings[key]):
+                settings.pop(key)
+        if "exports" in settings:
+            settings["exports"] = list(settings["exports"])
         return settings
 
 
@@ -286,6 +308,11 @@ def write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path
         export_gene_geotiff(prediction, gene, folder / f"{safe_filename(gene)}.tif")
     export_tumor(prediction, mask, folder / "tumor_mask.tif", folder / "tumor.geojson")
     export_overview(slide, prediction, genes[0], mask, folder / "overview.png")
+    if "qupath" in options.exports:
+        from .qupath import QUPATH_FILE, write_qupath_detections
+
+        listed = list(prediction.genes) if options.export_genes == "all" else list(genes)
+        write_qupath_detections(prediction, listed, folder / QUPATH_FILE, threshold=mask.threshold)
     config = {
         "napari_stpredict": __version__,
         "slide": prediction.meta["slide"]["name"],
