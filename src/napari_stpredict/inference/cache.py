@@ -37,13 +37,19 @@ def cache_dir() -> Path:
 
 def cache_key(slide, model_path: Path | None, params: dict[str, Any]) -> str | None:
     """The cache key, or None when the slide or model has no file to fingerprint."""
-    if slide.path is None or model_path is None or not Path(model_path).exists():
+    if model_path is None or not Path(model_path).exists():
+        return None
+    if slide.path is not None:
+        source = slide_fingerprint(slide.path)
+    elif hasattr(slide, "content_fingerprint"):  # an in-memory slide (napari's own reader): its pixels
+        source = slide.content_fingerprint()
+    else:
         return None
     # Only what shapes the result: run control (the cancel event, whose text holds a memory
     # address, batch size, reader threads) must never make a rerun miss the cache.
     shaping = {k: v for k, v in params.items() if k not in _RUN_CONTROL}
     parts = {
-        "slide": slide_fingerprint(slide.path),
+        "slide": source,
         "mpp": slide.mpp,
         "model": file_sha1(Path(model_path)),
         "params": shaping,
