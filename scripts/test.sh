@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Set up (system packages, .venv with the built wheel) and run the whole test suite
-# under a virtual X server. Extra arguments go to pytest.
+# under a virtual X server. Extra arguments go to pytest. `--fast` first: the development lane.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--fast" ]; then
+  # The development lane: the checkout as installed by setup.sh (editable), no apt, no
+  # wheel build, no viewer, no Dask cluster, no test over ~30 s. CI runs the full suite.
+  shift
+  [ -x .venv/bin/python ] || bash scripts/setup.sh
+  .venv/bin/ruff check src tests benchmarks scripts evaluation
+  exec .venv/bin/python -m pytest -p no:cacheprovider -p no:xvfb -m "not slow" -q "$@"
+fi
 bash scripts/install_system_deps.sh
 bash scripts/setup.sh --wheel
 # Lint first (the rule set is in pyproject.toml): a finding fails the run.

@@ -108,3 +108,16 @@ def predict_cli(slide, model_path, *options: str) -> int:
     from napari_stpredict.cli import main
 
     return main(["predict", str(slide), "--model", str(model_path), *options])
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast lane (``scripts/test.sh --fast``, i.e. ``pytest -m "not slow"``): viewer
+    tests (Xvfb, napari) and Dask cluster tests are slow by nature; the rest mark
+    themselves with ``@pytest.mark.slow`` when they take more than ~30 s."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "_qt" in parts:
+            item.add_marker(pytest.mark.viewer)
+            item.add_marker(pytest.mark.slow)
+        elif "cohort" in parts:
+            item.add_marker(pytest.mark.slow)
