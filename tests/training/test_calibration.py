@@ -50,6 +50,7 @@ def test_training_writes_a_calibration(her2st_dir, tmp_path):
     assert model.calibration["tumor"]["gene_mean"].shape == (len(cfg.genes),)
 
 
+@pytest.mark.slow
 def test_calibrate_command_reproduces_the_shipped_calibration(her2st_dir, tmp_path):
     """`stpredict train --calibrate` on the bundled checkpoint gives back what it ships."""
     from napari_stpredict.cli import main
@@ -112,6 +113,7 @@ def test_calibration_loads_with_weights_only():
     assert data["calibration"]["domain"]["reference"].dtype == torch.float16
 
 
+@pytest.mark.slow
 def test_a_model_with_context_is_calibrated_on_context_predictions(her2st_dir, tmp_path):
     """Changing the retrieval settings reuses the trained weights (no second training);
     the checkpoint records them; the tumour standardisation is computed on predictions
@@ -153,6 +155,7 @@ def test_a_model_with_context_is_calibrated_on_context_predictions(her2st_dir, t
     assert torch.allclose(again["tumor"]["gene_mean"], model.calibration["tumor"]["gene_mean"], atol=5e-3)
 
 
+@pytest.mark.slow
 def test_neighbours_of_an_h5ad_section_equal_those_of_the_her2st_id(her2st_dir, tmp_path):
     """User data (an .h5ad with its image path and resolution) gets the same neighbouring
     patches and tissue flags as the her2st reader, in spot order."""
