@@ -7,7 +7,7 @@ The headless API imports neither torch nor Qt; heavy modules load on first use.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["__version__", "open_slide", "ArraySlide", "Slide", "detect_tissue"]
 

@@ -352,6 +352,7 @@ def _load_checked(args):
     """
     from .inference.job import PredictOptions
     from .model import default_model_path, open_model
+    from .vocabulary import GeneIndex
 
     try:
         options = PredictOptions.from_args(args, roi=_parse_roi(args.roi))
@@ -369,7 +370,7 @@ def _load_checked(args):
         print(f"error: {problem}", file=sys.stderr)
     if problems:
         return None
-    missing_markers = [m for m in (args.markers or []) if m.upper() not in {g.upper() for g in model.genes}]
+    missing_markers = GeneIndex(model.genes).split(args.markers or [])[1]
     if missing_markers:
         print(f"warning: markers not predicted by the model, left out: {', '.join(missing_markers)}", file=sys.stderr)
     try:
@@ -551,8 +552,8 @@ def _add_convert(sub) -> None:
 
 
 def _cmd_convert(args) -> int:
-    from .inference.export import safe_filename
     from .io.st_data import her2st_sections, match_genes, read_her2st_section, read_visium, visium_sample_name
+    from .vocabulary import safe_filename
 
     if args.kind == "her2st":
         if args.id or args.patient:
@@ -818,7 +819,7 @@ def _cmd_genes(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``stpredict`` argument parser."""
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="stpredict",

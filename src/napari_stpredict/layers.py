@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from .inference.prediction import UNITS, Prediction
+from .inference.colours import colour_limits
+from .inference.prediction import Prediction
 from .inference.tumor import TumorMask, mask_polygons
 from .placement import Placement
+from .vocabulary import UNITS, log1p_cp10k
 
 __all__ = [
     "colour_limits",
@@ -51,29 +53,6 @@ def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
             **extra,
         }
     }
-
-
-def colour_limits(prediction: Prediction, gene: str, *, fixed: bool = True) -> tuple[float, float]:
-    """Colour limits of a gene's heatmap.
-
-    Parameters
-    ----------
-    fixed : bool
-        True: the gene's range over the model's training spots (mean +- 2 sd of their
-        predicted expression, from the checkpoint's calibration), the same on every slide,
-        so colours can be compared between slides. False, or a model without calibration:
-        this slide's 2nd-98th percentile.
-    """
-    cal = prediction.meta.get("tumor_calibration") or {}
-    if fixed and cal.get("gene_mean"):
-        i = prediction._gene_index(gene)
-        mean, sd = float(cal["gene_mean"][i]), float(cal["gene_std"][i])
-        lo, hi = max(0.0, mean - 2 * sd), mean + 2 * sd
-    else:
-        heat = prediction.heatmap(gene)
-        finite = heat.raster[np.isfinite(heat.raster)]
-        lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
-    return float(lo), float(max(hi, lo + 1e-3))
 
 
 #: Sub-cells per spot (along each axis) of a drawn heatmap; odd, so the centre one is the spot.
@@ -244,7 +223,6 @@ def measured_points_layer(
     prediction's) sizes the spots.
     """
     from .io.st_data import match_genes
-    from .training.data import log1p_cp10k
 
     idx, found, missing = match_genes(spots.var, [gene])
     if missing:

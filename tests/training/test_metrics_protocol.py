@@ -16,7 +16,7 @@ from napari_stpredict.training.evaluate import (
     markdown_table,
     result_is_current,
 )
-from napari_stpredict.training.metrics import gene_gene_agreement, pearson_per_gene, roc_auc, top_genes, tumor_score
+from napari_stpredict.training.metrics import gene_gene_agreement, panel_zscore, pearson_per_gene, roc_auc, top_genes
 
 
 def test_pearson_per_gene():
@@ -42,7 +42,7 @@ def test_gene_sets_and_scores():
     correlated = np.column_stack([base[:, 0], base[:, 0] + 0.1 * base[:, 1], base[:, 2], base[:, 2] - base[:, 3]])
     assert gene_gene_agreement(correlated, correlated) == pytest.approx(1.0)
     assert gene_gene_agreement(correlated, rng.normal(size=(60, 4))) < 0.9
-    score = tumor_score(expr, ["a", "b", "c"], ["b", "c"])
+    score = panel_zscore(expr, ["a", "b", "c"], ["b", "c"])
     assert score.shape == (3,) and score[0] < score[2]
 
 

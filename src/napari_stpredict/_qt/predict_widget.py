@@ -638,7 +638,7 @@ class PredictWidget(QWidget):
             )
 
     def _apply_preset(self, index: int) -> None:
-        from ..training.genes import HER2_AMPLICON
+        from ..vocabulary import HER2_AMPLICON
 
         name = self.preset_combo.itemText(index)
         genes = self._panel() if name == "Marker panel" else list(HER2_AMPLICON) if name == "HER2 amplicon" else []

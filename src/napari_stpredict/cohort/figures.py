@@ -34,7 +34,7 @@ def write_cohort_outputs(table: pd.DataFrame, out: Path, genes: list[str]) -> No
     grid = overview_grid(table, out, genes[0])
     with atomic_path(out / "cohort_overview.png") as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
-    from ..inference.export import safe_filename
+    from ..vocabulary import safe_filename
 
     for gene in genes:
         with atomic_path(out / f"cohort_{safe_filename(gene)}.png") as tmp:

@@ -141,8 +141,8 @@ def _merge_repeats(entries: list[_Entry]) -> list[_Entry]:
 def _checked_ids(entries: list[_Entry]) -> list[str | None]:
     """The manifest ids made safe as folder names, refused (naming the manifest line) when
     reserved, empty, too long or equal to another after the change."""
-    from ..inference.export import safe_filename
     from ..inference.job import MAX_FOLDER_NAME_BYTES as _MAX_ID_BYTES  # the same folder-name limit
+    from ..vocabulary import safe_filename
 
     ids: list[str | None] = []
     owners: dict[str, _Entry] = {}

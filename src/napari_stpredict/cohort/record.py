@@ -36,7 +36,7 @@ def fingerprint(slide_fingerprint: str, model_sha1: str, settings: dict[str, Any
     mpp : float, optional
         The slide's resolution from the manifest, if any.
     """
-    from .. import __version__
+    from .._version import __version__
 
     payload = json.dumps(
         {

@@ -189,8 +189,8 @@ def _write_tile(path: Path, slide, prediction, gene: str, mask) -> list[float]:
     tumour contour: one cell of cohort_overview.png. Returns the colour limits."""
     from PIL import Image
 
+    from ..inference.colours import colour_limits
     from ..inference.overview import overview_image
-    from ..layers import colour_limits
 
     heat = prediction.heatmap(gene)
     fixed = bool((prediction.meta.get("tumor_calibration") or {}).get("gene_mean"))

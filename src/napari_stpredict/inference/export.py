@@ -9,6 +9,7 @@ import numpy as np
 
 from ..io.atomic import atomic_path
 from ..io.geotiff import domain_tags, provenance_tags, write_geojson, write_geotiff
+from ..vocabulary import safe_filename
 from .prediction import UNITS, Prediction
 from .tumor import TumorMask, mask_polygons, polygons_geojson
 
@@ -20,11 +21,6 @@ __all__ = [
     "safe_filename",
     "save_spot_table",
 ]
-
-
-def safe_filename(name: str) -> str:
-    """A file-name-safe version of a gene or slide name (Windows-safe too)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _common_tags(prediction: Prediction) -> dict[str, Any]:
@@ -80,7 +76,7 @@ def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | 
     trust verdicts (stain, out of domain) and the tumour threshold."""
     from PIL import Image
 
-    from ..layers import colour_limits
+    from .colours import colour_limits
     from .overview import caption_image, overview_image
     from .trust import trust_lines
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..vocabulary import GeneIndex
+
 __all__ = [
     "PredictOptions",
     "SlideOutcome",
@@ -144,11 +146,11 @@ class PredictOptions:
             problems.append(f"--export-genes must be chosen or all, got {self.export_genes!r}")
         if self.method not in ("retrieval", "ridge"):
             problems.append(f"--method must be retrieval or ridge, got {self.method!r}")
-        known = {g.upper() for g in model.genes}
-        unknown = [g for g in (self.genes or []) if g.upper() not in known]
+        known = GeneIndex(model.genes)
+        unknown = [g for g in (self.genes or []) if g not in known]
         if unknown:
             problems.append(f"the model does not predict {', '.join(unknown)} (list its genes: stpredict genes)")
-        if self.markers and not any(m.upper() in known for m in self.markers):
+        if self.markers and not any(m in known for m in self.markers):
             problems.append(
                 f"--markers: the model predicts none of {', '.join(self.markers)} (list its genes: stpredict genes)"
             )
@@ -156,17 +158,16 @@ class PredictOptions:
 
     def chosen_genes(self, model) -> list[str]:
         """The genes to export, spelt as the model spells them."""
-        canonical = {g.upper(): g for g in model.genes}
         if self.genes:
-            return [canonical[g.upper()] for g in self.genes]
+            return [GeneIndex(model.genes).canonical(g) for g in self.genes]
         return ["ERBB2"] if "ERBB2" in model.genes else list(model.genes[:1])
 
     def usable_markers(self, model) -> list[str] | None:
         """The given markers the model predicts (None: the model's own panel)."""
         if not self.markers:
             return None
-        known = {g.upper() for g in model.genes}
-        return [m for m in self.markers if m.upper() in known]
+        known = GeneIndex(model.genes)
+        return [m for m in self.markers if m in known]
 
     def engine_params(self) -> dict[str, Any]:
         """Keyword arguments of `cached_predict_slide` (the cache key ignores run control)."""
@@ -289,7 +290,7 @@ def write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path
     """Everything ``predict`` writes for one slide, into ``folder``; returns the tumour mask."""
     import yaml
 
-    from .. import __version__
+    from .._version import __version__
     from ..io.atomic import require_free_space
     from .export import export_gene_geotiff, export_overview, export_tumor, safe_filename
     from .tumor import add_tumour_columns, tumor_mask
@@ -387,7 +388,7 @@ def folder_names(paths: list[Path], taken: set[str] | frozenset[str] = frozenset
     """
     import hashlib
 
-    from .export import safe_filename
+    from ..vocabulary import safe_filename
 
     stems = [_bounded(safe_filename(path.stem)) for path in paths]
     counts: dict[str, int] = {}

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Prediction", "Heatmap"]
+from ..vocabulary import UNITS, GeneIndex
 
-UNITS = "log1p(counts per 10,000)"
+__all__ = ["Prediction", "Heatmap", "UNITS"]
 
 
 @dataclass(frozen=True)
@@ -140,13 +140,17 @@ class Prediction:
         """Predicted expression of one gene per spot (case-insensitive name)."""
         return np.asarray(self.adata.X[:, self._gene_index(gene)], np.float32).ravel()
 
+    @property
+    def gene_index(self) -> GeneIndex:
+        """Case-insensitive lookup of the predicted genes (canonical spelling)."""
+        return GeneIndex(self.adata.var_names)
+
     def _gene_index(self, gene: str) -> int:
-        lookup = {g.upper(): i for i, g in enumerate(self.adata.var_names)}
-        idx = lookup.get(str(gene).upper())
+        idx = self.gene_index.find(gene)
         if idx is None:
             raise KeyError(
                 f"gene {gene!r} is not predicted by model {self.meta.get('model', {}).get('name', '?')}; "
-                f"it predicts {len(lookup)} genes, e.g. {', '.join(self.genes[:5])}"
+                f"it predicts {self.adata.n_vars} genes, e.g. {', '.join(self.genes[:5])}"
             )
         return idx
 

@@ -7,12 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from ..vocabulary import DEFAULT_BREAST_PANEL, GeneIndex, marker_zscore
 from .prediction import Prediction
 
 __all__ = ["TumorMask", "tumor_mask", "mask_polygons", "polygons_geojson", "DEFAULT_BREAST_PANEL"]
-
-#: Used only when a model carries no panel chosen on its training data.
-DEFAULT_BREAST_PANEL = ("ERBB2", "GRB7", "EPCAM", "TACSTD2", "SCD", "MUCL1", "CD24", "KRT19")
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,7 @@ def model_panel(prediction: Prediction) -> list[str]:
 
 
 def _used_markers(prediction: Prediction, markers) -> tuple[list[str], list[str]]:
-    upper = {g.upper(): g for g in prediction.genes}
-    used = [upper[m.upper()] for m in markers if m.upper() in upper]
-    missing = [m for m in markers if m.upper() not in upper]
+    used, missing = GeneIndex(prediction.genes).split(list(markers))
     if not used:
         raise ValueError(f"none of the marker genes {list(markers)} is predicted by this model")
     return used, missing
@@ -92,14 +88,12 @@ def tumor_score(prediction: Prediction, markers, *, absolute: bool = False) -> t
         cal = prediction.meta.get("tumor_calibration")
         if not cal:
             raise ValueError("this prediction's model carries no tumour calibration; use the per-slide score")
-        index = {g.upper(): i for i, g in enumerate(prediction.genes)}
-        idx = [index[g.upper()] for g in used]
+        index = GeneIndex(prediction.genes)
+        idx = [index.position(g) for g in used]
         mean = np.asarray(cal["gene_mean"], np.float32)[idx]
         sd = np.asarray(cal["gene_std"], np.float32)[idx]
-    else:
-        mean, sd = x.mean(0), x.std(0)
-    z = (x - mean) / np.where(sd > 1e-8, sd, 1.0)
-    return z.mean(1), used, missing
+        return marker_zscore(x, mean, sd), used, missing
+    return marker_zscore(x), used, missing
 
 
 #: The tumour call is withheld on slides coarser than this many times the model's input

@@ -200,7 +200,7 @@ def _swap_files(tmp: Path, target: Path, new_files: list[str]) -> None:
 
 
 def _listing(files: Iterable[str]) -> dict:
-    from .. import __version__
+    from .._version import __version__
 
     names = sorted(set(files) - {MARKER, JOURNAL, _LOCK})
     return {"product": "napari-stpredict", "version": __version__, "files": names}
@@ -232,7 +232,7 @@ def _legacy_files(folder: Path) -> set[str] | None:
         return None
     if not isinstance(data, dict) or "napari_stpredict" not in data:
         return None
-    from ..inference.export import safe_filename
+    from ..vocabulary import safe_filename
 
     genes = data.get("genes") if isinstance(data.get("genes"), list) else []
     return set(_LEGACY_FILES) | {f"{safe_filename(str(g))}.tif" for g in genes}

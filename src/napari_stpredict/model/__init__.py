@@ -21,10 +21,10 @@ _HOMES = {
     "ModelConfig": ".config",
     "RetrievalSettings": ".config",
     "ModelCard": ".card",
-    "LazyModel": ".card",
+    "LazyModel": ".lazy",
     "read_card": ".card",
     "write_card": ".card",
-    "open_model": ".card",
+    "open_model": ".lazy",
     "card_path": ".card",
     "ReferenceBank": ".predictor",
     "RidgeHead": ".predictor",
@@ -76,9 +76,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .card import LazyModel, ModelCard, card_path, default_model_path, open_model, read_card, write_card
+    from .card import ModelCard, card_path, default_model_path, read_card, write_card
     from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
     from .cmrcnet import CMRCNet, create_model
     from .config import IOContract, ModelConfig, RetrievalSettings
+    from .lazy import LazyModel, open_model
     from .predictor import ReferenceBank, RidgeHead, fit_ridge, retrieve
     from .stmodel import STModel, load_model, select_device

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ..vocabulary import GeneIndex, marker_zscore
+
 __all__ = ["compute_calibration", "calibrate_checkpoint", "youden_threshold"]
 
 #: The out-of-domain score's quantile on held-out sections: 1 in 100 spots of a
@@ -185,8 +187,8 @@ def compute_calibration(
     gene_std = predicted.std(0)
     gene_std = np.where(gene_std > 1e-6, gene_std, 1.0).astype(np.float32)
     panel = list(markers if markers is not None else model.provenance.get("markers", {}).get("panel", []))
-    index = {g.upper(): i for i, g in enumerate(model.genes)}
-    used = [g for g in panel if g.upper() in index]
+    index = GeneIndex(model.genes)
+    used = [g for g in panel if g in index]
     tumor: dict[str, Any] = {
         "markers": used,
         "gene_mean": torch.from_numpy(gene_mean),
@@ -211,8 +213,8 @@ def compute_calibration(
     }
     known = train.tumor >= 0
     if used and known.any() and len(np.unique(train.tumor[known])) == 2:
-        idx = [index[g.upper()] for g in used]
-        score = ((predicted[:, idx] - gene_mean[idx]) / gene_std[idx]).mean(1)
+        idx = [index.position(g) for g in used]
+        score = marker_zscore(predicted[:, idx], gene_mean[idx], gene_std[idx])
         label = train.tumor[known] == 1
         t, sens, spec = youden_threshold(score[known], label)
         tumor.update(

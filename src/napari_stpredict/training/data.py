@@ -12,6 +12,7 @@ import numpy as np
 from ..io.patches import read_patches
 from ..io.slide import open_slide
 from ..io.st_data import HER2ST_MPP, read_her2st_section
+from ..vocabulary import log1p_cp10k
 
 __all__ = [
     "SpotSet",
@@ -21,20 +22,6 @@ __all__ = [
     "spot_set",
     "attach_her2st_patches",
 ]
-
-
-def log1p_cp10k(adata, gene_indices) -> np.ndarray:
-    """log(1 + counts / total * 10,000) of the chosen genes; totals over all genes of each spot."""
-    import scipy.sparse as sp
-
-    x = adata.X
-    totals = np.asarray(x.sum(axis=1)).ravel().astype(np.float64)
-    totals[totals == 0] = 1.0
-    sub = x[:, gene_indices]
-    sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
-    out = np.log1p(sub / totals[:, None] * 1e4).astype(np.float32)
-    out[~np.isfinite(totals)] = np.nan  # a non-finite count anywhere in a spot spoils its every gene
-    return out
 
 
 def tumor_labels(obs) -> np.ndarray:

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import gene_gene_agreement, nanmean, pearson_per_gene, roc_auc, top_genes, tumor_score
+from ..vocabulary import GeneIndex, marker_zscore
+from .metrics import gene_gene_agreement, nanmean, panel_zscore, pearson_per_gene, roc_auc, top_genes
 from .train import TrainConfig, recipe_fields
 
 __all__ = ["EvalConfig", "PROTOCOLS", "iter_evaluate", "summarise", "markdown_table", "VARIANTS"]
@@ -197,7 +198,7 @@ def _scores(
     hvg = [genes.index(g) for g in sets["hvg50"]]
     out["gene_gene"] = gene_gene_agreement(pred[:, hvg], true[:, hvg])
     known = tumor >= 0
-    out["tumor_auc"] = roc_auc(tumor_score(pred[known], genes, panel), tumor[known] == 1) if known.any() else None
+    out["tumor_auc"] = roc_auc(panel_zscore(pred[known], genes, panel), tumor[known] == 1) if known.any() else None
     out["r_per_gene"] = {
         g: (None if not np.isfinite(v) else round(float(v), 4))
         for g, v in zip(genes, r)
@@ -370,11 +371,12 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str], features
     cal = model.calibration
     ood = model.domain_distance(feats).cpu().numpy() > cal["domain"]["threshold"]
     genes = model.genes
-    idx = [genes.index(g) for g in panel if g in genes]
+    index = GeneIndex(genes)
+    idx = [i for i in (index.find(g) for g in panel) if i is not None]
     mean = cal["tumor"]["gene_mean"].cpu().numpy()[idx]
     sd = cal["tumor"]["gene_std"].cpu().numpy()[idx]
-    absolute = ((retrieval[:, idx] - mean) / sd).mean(1)
-    per_slide = tumor_score(retrieval, genes, panel)
+    absolute = marker_zscore(retrieval[:, idx], mean, sd)
+    per_slide = panel_zscore(retrieval, genes, panel)
     known = spots.tumor >= 0
     label = spots.tumor[known] == 1
     out: dict[str, Any] = {
@@ -396,6 +398,15 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str], features
         "threshold": round(otsu, 4),
         "auc": round(roc_auc(per_slide[known], label), 4),
         **_calls((per_slide > otsu)[known], label),
+    }
+    # Per-spot scores of the labelled spots, so that other tumour rules (a per-slide
+    # quantile or mixture with an absolute floor, issue 19 item 4) can be compared on
+    # the same predictions without retraining (evaluation/experiments/tumour_rule).
+    out["labelled_scores"] = {
+        "absolute": [round(float(v), 4) for v in absolute[known]],
+        "slide_z": [round(float(v), 4) for v in per_slide[known]],
+        "out_of_domain": [bool(v) for v in ood[known]],
+        "cancer": [bool(v) for v in label],
     }
     return out
 
@@ -519,7 +530,7 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
             }
             weights = neighbour_weights(base_tc.context_sigma_um, base_tc.io.patch_um)
             ceiling = {
-                s: roc_auc(tumor_score(t.expression[t.tumor >= 0], genes, panel), t.tumor[t.tumor >= 0] == 1)
+                s: roc_auc(panel_zscore(t.expression[t.tumor >= 0], genes, panel), t.tumor[t.tumor >= 0] == 1)
                 for s, t in tests.items()
             }
             for variant in todo:

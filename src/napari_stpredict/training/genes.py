@@ -6,12 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import log1p_cp10k, tumor_labels
+from ..vocabulary import HER2_AMPLICON, log1p_cp10k
+from .data import tumor_labels
 
 __all__ = ["HER2_AMPLICON", "benchmark_genes", "select_marker_panel", "model_gene_list", "common_genes"]
-
-#: Genes of the 17q12 HER2 amplicon, co-amplified with ERBB2 in HER2-positive tumours.
-HER2_AMPLICON = ("ERBB2", "GRB7", "STARD3", "PGAP3", "MIEN1")
 
 
 def benchmark_genes(path: str | Path) -> list[str]:

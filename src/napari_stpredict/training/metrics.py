@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pearson_per_gene", "top_genes", "gene_gene_agreement", "roc_auc", "tumor_score", "nanmean"]
+from ..vocabulary import GeneIndex, marker_zscore
+
+__all__ = ["pearson_per_gene", "top_genes", "gene_gene_agreement", "roc_auc", "panel_zscore", "nanmean"]
 
 
 def pearson_per_gene(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -66,12 +68,10 @@ def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def tumor_score(expression: np.ndarray, genes: list[str], panel: list[str]) -> np.ndarray:
-    """Mean z-score (within the given spots) of the panel genes present: a per-spot tumour score."""
-    idx = [genes.index(g) for g in panel if g in genes]
+def panel_zscore(expression: np.ndarray, genes: list[str], panel: list[str]) -> np.ndarray:
+    """The per-slide tumour score of these spots: `marker_zscore` of the panel genes present
+    (standardised within the given spots; gene names matched in any case)."""
+    idx = [i for i in (GeneIndex(genes).find(g) for g in panel) if i is not None]
     if not idx:
         raise ValueError(f"none of the marker genes {panel} is among the model's genes")
-    x = expression[:, idx]
-    sd = x.std(0)
-    z = (x - x.mean(0)) / np.where(sd > 1e-8, sd, 1.0)
-    return z.mean(1)
+    return marker_zscore(expression[:, idx])
