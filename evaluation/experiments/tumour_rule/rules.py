@@ -1,0 +1,128 @@
+"""Which tumour rule carries across patients (issue 19, item 4), on the same predictions.
+
+Reads the ``labelled_scores`` that ``stpredict evaluate`` keeps in each fold JSON's trust
+block (every labelled spot of a held-out section: the absolute score in training-spot
+units, the per-slide z-score, the out-of-domain flag and the authors' cancer label) and
+scores each candidate rule with its sensitivity, specificity and share called:
+
+- ``absolute``: the fold's calibrated threshold (today's default);
+- ``otsu``: Otsu's threshold on the section's own z-scores (always splits a slide in two);
+- ``mixture+floor``: a two-component Gaussian mixture fitted to the section's absolute
+  scores, the threshold where the upper component becomes the likelier one, kept only when
+  the upper component's mean clears the calibrated threshold (else nothing is called) and
+  never below ``floor`` standard deviations of the training spots under the calibrated
+  threshold (so a slide without tumour keeps its absolute call);
+- ``quantile+floor``: the section's own q-quantile of the absolute score, never below the
+  floor and never above the calibrated threshold.
+
+Usage::
+
+    python evaluation/experiments/tumour_rule/rules.py RESULTS_DIR [RESULTS_DIR ...] [--out OUT.json]
+
+RESULTS_DIR is an ``out_dir`` of ``stpredict evaluate`` (e.g.
+``evaluation/experiments/resolution/coarse_scan_folds``). Choices made on these folds are
+made on the test patients (one training patient per patient-level fold leaves no inner
+patient split): say so beside any figure quoted from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _calls(called: np.ndarray, cancer: np.ndarray) -> dict[str, float]:
+    return {
+        "sensitivity": round(float((called & cancer).sum() / max(cancer.sum(), 1)), 3),
+        "specificity": round(float((~called & ~cancer).sum() / max((~cancer).sum(), 1)), 3),
+        "called": round(float(called.mean()), 3),
+    }
+
+
+def _two_gaussians(x: np.ndarray, iterations: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EM for a 1-d mixture of two Gaussians (weights, means, sds), started at the quartiles."""
+    w = np.array([0.5, 0.5])
+    mu = np.quantile(x, [0.25, 0.75]).astype(float)
+    sd = np.full(2, x.std() / 2 + 1e-6)
+    for _ in range(iterations):
+        dens = w * np.exp(-0.5 * ((x[:, None] - mu) / sd) ** 2) / sd
+        resp = dens / np.maximum(dens.sum(1, keepdims=True), 1e-300)
+        n = resp.sum(0) + 1e-9
+        w, mu = n / len(x), (resp * x[:, None]).sum(0) / n
+        sd = np.sqrt((resp * (x[:, None] - mu) ** 2).sum(0) / n) + 1e-3
+    return w, mu, sd
+
+
+def mixture_threshold(score: np.ndarray, floor: float, calibrated: float) -> float | None:
+    """Where a 2-component 1-d Gaussian mixture's upper component becomes the likelier;
+    None (call nothing beyond the calibrated rule) when that component sits below the
+    calibrated threshold."""
+    w, mu, sd = _two_gaussians(score)
+    upper = int(np.argmax(mu))
+    if mu[upper] < calibrated:
+        return None
+    grid = np.linspace(score.min(), mu[upper], 2001)
+    dens = w * np.exp(-0.5 * ((grid[:, None] - mu) / sd) ** 2) / sd
+    likelier = grid[dens[:, upper] > dens[:, 1 - upper]]
+    t = float(likelier.min()) if likelier.size else calibrated
+    return max(t, floor)
+
+
+def rules_for(entry: dict, calibrated: float, floor_sd: float, quantile: float) -> dict[str, dict]:
+    s = entry["labelled_scores"]
+    absolute = np.asarray(s["absolute"], float)
+    slide_z = np.asarray(s["slide_z"], float)
+    ood = np.asarray(s["out_of_domain"], bool)
+    cancer = np.asarray(s["cancer"], bool)
+    floor = calibrated - floor_sd  # absolute scores are in training-spot standard deviations
+    from skimage.filters import threshold_otsu
+
+    out = {"absolute": _calls((absolute > calibrated) & ~ood, cancer)}
+    out["otsu"] = _calls(slide_z > threshold_otsu(slide_z), cancer)
+    t_mix = mixture_threshold(absolute, floor, calibrated)
+    out["mixture+floor"] = _calls((absolute > (calibrated if t_mix is None else t_mix)) & ~ood, cancer)
+    out["mixture+floor"]["threshold"] = None if t_mix is None else round(t_mix, 3)
+    t_q = float(np.clip(np.quantile(absolute, quantile), floor, calibrated))
+    out["quantile+floor"] = _calls((absolute > t_q) & ~ood, cancer)
+    out["quantile+floor"]["threshold"] = round(t_q, 3)
+    out["_cancer_share"] = round(float(cancer.mean()), 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--floor-sd", type=float, default=0.5, help="floor: this far under the calibrated threshold")
+    parser.add_argument("--quantile", type=float, default=0.5, help="quantile of quantile+floor")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    table: dict[str, dict] = {}
+    for root in args.results:
+        for path in sorted(root.glob("**/patient/test_*/cmrcnet.json")):
+            fold = json.loads(path.read_text())
+            for section, entry in (fold.get("trust") or {}).items():
+                if "labelled_scores" not in entry or "absolute" not in entry:
+                    continue
+                calibrated = float(entry["absolute"]["threshold"])
+                table[f"{root.name}:{section}"] = rules_for(entry, calibrated, args.floor_sd, args.quantile)
+    if not table:
+        raise SystemExit("no fold JSON with labelled_scores found (rerun stpredict evaluate with this version)")
+    rules = [r for r in next(iter(table.values())) if not r.startswith("_")]
+    print("| section (cancer share) | " + " | ".join(f"{r}: sens / spec / called" for r in rules) + " |")
+    print("|---|" + "---|" * len(rules))
+    for name, row in table.items():
+        cells = [f"{row[r]['sensitivity']:.2f} / {row[r]['specificity']:.2f} / {row[r]['called']:.2f}" for r in rules]
+        print(f"| {name} ({row['_cancer_share']:.2f}) | " + " | ".join(cells) + " |")
+    for r in rules:
+        sens = [row[r]["sensitivity"] for row in table.values()]
+        spec = [row[r]["specificity"] for row in table.values()]
+        print(f"{r}: min sensitivity {min(sens):.2f}, min specificity {min(spec):.2f}")
+    if args.out:
+        args.out.write_text(json.dumps({"floor_sd": args.floor_sd, "quantile": args.quantile, "rows": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
