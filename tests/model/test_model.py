@@ -27,6 +27,17 @@ def test_forward_backward_without_nan(backbone, reconstruction):
     assert model.encode_expression(expression).shape == (6, 256)
 
 
+def test_contrastive_temperature_divides_logits_and_targets_alike():
+    """Temperature T is the same as embeddings scaled by 1/sqrt(T) at T = 1 (logits and
+    soft targets are both bilinear in the embeddings); with the targets multiplied by T,
+    as in BLEEP's code, they would sharpen while the logits soften."""
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 16), torch.randn(8, 16)
+    for t in (0.5, 2.0):
+        scaled = contrastive_loss(a / t**0.5, b / t**0.5, 1.0)
+        assert torch.allclose(contrastive_loss(a, b, t), scaled, atol=1e-5)
+
+
 def test_contrastive_loss_prefers_matching_pairs():
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(8, 16), dim=1) * 4

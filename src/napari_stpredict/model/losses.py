@@ -20,12 +20,15 @@ def contrastive_loss(image_emb: torch.Tensor, expr_emb: torch.Tensor, temperatur
     image_emb, expr_emb : torch.Tensor
         ``(batch, dim)`` embeddings of the same spots in the same order.
     temperature : float
-        Softmax temperature (paper: 1).
+        Softmax temperature (paper: 1) of both the logits and the soft targets. BLEEP's
+        code multiplies the targets' similarities by it while the logits divide: the same
+        at 1, opposite sharpening otherwise; here both divide, so the loss of embeddings
+        at temperature T equals that of the embeddings scaled by 1/sqrt(T) at 1.
     """
     logits = expr_emb @ image_emb.T / temperature
     image_sim = image_emb @ image_emb.T
     expr_sim = expr_emb @ expr_emb.T
-    targets = F.softmax((image_sim + expr_sim) / 2 * temperature, dim=-1)
+    targets = F.softmax((image_sim + expr_sim) / 2 / temperature, dim=-1)
     expr_loss = (-targets * F.log_softmax(logits, dim=-1)).sum(-1)
     image_loss = (-targets.T * F.log_softmax(logits.T, dim=-1)).sum(-1)
     return ((expr_loss + image_loss) / 2).mean()
