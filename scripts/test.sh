@@ -9,6 +9,7 @@ if [ "${1:-}" = "--fast" ]; then
   shift
   [ -x .venv/bin/python ] || bash scripts/setup.sh
   .venv/bin/ruff check src tests benchmarks scripts evaluation
+  .venv/bin/python -m mypy
   exec .venv/bin/python -m pytest -p no:cacheprovider -p no:xvfb -m "not slow" -q "$@"
 fi
 bash scripts/install_system_deps.sh
@@ -16,6 +17,8 @@ bash scripts/setup.sh --wheel
 # Lint first (the rule set is in pyproject.toml): a finding fails the run.
 .venv/bin/ruff check src tests benchmarks scripts evaluation
 .venv/bin/ruff format --check src tests benchmarks scripts evaluation
+# Types of the packages listed in pyproject.toml's [tool.mypy] (run from the checkout).
+.venv/bin/python -m mypy
 # Tests import the installed wheel, not src/, so missing package data fails here.
 export STPREDICT_TESTING_WHEEL=1
 set +e

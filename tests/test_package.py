@@ -58,6 +58,7 @@ def test_sample_data_ships_inside_the_installed_package(sample_slide_path, sampl
         assert sample_slide_path.parent == package_dir / "sample_data"
         assert "site-packages" in str(package_dir)
         assert (package_dir / "napari.yaml").exists()
+    assert (package_dir / "py.typed").exists()  # PEP 561: type checkers read the package's hints
     total = sum(p.stat().st_size for p in sample_slide_path.parent.iterdir())
     assert total <= 15 * 1024 * 1024
     assert (sample_slide_path.parent / "ATTRIBUTION.md").exists()

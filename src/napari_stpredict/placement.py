@@ -46,12 +46,12 @@ class Placement:
         """The placement of a napari Image layer (its last two axes: y, x)."""
         matrix = np.asarray(layer.affine.affine_matrix, float)[-3:, -3:]
         affine = None if np.allclose(matrix, np.eye(3)) else tuple(tuple(float(v) for v in row) for row in matrix)
-        units = tuple(str(u) for u in layer.units[-2:]) if getattr(layer, "units", None) is not None else None
-        if units is not None and all(u in ("pixel", "pixels", "") for u in units):
-            units = None
-        return cls(
-            tuple(float(v) for v in layer.scale[-2:]), tuple(float(v) for v in layer.translate[-2:]), affine, units
-        )
+        units: tuple[str, str] | None = None
+        if getattr(layer, "units", None) is not None:
+            uy, ux = (str(u) for u in layer.units[-2:])
+            units = None if all(u in ("pixel", "pixels", "") for u in (uy, ux)) else (uy, ux)
+        (sy, sx), (ty, tx) = (float(v) for v in layer.scale[-2:]), (float(v) for v in layer.translate[-2:])
+        return cls((sy, sx), (ty, tx), affine, units)
 
     @classmethod
     def of_prediction(cls, prediction) -> Placement:

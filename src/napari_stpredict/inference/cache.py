@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def _load_entry(path: Path, key: str, slide) -> Prediction | None:
 
 def cached_predict_slide(
     slide, model, *, model_path: Path | None = None, use_cache: bool = True, directory: Path | None = None, **params
-) -> Iterator[dict]:
+) -> Generator[dict, None, Prediction]:
     """`predict_slide` with the on-disk cache; yields progress, returns the `Prediction`.
 
     An entry records its key and is checked on load: a damaged, truncated or swapped
@@ -103,12 +103,12 @@ def cached_predict_slide(
     key = cache_key(slide, model_path, params) if use_cache else None
     path = (directory or cache_dir()) / f"{key}.h5ad" if key else None
     if path is not None and path.exists():
-        prediction = _load_entry(path, key, slide)
-        if prediction is not None:
+        cached = _load_entry(path, str(key), slide)
+        if cached is not None:
             yield {"stage": "cache", "done": 1, "total": 1, "message": f"loaded from cache {path.name}"}
-            prediction.meta["cache"] = "hit"
-            prediction.meta["slide"]["name"] = slide.name  # the entry holds no file name
-            return prediction
+            cached.meta["cache"] = "hit"
+            cached.meta["slide"]["name"] = slide.name  # the entry holds no file name
+            return cached
     prediction = yield from predict_slide(slide, model, **params)
     status = "off"
     if path is not None:

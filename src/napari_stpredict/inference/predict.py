@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
@@ -72,7 +72,7 @@ def predict_slide(
     prefetch_batches: int = 3,
     check_stain: bool = True,
     cancel_event: threading.Event | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, Prediction]:
     """Predict expression over a slide's tissue; a generator that yields progress.
 
     Parameters
@@ -260,7 +260,10 @@ def predict_slide(
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
     # Neighbours one patch width away: every k-th cell at a stride of 1/k patch width.
-    cells_per_patch = tuple(max(1, round(p / s)) for p, s in zip(grid.patch_l0, grid.stride))
+    cells_per_patch = (
+        max(1, round(grid.patch_l0[0] / grid.stride[0])),
+        max(1, round(grid.patch_l0[1] / grid.stride[1])),
+    )
     smooth_on_grid(expression, grid.rows, grid.cols, grid.shape, cells_per_patch, context_weights)
 
     obs = pd.DataFrame(

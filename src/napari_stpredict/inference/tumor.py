@@ -178,12 +178,14 @@ def tumor_mask(
         )
     score, used, missing = tumor_score(prediction, markers, absolute=mode == "absolute")
     automatic = threshold is None
-    if automatic:
-        if mode == "absolute":
-            threshold = float(cal["threshold"])
-        else:
-            threshold = float(filters.threshold_otsu(score)) if np.ptp(score) > 0 else float(score.max())
-    called = score > threshold
+    cut: float
+    if threshold is not None:
+        cut = float(threshold)
+    elif mode == "absolute":
+        cut = float(cal["threshold"])
+    else:
+        cut = float(filters.threshold_otsu(score)) if np.ptp(score) > 0 else float(score.max())
+    called = score > cut
     ood = np.zeros(len(score), bool)
     if not include_out_of_domain and "out_of_domain" in prediction.adata.obs:
         ood = prediction.adata.obs["out_of_domain"].to_numpy(bool)
@@ -208,7 +210,7 @@ def tumor_mask(
     tumour = morphology.remove_small_holes(tumour, max_size=max_hole_spots) & tissue & ~ood_cells
     return TumorMask(
         score,
-        float(threshold),
+        cut,
         automatic,
         used,
         missing,

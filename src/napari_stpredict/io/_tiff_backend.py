@@ -10,6 +10,7 @@ import re
 import threading
 import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,8 +87,8 @@ def _mpp_from_tiff(tif, page) -> tuple[float | None, float | None]:
     if tif.is_ome and tif.ome_metadata:
         mx = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
         my = re.search(r'PhysicalSizeY="([0-9.eE+-]+)"', tif.ome_metadata)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit.group(1) if unit else "µm")
+        unit_match = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit_match.group(1) if unit_match else "µm")
         if mx and my and factor is not None:
             return plausible_mpp(float(mx.group(1)) * factor), plausible_mpp(float(my.group(1)) * factor)
     desc = page.description or ""
@@ -140,7 +141,8 @@ class TiffSlide(Slide):
                     f"{self.path}: not a 2-D RGB or grey slide (tifffile axes {axes!r}, shape {series.shape})"
                 )
             self._axes = axes
-            self._levels = [zarr.open(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
+            # zarr's open() is typed as array-or-group; a tifffile series level is an array.
+            self._levels: list[Any] = [zarr.open(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
             page = series.levels[0].pages[0]
             if page.dtype != np.uint8:
                 raise SlideFormatError(

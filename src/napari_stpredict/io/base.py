@@ -383,7 +383,7 @@ class ArraySlide(Slide):
 
             level0 = self._levels[0]
             h = hashlib.blake2b(f"array|{level0.shape}".encode(), digest_size=20)
-            h.update(memoryview(level0).cast("B"))
+            h.update(np.ascontiguousarray(level0).view(np.uint8).ravel().data)
             self._content_key = h.hexdigest()
         return self._content_key
 
@@ -420,11 +420,11 @@ def _mpp_pair(mpp: float | tuple[float, float] | None, name: str) -> tuple[float
         return (None, None)
     from ._guards import MIN_PLAUSIBLE_MPP
 
-    pair = (mpp, mpp) if np.isscalar(mpp) else tuple(mpp)
+    pair = (mpp, mpp) if np.isscalar(mpp) else tuple(mpp)  # type: ignore[arg-type]
     if len(pair) != 2:
         raise ValueError(f"{name}: mpp must be one number or (mpp_x, mpp_y), got {mpp!r}")
-    checked = tuple(plausible_mpp(v) for v in pair)
-    if None in checked or min(checked) < MIN_PLAUSIBLE_MPP:
+    checked = [plausible_mpp(v) for v in pair]
+    if any(v is None or v < MIN_PLAUSIBLE_MPP for v in checked):
         raise ValueError(
             f"{name}: mpp must be a number of µm per pixel between {MIN_PLAUSIBLE_MPP} and {MAX_PLAUSIBLE_MPP}, "
             f"got {mpp!r}"

@@ -234,7 +234,7 @@ def _legacy_files(folder: Path) -> set[str] | None:
         return None
     from ..vocabulary import safe_filename
 
-    genes = data.get("genes") if isinstance(data.get("genes"), list) else []
+    genes = data["genes"] if isinstance(data.get("genes"), list) else []
     return set(_LEGACY_FILES) | {f"{safe_filename(str(g))}.tif" for g in genes}
 
 

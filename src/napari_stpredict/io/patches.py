@@ -15,7 +15,7 @@ def read_patches(slide: Slide, l0_centres: np.ndarray, patch_um: float, input_px
     Returns ``(n, input_px, input_px, 3)`` uint8.
     """
     mpp_x, mpp_y = slide.mpp
-    if mpp_x is None:
+    if mpp_x is None or mpp_y is None:
         raise ValueError(f"{slide.name}: its resolution (mpp) is unknown; pass mpp when opening it")
     half_x, half_y = patch_um / 2 / mpp_x, patch_um / 2 / mpp_y
     out = np.empty((len(l0_centres), input_px, input_px, 3), np.uint8)

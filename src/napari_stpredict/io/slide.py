@@ -134,7 +134,7 @@ def _apply_user_mpp(slide: Slide, mpp: float | tuple[float, float]) -> None:
     pair = _mpp_pair(mpp, slide.name)
     file_mpp = slide._file_mpp()
     if file_mpp[0] is not None and file_mpp[1] is not None:
-        if not np.allclose(pair, file_mpp, rtol=0.02):
+        if not np.allclose(np.asarray(pair, float), np.asarray(file_mpp, float), rtol=0.02):
             warnings.warn(
                 f"{slide.name}: the file records mpp {file_mpp}; ignoring mpp={mpp!r}",
                 StPredictWarning,

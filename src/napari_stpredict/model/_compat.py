@@ -16,7 +16,7 @@ __all__ = ["import_timm"]
 def import_timm():
     """Return the ``timm`` module, imported with triton disabled unless already loaded."""
     if "timm" not in sys.modules and "triton" not in sys.modules:
-        sys.modules["triton"] = None  # type: ignore[assignment]  # makes `import triton` fail cleanly
+        sys.modules["triton"] = None  # type: ignore[assignment,unused-ignore]  # makes `import triton` fail cleanly
     import timm
 
     return timm

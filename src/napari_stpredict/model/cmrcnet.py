@@ -114,7 +114,7 @@ class CMRCNet(nn.Module):
         self.config = config
         dim = config.embed_dim
         self.backbone = _create_backbone(config)
-        feat_dim = self.backbone.num_features
+        feat_dim: int = self.backbone.num_features  # type: ignore[assignment]  # timm sets an int attribute
         self.image_projection = ProjectionHead(feat_dim, dim, config.dropout)
         self.expression_projection = ProjectionHead(config.n_genes, dim, config.dropout)
         if config.reconstruction:

@@ -110,6 +110,7 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alphas=(0.1, 1.0, 10.0, 100.0, 1000.
         err = loo.mean()
         if best is None or err < best[0]:
             best = (err, alpha, d)
+    assert best is not None  # the loop ran over at least one alpha
     _, alpha, d = best
     weight = vt.T @ (d[:, None] * uty)
     bias = y_mean - x_mean @ weight
