@@ -48,7 +48,7 @@ def check_spots_fit(spots, prediction, *, source: str = "measured spots") -> Non
             "level-0 pixels"
         )
     centres = prediction.l0_centres
-    stride = float(np.mean(prediction.meta["grid_stride_l0"]))
+    stride = float(np.mean(prediction.grid.stride))
     from scipy.spatial import cKDTree
 
     near = cKDTree(centres).query(xy[inside], distance_upper_bound=1.5 * stride)[0]
@@ -99,19 +99,16 @@ class SlideAnalysis:
 
     def spot_at(self, l0_xy) -> int | None:
         """Index of the predicted spot whose grid cell holds the level-0 point, or None."""
-        meta = self.prediction.meta
+        grid = self.prediction.grid
         if getattr(self, "_spot_index", None) is None:
-            index = np.full(tuple(meta["grid_shape"]), -1, np.int64)
+            index = np.full(grid.shape, -1, np.int64)
             obs = self.prediction.adata.obs
             index[obs["grid_row"].to_numpy(int), obs["grid_col"].to_numpy(int)] = np.arange(len(obs))
             self._spot_index = index
-        (ox, oy), (sx, sy) = meta["grid_origin_l0"], meta["grid_stride_l0"]
-        x, y = np.asarray(l0_xy, float).ravel()[:2]
-        col, row = int(np.floor((x - ox) / sx + 0.5)), int(np.floor((y - oy) / sy + 0.5))
-        rows, cols = self._spot_index.shape
-        if not (0 <= row < rows and 0 <= col < cols) or self._spot_index[row, col] < 0:
+        rows, cols = grid.cell_of(np.asarray(l0_xy, float).ravel()[:2])
+        if not grid.inside(rows, cols)[0] or self._spot_index[rows[0], cols[0]] < 0:
             return None
-        return int(self._spot_index[row, col])
+        return int(self._spot_index[rows[0], cols[0]])
 
     def readout(self, l0_xy) -> str:
         """What the prediction says at a level-0 point: the genes shown with values and

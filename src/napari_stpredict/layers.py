@@ -45,8 +45,8 @@ def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
             "slide": meta["slide"]["name"],
             "patch_um": meta["patch_um"],
             "stride_um": meta["stride_um"],
-            "l0_origin": [float(v) for v in meta["grid_origin_l0"]],
-            "l0_stride": [float(v) for v in meta["grid_stride_l0"]],
+            "l0_origin": list(prediction.grid.origin),
+            "l0_stride": list(prediction.grid.stride),
             "mpp": [meta.get("mpp_x"), meta.get("mpp_y")],
             "domain": {k: domain.get(k) for k in ("verdict", "share_out")} if domain else {},
             "note": "Research use only; not for diagnosis.",
@@ -190,13 +190,13 @@ def tumor_labels_layer(prediction: Prediction, mask: TumorMask, placement: Place
 
 def tumor_contour_layer(prediction: Prediction, mask: TumorMask, placement: Placement | None = None) -> tuple:
     """Shapes layer of the tumour contours (outer rings and holes), data in level-0 ``(y, x)``."""
-    meta = prediction.meta
+    grid = prediction.grid
     placement = placement or Placement.of_prediction(prediction)
     shapes = []
-    for rings in mask_polygons(mask.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"])):
+    for rings in mask_polygons(mask.raster, grid.origin, grid.stride):
         for ring in rings:
             shapes.append(np.column_stack([ring[:, 1], ring[:, 0]]))
-    stride = float(np.mean(meta["grid_stride_l0"]))
+    stride = float(np.mean(grid.stride))
     kwargs = {
         "name": "tumour (predicted)",
         "shape_type": "polygon",

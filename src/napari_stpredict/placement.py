@@ -89,8 +89,8 @@ class Placement:
 
     def grid_kwargs(self, prediction) -> dict[str, Any]:
         """`layer_kwargs` for rasters on a prediction's spot grid."""
-        meta = prediction.meta
-        return self.layer_kwargs(tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"]))
+        grid = prediction.grid
+        return self.layer_kwargs(grid.origin, grid.stride)
 
     def data_to_world(self, yx: np.ndarray) -> np.ndarray:
         """World ``(y, x)`` of the layer's data coordinates ``(y, x)``."""

@@ -46,8 +46,7 @@ def export_gene_geotiff(prediction: Prediction, gene: str, path: Path) -> Path:
 
 def export_tumor(prediction: Prediction, mask: TumorMask, tif_path: Path, geojson_path: Path) -> None:
     """uint8 tumour-mask GeoTIFF (1 tumour, 0 not) and its contours as GeoJSON (level-0 pixels)."""
-    meta = prediction.meta
-    origin, stride = tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"])
+    grid = prediction.grid
     tags = _common_tags(prediction) | {
         "MARKERS": ",".join(mask.markers),
         "THRESHOLD": mask.threshold,
@@ -55,14 +54,13 @@ def export_tumor(prediction: Prediction, mask: TumorMask, tif_path: Path, geojso
         "THRESHOLD_MODE": mask.mode,
         "VALUES": "1 = predicted tumour, 0 = other or no tissue",
     }
-    write_geotiff(tif_path, mask.raster, l0_origin=origin, l0_stride=stride, metadata=tags)
+    write_geotiff(tif_path, mask.raster, l0_origin=grid.origin, l0_stride=grid.stride, metadata=tags)
     export_tumor_geojson(prediction, mask, geojson_path)
 
 
 def export_tumor_geojson(prediction: Prediction, mask: TumorMask, path: Path) -> Path:
     """Tumour contours (with holes) as a GeoJSON FeatureCollection in level-0 pixels (QuPath imports it)."""
-    meta = prediction.meta
-    polygons = mask_polygons(mask.raster, tuple(meta["grid_origin_l0"]), tuple(meta["grid_stride_l0"]))
+    polygons = mask_polygons(mask.raster, prediction.grid.origin, prediction.grid.stride)
     return write_geojson(
         Path(path),
         polygons_geojson(

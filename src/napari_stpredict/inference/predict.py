@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PredictionCancelled, StPredictError  # noqa: F401 - re-exported
+from ..grid import GridGeometry
 from .prediction import Prediction
 
 __all__ = ["predict_slide", "run_prediction", "PredictionCancelled"]
@@ -306,9 +307,7 @@ def predict_slide(
         "patch_um": io.patch_um,
         "input_px": io.input_px,
         "stride_um": float(stride_um if stride_um is not None else io.patch_um),
-        "grid_origin_l0": [float(v) for v in grid.origin],
-        "grid_stride_l0": [float(v) for v in grid.stride],
-        "grid_shape": [int(v) for v in grid.shape],
+        **GridGeometry.of(grid.origin, grid.stride, grid.shape).to_meta(),
         "units": "log1p(counts per 10,000)",
         "roi": None if roi is None else np.asarray(roi, float).tolist(),
         "trust": {

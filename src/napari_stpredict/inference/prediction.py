@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..grid import GridGeometry
 from ..vocabulary import UNITS, GeneIndex
 
 __all__ = ["Prediction", "Heatmap", "UNITS"]
@@ -38,9 +39,14 @@ class Heatmap:
     name: str
     units: str = UNITS
 
+    @property
+    def grid(self) -> GridGeometry:
+        """The spot grid the raster lies on."""
+        return GridGeometry.of(self.l0_origin, self.l0_stride, self.raster.shape)
+
     def l0_of(self, row: float, col: float) -> tuple[float, float]:
         """Level-0 ``(x, y)`` of the centre of grid pixel ``(row, col)``."""
-        return (self.l0_origin[0] + col * self.l0_stride[0], self.l0_origin[1] + row * self.l0_stride[1])
+        return self.grid.centre_of(row, col)
 
     def sample_smooth(self, l0_xy: np.ndarray) -> np.ndarray:
         """Values at level-0 ``(x, y)`` points, linearly interpolated between spot centres
@@ -97,20 +103,12 @@ class Heatmap:
         values = self.sample_smooth(l0).reshape(rows * f, cols * f)
         if f % 2 == 1:  # the centre sub-cell is exactly the spot (no rounding through level 0)
             values[f // 2 :: f, f // 2 :: f] = self.raster
-        stride = (self.l0_stride[0] / f, self.l0_stride[1] / f)
-        first = offsets[0]  # the first sub-cell's centre, in cells from the first spot's
-        origin = (self.l0_origin[0] + first * self.l0_stride[0], self.l0_origin[1] + first * self.l0_stride[1])
-        return values, origin, stride
+        fine = self.grid.subdivided(f)
+        return values, fine.origin, fine.stride
 
     def sample(self, l0_xy: np.ndarray) -> np.ndarray:
         """Values at level-0 ``(x, y)`` points (the grid cell each falls in; NaN off the grid)."""
-        xy = np.atleast_2d(np.asarray(l0_xy, float))
-        cols = np.floor((xy[:, 0] - self.l0_origin[0]) / self.l0_stride[0] + 0.5).astype(int)
-        rows = np.floor((xy[:, 1] - self.l0_origin[1]) / self.l0_stride[1] + 0.5).astype(int)
-        inside = (rows >= 0) & (rows < self.raster.shape[0]) & (cols >= 0) & (cols < self.raster.shape[1])
-        out = np.full(len(xy), np.nan, np.float32)
-        out[inside] = self.raster[rows[inside], cols[inside]]
-        return out
+        return self.grid.sample(self.raster, l0_xy)
 
 
 class Prediction:
@@ -127,6 +125,11 @@ class Prediction:
     @property
     def meta(self) -> dict[str, Any]:
         return self.adata.uns["stpredict"]
+
+    @property
+    def grid(self) -> GridGeometry:
+        """The spot grid (level-0 origin, stride and shape)."""
+        return GridGeometry.from_meta(self.meta)
 
     @property
     def l0_centres(self) -> np.ndarray:
@@ -165,13 +168,11 @@ class Prediction:
 
     def raster(self, values: np.ndarray, name: str, fill: float = np.nan, units: str = UNITS) -> Heatmap:
         """Any per-spot values as a `Heatmap` on the grid."""
-        rows, cols = self.meta["grid_shape"]
-        out = np.full((rows, cols), fill, np.float32)
-        out[self.adata.obs["grid_row"].to_numpy(int), self.adata.obs["grid_col"].to_numpy(int)] = values
+        grid = self.grid
+        obs = self.adata.obs
+        out = grid.place(obs["grid_row"].to_numpy(int), obs["grid_col"].to_numpy(int), values, fill)
         scale, translate = self._placement()
-        return Heatmap(
-            out, scale, translate, tuple(self.meta["grid_origin_l0"]), tuple(self.meta["grid_stride_l0"]), name, units
-        )
+        return Heatmap(out, scale, translate, grid.origin, grid.stride, name, units)
 
     def heatmap(self, gene: str) -> Heatmap:
         """Predicted expression of ``gene`` as a raster on the spot grid (NaN off tissue)."""

@@ -75,7 +75,7 @@ def write_qupath_detections(prediction, genes: list[str], path: str | Path, *, t
     path = Path(path)
     obs = prediction.adata.obs
     meta = prediction.meta
-    half_x, half_y = (float(s) / 2 for s in meta["grid_stride_l0"])
+    half_x, half_y = (s / 2 for s in prediction.grid.stride)
     xs, ys = obs["x"].to_numpy(float), obs["y"].to_numpy(float)
     values = {gene: prediction.expression(gene) for gene in genes}
     extra = [(name, obs[column].to_numpy(float)) for name, column in SPOT_MEASUREMENTS if column in obs]
