@@ -553,7 +553,7 @@ def test_coarse_slide_gets_a_warning(sample_slide_path):
         small = slide.thumbnail(2500)  # the sample at ~2 µm/px
         mpp = slide.mpp_x * slide.dimensions[0] / small.shape[1]
     prediction = run_prediction(ArraySlide(small, mpp=mpp, name="coarse.tif"), model)
-    assert prediction.meta["trust"]["resolution"]["coarse"]
+    assert prediction.trust.resolution.coarse
     assert any("coarser than" in line for line in trust_lines(prediction.meta))
 
 

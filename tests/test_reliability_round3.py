@@ -414,7 +414,7 @@ def _analysis(prediction):
     from napari_stpredict.analysis import SlideAnalysis
     from napari_stpredict.placement import Placement
 
-    mpp = (prediction.meta["mpp_y"], prediction.meta["mpp_x"])
+    mpp = (prediction.meta.mpp_y, prediction.meta.mpp_x)
     return SlideAnalysis("slide", prediction, Placement(mpp, (0.0, 0.0), None, ("µm", "µm")))
 
 

@@ -109,7 +109,7 @@ def test_engine_refuses_before_tissue_detection_and_can_be_overridden(sample_thu
             stages.append(progress["stage"])
     assert stages == ["stain"]  # nothing slow ran
     prediction = run_prediction(slide, tiny_model, check_stain=False)
-    assert prediction.meta["trust"]["stain"]["kind"] == "grayscale"
+    assert prediction.trust.stain.kind == "grayscale"
 
 
 def test_cli_reports_the_fluorescence_slide_and_completes_the_others(

@@ -39,7 +39,7 @@ def check_spots_fit(spots, prediction, *, source: str = "measured spots") -> Non
         )
     if not np.isfinite(xy).all():
         raise ValueError(f"{source}: {int((~np.isfinite(xy)).any(axis=1).sum())} spots have no finite (x, y) position")
-    width, height = prediction.meta["slide"]["dimensions"]
+    width, height = prediction.meta.slide.dimensions
     inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height)
     if inside.mean() < 0.9:
         raise ValueError(

@@ -508,8 +508,8 @@ def _cmd_cohort(args) -> int:
 def _report(slide, prediction, mask, out: Path, shown_as: str | None = None) -> None:
     from .inference.trust import trust_lines
 
-    verdict = prediction.meta["trust"]["domain"]["verdict"]
-    source = "cached" if prediction.meta.get("cache") == "hit" else "predicted"
+    verdict = prediction.trust.domain.verdict
+    source = "cached" if prediction.meta.cache == "hit" else "predicted"
     name = f"{slide.name} (as {shown_as})" if shown_as else slide.name
     print(
         f"{name}: {len(prediction)} spots ({source}), {verdict}, tumour {mask.fraction:.0%} of "

@@ -8,6 +8,7 @@ GeoTIFFs and the QuPath detections all take their geometry from one `GridGeometr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,6 @@ class GridGeometry:
         }
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> GridGeometry:
+    def from_meta(cls, meta: Mapping[str, Any]) -> GridGeometry:
         """From the prediction's metadata (``uns["stpredict"]``)."""
         return cls.of(meta["grid_origin_l0"], meta["grid_stride_l0"], meta["grid_shape"])

@@ -36,19 +36,18 @@ def _grid(prediction: Prediction, placement: Placement | None) -> dict[str, Any]
 
 def _provenance(prediction: Prediction, **extra) -> dict[str, Any]:
     meta = prediction.meta
-    domain = (meta.get("trust") or {}).get("domain") or {}
     return {
         "stpredict": {
             "kind": extra.pop("kind"),
-            "model": meta["model"]["name"],
-            "trained_on": list(meta["model"].get("trained_on", [])),
-            "slide": meta["slide"]["name"],
-            "patch_um": meta["patch_um"],
-            "stride_um": meta["stride_um"],
-            "l0_origin": list(prediction.grid.origin),
-            "l0_stride": list(prediction.grid.stride),
-            "mpp": [meta.get("mpp_x"), meta.get("mpp_y")],
-            "domain": {k: domain.get(k) for k in ("verdict", "share_out")} if domain else {},
+            "model": meta.model.name,
+            "trained_on": list(meta.model.trained_on),
+            "slide": meta.slide.name,
+            "patch_um": meta.patch_um,
+            "stride_um": meta.stride_um,
+            "l0_origin": list(meta.grid.origin),
+            "l0_stride": list(meta.grid.stride),
+            "mpp": list(meta.mpp),
+            "domain": meta.trust.domain.summary(),
             "note": "Research use only; not for diagnosis.",
             **extra,
         }
@@ -118,8 +117,7 @@ def _hide_out_of_domain(prediction: Prediction, raster: np.ndarray) -> int:
     obs = prediction.adata.obs
     if "out_of_domain" not in obs:
         return 0
-    verdict = ((prediction.meta.get("trust") or {}).get("domain") or {}).get("verdict")
-    hide = np.ones(len(obs), bool) if verdict == "out of domain" else obs["out_of_domain"].to_numpy(bool)
+    hide = np.ones(len(obs), bool) if prediction.trust.domain.out_of_domain else obs["out_of_domain"].to_numpy(bool)
     raster[obs["grid_row"].to_numpy(int)[hide], obs["grid_col"].to_numpy(int)[hide]] = np.nan
     return int(hide.sum())
 
@@ -131,7 +129,7 @@ def confidence_layer(prediction: Prediction, placement: Placement | None = None)
     similarity, so dark means "less like the training data than 95 % of it".
     """
     heat = prediction.raster(prediction.confidence, "confidence", units="cosine similarity to the reference bank")
-    ref = prediction.meta["model"].get("confidence_reference") or {}
+    ref = prediction.meta.model.confidence_reference
     finite = heat.raster[np.isfinite(heat.raster)]
     lo = float(ref.get("q05", finite.min() if finite.size else 0.0))
     hi = float(ref.get("q50", finite.max() if finite.size else 1.0))
@@ -152,7 +150,9 @@ def domain_layer(prediction: Prediction, placement: Placement | None = None) -> 
     """Image layer of each spot's out-of-domain distance, in units of the model's
     threshold (1 = the threshold; above it the spot is unlike the training data and is
     never called tumour)."""
-    threshold = float(prediction.meta["trust"]["domain"]["threshold"])
+    threshold = prediction.trust.domain.threshold
+    if threshold is None:
+        raise ValueError("this prediction's model carries no out-of-domain calibration: no out-of-domain map")
     values = prediction.adata.obs["domain_distance"].to_numpy(np.float32) / threshold
     heat = prediction.raster(values, "out of domain", units="distance to the training images / threshold")
     kwargs = {

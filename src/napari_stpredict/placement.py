@@ -59,7 +59,7 @@ class Placement:
 
         Used when no slide layer is at hand (scripts, exports).
         """
-        mx, my = prediction.meta.get("mpp_x"), prediction.meta.get("mpp_y")
+        mx, my = prediction.meta.mpp
         if mx and my:
             return cls((float(my), float(mx)), (0.0, 0.0), None, ("µm", "µm"))
         return cls()

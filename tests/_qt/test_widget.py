@@ -362,7 +362,7 @@ def test_default_model_in_the_widget(make_napari_viewer, qtbot, sample_slide_pat
     widget.device_combo.setCurrentText("cpu")
     _run(qtbot, widget)
     assert widget.prediction is not None, widget.status.text()
-    assert widget.prediction.meta["model"]["name"] == "cmrcnet_her2st.pt"
+    assert widget.prediction.meta.model.name == "cmrcnet_her2st.pt"
     assert "ERBB2 (predicted) [her2st_C2]" in viewer.layers and "B4, C3, C4, C5, C6" in widget.model_info.text()
     assert widget.last_r > 0.2, widget.r_label.text()  # predicted vs measured ERBB2 at the sample's spots
     assert "ERBB2" in widget.markers_edit.text()
@@ -448,7 +448,7 @@ def test_in_domain_sample_has_no_banner_and_refused_stain_is_a_notification(
     widget = _open_widget(viewer, sample_slide_path)
     widget.device_combo.setCurrentText("cpu")
     _run(qtbot, widget)
-    assert widget.prediction.meta["trust"]["domain"]["verdict"] == "in domain"
+    assert widget.prediction.trust.domain.verdict == "in domain"
     assert not widget.trust_banner.isVisible() and widget.tumor.mode == "absolute"
     viewer.open(str(wsi_dir / "ndpi_test3-DAPI-2-387.ndpi"), plugin="napari-stpredict")
     widget.slide_combo.setCurrentText(viewer.layers[-1].name)
@@ -503,12 +503,12 @@ def test_layers_lie_on_a_slide_opened_by_naparis_own_reader(
         assert np.allclose(contour.data_to_world(vertex), slide_layer.data_to_world(vertex - 0.5), atol=1e-6)
     assert tuple(str(u) for u in heat_units(kinds["heatmap"])) == tuple(str(u) for u in heat_units(slide_layer))
     # Issue 20.5: a layer with no slide file is cached by its pixels; the rerun runs no model.
-    assert widget.prediction.meta["cache"] == "miss"
+    assert widget.prediction.meta.cache == "miss"
     calls = []
     original = widget.model.embed_with_features
     widget.model.embed_with_features = lambda *a, **k: calls.append(1) or original(*a, **k)
     _run(qtbot, widget)
-    assert widget.prediction.meta["cache"] == "hit" and calls == [], widget.prediction.meta["cache"]
+    assert widget.prediction.meta.cache == "hit" and calls == [], widget.prediction.adata.uns["stpredict"]["cache"]
 
 
 def heat_units(layer):
@@ -532,7 +532,7 @@ def test_a_corrected_resolution_changes_the_next_run(
     assert widget.mpp_spin.isEnabled()
     widget.mpp_spin.setValue(1.0)  # corrected: a coarser scan, so fewer 112 µm spots
     _run(qtbot, widget)
-    assert widget.prediction.meta["mpp_x"] == pytest.approx(1.0) and len(widget.prediction) > first
+    assert widget.prediction.meta.mpp_x == pytest.approx(1.0) and len(widget.prediction) > first
     viewer.open(str(sample_slide_path), plugin="napari-stpredict")  # records its mpp
     widget.slide_combo.setCurrentText("her2st_C2")
     assert not widget.mpp_spin.isEnabled() and widget.mpp_spin.value() == pytest.approx(0.688)
@@ -574,7 +574,7 @@ def test_two_slides_in_one_window_keep_their_own_results(
     assert "ERBB2 (measured) [her2st_C2]" in names and widget.spots is None and widget.r_label.text() == ""
     crop_mask = widget.tumor
     widget.slide_combo.setCurrentText("her2st_C2")  # back to the first slide: its own results
-    assert widget.prediction.meta["slide"]["name"] == "her2st_C2.tiff" and widget.last_r == sample_r
+    assert widget.prediction.meta.slide.name == "her2st_C2.tiff" and widget.last_r == sample_r
     assert widget.tumor is not crop_mask and "Pearson r" in widget.r_label.text()
     # issue 23.14: only the chosen slide's prediction layers are shown (reversibly) ...
     assert viewer.layers["ERBB2 (predicted) [her2st_C2]"].visible
@@ -609,7 +609,7 @@ def test_rerun_is_a_cache_hit_that_does_not_call_the_model(predicted, qtbot):
     original = widget.model.embed_with_features
     widget.model.embed_with_features = lambda *a, **k: calls.append(1) or original(*a, **k)
     _run(qtbot, widget)  # same slide, same settings: a fresh cancel event must not change the key
-    assert widget.prediction.meta["cache"] == "hit" and calls == []
+    assert widget.prediction.meta.cache == "hit" and calls == []
     assert "from cache" in widget.status.text()
 
 

@@ -26,8 +26,8 @@ def _predict(path, model, mpp=None, **kwargs):
 def test_adaptation_changes_the_map_not_the_domain_score_and_is_recorded(sample_slide_path, bundled):
     plain = _predict(sample_slide_path, bundled, adaptation="none")
     adapted = _predict(sample_slide_path, bundled, adaptation="standardise")
-    assert plain.meta["model"]["adaptation"] == {"mode": "none"}
-    summary = adapted.meta["model"]["adaptation"]
+    assert plain.adata.uns["stpredict"]["model"]["adaptation"] == {"mode": "none"}
+    summary = adapted.adata.uns["stpredict"]["model"]["adaptation"]
     assert summary["mode"] == "standardise" and summary["n_patches"] >= 32 and summary["shift_size"] > 0
     np.testing.assert_allclose(adapted.adata.obs["domain_distance"], plain.adata.obs["domain_distance"], atol=1e-5)
     assert (adapted.adata.obs["out_of_domain"] == plain.adata.obs["out_of_domain"]).all()
@@ -44,18 +44,18 @@ def test_a_region_is_adapted_with_the_whole_slides_statistics(sample_slide_path,
     box = [float(xy[:, 0].min()), float(xy[:, 1].min()), float(np.median(xy[:, 0])), float(np.median(xy[:, 1]))]
     region = _predict(sample_slide_path, bundled, adaptation="standardise", roi=box)
     assert 0 < len(region) < len(whole)
-    assert region.meta["model"]["adaptation"] == whole.meta["model"]["adaptation"]
+    assert region.adata.uns["stpredict"]["model"]["adaptation"] == whole.adata.uns["stpredict"]["model"]["adaptation"]
     with open_slide(sample_slide_path) as slide:
         patches = read_patches(slide, region.adata.obsm["spatial"], bundled.io.patch_um, bundled.io.input_px)
     own = bundled.slide_adaptation(bundled.features_many(patches), mode="standardise")
-    assert round(own.shift_size, 4) != whole.meta["model"]["adaptation"]["shift_size"]
+    assert round(own.shift_size, 4) != whole.adata.uns["stpredict"]["model"]["adaptation"]["shift_size"]
 
 
 def test_an_out_of_domain_slide_stays_out_of_domain_when_adapted(bundled):
     slide = _require(WSI / "tcga-cr-7395-01a-01-ts1.svs")  # head-and-neck tissue, another scanner
     plain = _predict(slide, bundled, adaptation="none", mpp=0.5, check_stain=False)
     adapted = _predict(slide, bundled, adaptation="standardise", mpp=0.5, check_stain=False)
-    assert adapted.meta["trust"]["domain"]["verdict"] == plain.meta["trust"]["domain"]["verdict"]
+    assert adapted.trust.domain.verdict == plain.trust.domain.verdict
     np.testing.assert_allclose(adapted.adata.obs["domain_distance"], plain.adata.obs["domain_distance"], atol=1e-5)
 
 

@@ -50,9 +50,9 @@ def test_grid_patches_are_half_tissue_and_cover_the_tissue(sample, stride_um):
 
 def test_prediction_table(prediction, tiny_model, sample):
     assert len(prediction) > 300 and prediction.genes == tiny_model.genes
-    assert prediction.meta["patch_um"] == 112.0 and prediction.meta["mpp_x"] == pytest.approx(0.688)
+    assert prediction.meta.patch_um == 112.0 and prediction.adata.uns["stpredict"]["mpp_x"] == pytest.approx(0.688)
     assert np.isfinite(prediction.adata.X).all() and np.isfinite(prediction.confidence).all()
-    assert str(sample.path.parent) not in json.dumps(prediction.meta, default=str)
+    assert str(sample.path.parent) not in json.dumps(prediction.adata.uns["stpredict"], default=str)
     h = prediction.heatmap("erbb2")
     assert h.name == "ERBB2" and h.raster.dtype == np.float32
     assert np.isnan(h.raster).any() and (~np.isnan(h.raster)).sum() == len(prediction)
@@ -64,8 +64,8 @@ def test_save_and_load(prediction, tmp_path):
     path = prediction.save(tmp_path / "p.h5ad")
     back = Prediction.load(path)
     assert np.allclose(back.expression("ERBB2"), prediction.expression("ERBB2"))
-    assert back.meta["grid_shape"] == list(prediction.meta["grid_shape"])
-    json.dumps(back.meta)  # plain Python values, as in a fresh prediction, not numpy arrays
+    assert back.adata.uns["stpredict"]["grid_shape"] == list(prediction.adata.uns["stpredict"]["grid_shape"])
+    json.dumps(back.adata.uns["stpredict"])  # plain Python values, as in a fresh prediction, not numpy arrays
     assert back.heatmap("ERBB2").raster.shape == prediction.heatmap("ERBB2").raster.shape
 
 
@@ -86,7 +86,7 @@ def test_heatmap_pixel_maps_back_to_its_spot_through_the_geotiff(prediction, tmp
             assert abs(x - obs["x"].iloc[i]) <= 1e-6 and abs(y - obs["y"].iloc[i]) <= 1e-6
             assert band[row, col] == pytest.approx(prediction.expression("ERBB2")[i])
     raw = path.read_bytes()
-    assert str(prediction.meta["slide"]["name"]).encode() in raw
+    assert str(prediction.meta.slide.name).encode() in raw
     assert b"/work/" not in raw and b"sample_data" not in raw  # no folder paths
 
 
@@ -96,7 +96,7 @@ def test_napari_placement_matches_level0(prediction):
     i = len(obs) // 2
     row, col = obs["grid_row"].iloc[i], obs["grid_col"].iloc[i]
     world = np.array(h.translate) + np.array(h.scale) * (row, col)
-    mpp = prediction.meta["mpp_x"]
+    mpp = prediction.meta.mpp_x
     assert world == pytest.approx(((obs["y"].iloc[i] - 0.5) * mpp, (obs["x"].iloc[i] - 0.5) * mpp))
 
 
@@ -112,7 +112,10 @@ def test_tumour_mask_geotiff_and_geojson(prediction, tmp_path):
         assert ds.dtypes == ("uint8",) and np.array_equal(ds.read(1), mask.raster)
     gj = json.loads((tmp_path / "t.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and gj["features"]
-    origin, stride = prediction.meta["grid_origin_l0"], prediction.meta["grid_stride_l0"]
+    origin, stride = (
+        prediction.grid.origin,
+        prediction.grid.stride,
+    )
     covered = np.zeros(mask.raster.shape, bool)
     for f in gj["features"]:
         assert f["geometry"]["type"] == "Polygon" and f["properties"]["objectType"] == "annotation"
@@ -174,13 +177,13 @@ def test_cache_hit_on_rerun(sample, tiny_model, tiny_model_path, tmp_path):
     first, stages1 = run()
     second, stages2 = run()
     assert "predict" in stages1 and stages2 == ["cache"]
-    assert first.meta["cache"] == "miss" and second.meta["cache"] == "hit"
+    assert first.meta.cache == "miss" and second.meta.cache == "hit"
     assert np.allclose(first.adata.X, second.adata.X)
     # A cached prediction carries the same plain metadata as a fresh one (h5ad turns lists into
     # arrays), so the model's marker panel and the tumour mask come out the same.
-    meta1, meta2 = ({k: v for k, v in p.meta.items() if k != "cache"} for p in (first, second))
+    meta1, meta2 = ({k: v for k, v in p.adata.uns["stpredict"].items() if k != "cache"} for p in (first, second))
     assert json.dumps(meta2, sort_keys=True) == json.dumps(meta1, sort_keys=True)
-    assert second.meta["model"]["markers"] == ["ERBB2", "GRB7", "EPCAM"]
+    assert second.adata.uns["stpredict"]["model"]["markers"] == ["ERBB2", "GRB7", "EPCAM"]
     mask1, mask2 = tumor_mask(first, None), tumor_mask(second, None)
     assert mask2.markers == mask1.markers == ["ERBB2", "GRB7", "EPCAM"]
     assert np.array_equal(mask2.raster, mask1.raster)
@@ -254,7 +257,7 @@ def test_a_rerun_on_the_same_open_slide_reuses_its_tissue_mask(sample_slide_path
         w, h = slide.dimensions
         boxed = run_prediction(slide, tiny_model, roi=(w * 0.4, h * 0.4, w * 0.7, h * 0.7))
     assert len(calls) == 1
-    assert first.meta["trust"]["stain"] == finer.meta["trust"]["stain"] == boxed.meta["trust"]["stain"]
+    assert first.trust.stain == finer.trust.stain == boxed.trust.stain
     with open_slide(sample_slide_path) as fresh:  # a new slide object detects again, same grid
         again = run_prediction(fresh, tiny_model, batch_size=64, stride_um=56.0)
     assert len(calls) == 2

@@ -33,7 +33,7 @@ def test_one_detection_per_spot_with_the_predictions_values(exported):
     assert "Research use only" in data["properties"]["note"]
     ids = [f["id"] for f in features]
     assert len(set(ids)) == len(ids) and all(uuid.UUID(i) for i in ids)  # QuPath 0.4+ keeps UUID ids
-    stride = np.asarray(prediction.meta["grid_stride_l0"], float)
+    stride = np.asarray(prediction.grid.stride, float)
     centres = np.asarray(prediction.adata.obsm["spatial"], float)
     erbb2, grb7 = prediction.expression("ERBB2"), prediction.expression("GRB7")
     for i, feature in enumerate(features):

@@ -44,7 +44,7 @@ def test_bundled_model_carries_its_calibration(model):
 
 
 def test_held_out_sample_is_in_domain(sample_prediction):
-    domain = sample_prediction.meta["trust"]["domain"]
+    domain = sample_prediction.adata.uns["stpredict"]["trust"]["domain"]
     assert domain["verdict"] == "in domain" and domain["share_out"] < 0.05
     obs = sample_prediction.adata.obs
     assert np.isfinite(obs["domain_distance"]).all()
@@ -54,7 +54,7 @@ def test_held_out_sample_is_in_domain(sample_prediction):
 @pytest.mark.parametrize("name, mpp", [("CMU-1-Small-Region.svs", None), ("tcga-cr-7395-01a-01-ts1.svs", 0.5)])
 def test_other_tissues_are_out_of_domain(wsi_dir, model, name, mpp):
     prediction = _predict(wsi_dir / name, model, mpp=mpp)
-    domain = prediction.meta["trust"]["domain"]
+    domain = prediction.adata.uns["stpredict"]["trust"]["domain"]
     assert domain["verdict"] == "out of domain" and domain["share_out"] > 0.5, domain
     assert "OUT OF DOMAIN" in domain["message"]
 
@@ -83,7 +83,7 @@ def test_absolute_tumour_call_agrees_with_the_sample_labels(sample_prediction, s
     assert (
         mask.mode == "absolute"
         and mask.automatic
-        and mask.threshold == pytest.approx(sample_prediction.meta["tumor_calibration"]["threshold"])
+        and mask.threshold == pytest.approx(sample_prediction.adata.uns["stpredict"]["tumor_calibration"]["threshold"])
     )
     heat = sample_prediction.raster(
         mask.raster.astype(np.float32)[
@@ -121,15 +121,15 @@ def test_custom_markers_fall_back_to_a_named_per_slide_threshold(sample_predicti
 
 def test_trust_survives_saving_and_loading(sample_prediction, tmp_path):
     loaded = Prediction.load(sample_prediction.save(tmp_path / "p.h5ad"))
-    assert loaded.meta["trust"] == sample_prediction.meta["trust"]
+    assert loaded.adata.uns["stpredict"]["trust"] == sample_prediction.adata.uns["stpredict"]["trust"]
     assert loaded.adata.obs["out_of_domain"].dtype == bool
     assert np.array_equal(tumor_mask(loaded).raster, tumor_mask(sample_prediction).raster)
 
 
 def test_uncalibrated_model_says_so(sample_slide_path, tiny_model):
     prediction = _predict(sample_slide_path, tiny_model)
-    assert prediction.meta["trust"]["domain"]["verdict"] == "unknown"
-    assert "no out-of-domain calibration" in prediction.meta["trust"]["domain"]["message"]
+    assert prediction.trust.domain.verdict == "unknown"
+    assert "no out-of-domain calibration" in prediction.adata.uns["stpredict"]["trust"]["domain"]["message"]
     mask = tumor_mask(prediction)
     assert mask.mode == "slide" and "no tumour calibration" in mask.note
     with pytest.raises(ValueError, match="calibration"):

@@ -75,21 +75,18 @@ def measure(mpp: float, adaptation: str, image: np.ndarray, spots, model) -> dic
         "tumour_note": mask.note,
         "sensitivity": round(float((hit & label).sum() / max(label.sum(), 1)), 4),
         "specificity": round(float((~hit & ~label).sum() / max((~label).sum(), 1)), 4),
-        "adaptation_summary": prediction.meta["model"].get("adaptation"),
-        "resolution_verdict": prediction.meta["trust"]["resolution"],
+        "adaptation_summary": dict(prediction.meta.model.adaptation),
+        "resolution_verdict": prediction.trust.resolution.to_uns(),
     }
 
 
 def _mask_at(prediction, mask, xy) -> np.ndarray:
     """Whether each point's grid cell is called tumour in the cleaned mask."""
-    meta = prediction.meta
-    origin, stride = meta["grid_origin_l0"], meta["grid_stride_l0"]
-    cols = np.floor((xy[:, 0] - origin[0]) / stride[0] + 0.5).astype(int)
-    rows = np.floor((xy[:, 1] - origin[1]) / stride[1] + 0.5).astype(int)
-    raster = np.asarray(mask.raster)
-    inside = (rows >= 0) & (rows < raster.shape[0]) & (cols >= 0) & (cols < raster.shape[1])
+    grid = prediction.grid
+    rows, cols = grid.cell_of(xy)
+    inside = grid.inside(rows, cols)
     out = np.zeros(len(xy), bool)
-    out[inside] = raster[rows[inside], cols[inside]] > 0
+    out[inside] = np.asarray(mask.raster)[rows[inside], cols[inside]] > 0
     return out
 
 

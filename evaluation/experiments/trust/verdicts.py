@@ -92,7 +92,7 @@ def main() -> None:
                 except StPredictError as exc:
                     row["error"] = str(exc)
                 else:
-                    d = p.meta["trust"]["domain"]
+                    d = p.trust.domain.to_uns() or {}
                     row.update(
                         spots=len(p),
                         verdict=d["verdict"],

@@ -510,7 +510,7 @@ class PredictWidget(QWidget):
             The slide layer it belongs to (default: the layer chosen in the dock). Its
             previous analysis, and its measured spots, are replaced; other slides keep theirs.
         """
-        layer_name = layer_name or self.slide_combo.currentText() or prediction.meta["slide"].get("name", "slide")
+        layer_name = layer_name or self.slide_combo.currentText() or prediction.meta.slide.name
         previous = self.analyses.get(layer_name)
         self.analysis = SlideAnalysis(layer_name, prediction, placement or Placement.of_prediction(prediction))
         if previous is not None:
@@ -520,7 +520,7 @@ class PredictWidget(QWidget):
                     self.analysis.set_spots(previous.spots, previous.spots_source)
         self.analyses[layer_name] = self.analysis
         self._fill_result_controls()
-        cached = " (from cache)" if prediction.meta.get("cache") == "hit" else ""
+        cached = " (from cache)" if prediction.meta.cache == "hit" else ""
         self.status.setText(f"{len(prediction)} spots predicted{cached}")
         genes = prediction.genes
         if previous is not None:  # a rerun: no map of the previous run stays on screen
@@ -540,7 +540,7 @@ class PredictWidget(QWidget):
         """Held-out r per gene from the loaded model's evaluation, when it is this prediction's model."""
         from ..model.accuracy import gene_accuracy
 
-        if self.model is None or self.prediction is None or self.model.source != self.prediction.meta["model"]["name"]:
+        if self.model is None or self.prediction is None or self.model.source != self.prediction.meta.model.name:
             return {}
         return gene_accuracy(self.model)[0]
 
@@ -561,10 +561,9 @@ class PredictWidget(QWidget):
         completer.setFilterMode(Qt.MatchContains)
         self.gene_search.setCompleter(completer)
         meta = prediction.meta
-        trained = ", ".join(meta["model"].get("trained_on", [])) or "unknown sections"
+        trained = ", ".join(meta.model.trained_on) or "unknown sections"
         self.model_info.setText(
-            f"Model {meta['model']['name']}: trained on her2st sections {trained}; "
-            f"{len(genes)} genes, units {meta['units']}."
+            f"Model {meta.model.name}: trained on her2st sections {trained}; {len(genes)} genes, units {meta.units}."
         )
         self.markers_edit.setText(", ".join(self.tumor.markers if self.tumor else self._panel()))
         self._set_result_controls(True)
@@ -574,10 +573,10 @@ class PredictWidget(QWidget):
         from ..inference.trust import trust_lines
 
         lines = trust_lines(prediction.meta)
-        verdict = (prediction.meta.get("trust") or {}).get("domain", {}).get("verdict", "unknown")
+        verdict = prediction.trust.domain.verdict or "unknown"
         self.run_panel.show_trust(lines, verdict)
         if lines and notify:
-            notify_warning(f"{prediction.meta['slide'].get('name', 'slide')}: {lines[0]}")
+            notify_warning(f"{prediction.meta.slide.name}: {lines[0]}")
 
     def _panel(self) -> list[str]:
         from ..inference.tumor import model_panel
@@ -685,7 +684,7 @@ class PredictWidget(QWidget):
 
         if self.prediction is None or self.spots is not None:
             return
-        if self.prediction.meta["slide"]["name"] == "her2st_C2.tiff":
+        if self.prediction.meta.slide.name == "her2st_C2.tiff":
             try:
                 self.load_spots(sample_data_dir() / SAMPLE_SPOTS)
             except (OSError, StPredictError, ValueError) as exc:

@@ -74,7 +74,7 @@ class SlideLayers:
 
         prediction = analysis.prediction
         self.upsert(analysis, *confidence_layer(prediction, analysis.placement))
-        if "domain_distance" in prediction.adata.obs and prediction.meta.get("tumor_calibration") is not None:
+        if "domain_distance" in prediction.adata.obs and prediction.meta.tumour_calibration is not None:
             self.upsert(analysis, *domain_layer(prediction, analysis.placement))
 
     def show_genes(
@@ -207,7 +207,7 @@ class SlideLayers:
                 analysis.spots,
                 gene,
                 placement=analysis.placement,
-                mpp=(prediction.meta["mpp_x"], prediction.meta["mpp_y"]),
+                mpp=prediction.meta.mpp,
             )
         except KeyError as exc:
             return str(exc).strip("'\"")

@@ -189,11 +189,11 @@ def _write_tile(path: Path, slide, prediction, gene: str, mask) -> list[float]:
     tumour contour: one cell of cohort_overview.png. Returns the colour limits."""
     from PIL import Image
 
-    from ..inference.colours import colour_limits
+    from ..inference.colours import colour_limits, has_fixed_range
     from ..inference.overview import overview_image
 
     heat = prediction.heatmap(gene)
-    fixed = bool((prediction.meta.get("tumor_calibration") or {}).get("gene_mean"))
+    fixed = has_fixed_range(prediction)
     limits = colour_limits(prediction, gene, fixed=fixed)
     image = overview_image(slide, heat, mask.raster, max_size=TILE_SIZE, limits=limits)
     Image.fromarray(image).save(path, format="PNG")

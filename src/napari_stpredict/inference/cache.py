@@ -71,7 +71,7 @@ def _load_entry(path: Path, key: str, slide) -> Prediction | None:
 
     try:
         prediction = Prediction.load(path)
-        stored = prediction.meta.get("cache_key")
+        stored = prediction.meta.cache_key
         if stored != key:
             raise ValueError(f"it holds another prediction (key {str(stored)[:12]}..., expected {key[:12]}...)")
     except Exception as exc:  # noqa: BLE001 - h5py/anndata raise many kinds for a damaged file
@@ -106,13 +106,13 @@ def cached_predict_slide(
         cached = _load_entry(path, str(key), slide)
         if cached is not None:
             yield {"stage": "cache", "done": 1, "total": 1, "message": f"loaded from cache {path.name}"}
-            cached.meta["cache"] = "hit"
-            cached.meta["slide"]["name"] = slide.name  # the entry holds no file name
+            # the entry holds no file name: the current file's is shown
+            cached.set_meta(cached.meta.with_slide_name(slide.name).with_changes(cache="hit"))
             return cached
     prediction = yield from predict_slide(slide, model, **params)
     status = "off"
     if path is not None:
-        prediction.meta["cache_key"] = key
+        prediction.set_meta(prediction.meta.with_changes(cache_key=key))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for leftover in path.parent.glob(f".{path.name}.*.part"):  # of a write that was killed
@@ -120,12 +120,12 @@ def cached_predict_slide(
             require_free_space(path.parent, 2 * prediction.adata.X.nbytes + (1 << 20))
             # Entries are keyed by content and shared by every name the file goes by: they
             # record no file name (--pseudonymize promises that nothing else does).
-            name = prediction.meta["slide"]["name"]
-            prediction.meta["slide"]["name"] = UNNAMED
+            named = prediction.meta
+            prediction.set_meta(named.with_slide_name(UNNAMED))
             try:
                 prediction.save(path)
             finally:
-                prediction.meta["slide"]["name"] = name
+                prediction.set_meta(named)
             status = "miss"
         except Exception as exc:  # noqa: BLE001 - OSError, or h5py's RuntimeError on a full disk
             warnings.warn(
@@ -134,5 +134,5 @@ def cached_predict_slide(
                 StPredictWarning,
                 stacklevel=3,
             )
-    prediction.meta["cache"] = status
+    prediction.set_meta(prediction.meta.with_changes(cache=status))
     return prediction

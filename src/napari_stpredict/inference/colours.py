@@ -10,7 +10,13 @@ import numpy as np
 
 from .prediction import Prediction
 
-__all__ = ["colour_limits"]
+__all__ = ["colour_limits", "has_fixed_range"]
+
+
+def has_fixed_range(prediction: Prediction) -> bool:
+    """Whether the model carries its training spots' statistics (a fixed colour range)."""
+    cal = prediction.meta.tumour_calibration
+    return cal is not None and cal.has_statistics
 
 
 def colour_limits(prediction: Prediction, gene: str, *, fixed: bool = True) -> tuple[float, float]:
@@ -24,10 +30,10 @@ def colour_limits(prediction: Prediction, gene: str, *, fixed: bool = True) -> t
         so colours can be compared between slides. False, or a model without calibration:
         this slide's 2nd-98th percentile.
     """
-    cal = prediction.meta.get("tumor_calibration") or {}
-    if fixed and cal.get("gene_mean"):
+    cal = prediction.meta.tumour_calibration
+    if fixed and cal is not None and cal.has_statistics:
         i = prediction._gene_index(gene)
-        mean, sd = float(cal["gene_mean"][i]), float(cal["gene_std"][i])
+        mean, sd = cal.gene_mean[i], cal.gene_std[i]
         lo, hi = max(0.0, mean - 2 * sd), mean + 2 * sd
     else:
         heat = prediction.heatmap(gene)

@@ -26,13 +26,9 @@ __all__ = [
 def _common_tags(prediction: Prediction) -> dict[str, Any]:
     meta = prediction.meta
     tags = provenance_tags(
-        slide=meta["slide"]["name"],
-        model=meta["model"]["name"],
-        mpp=(meta.get("mpp_x"), meta.get("mpp_y")),
-        patch_um=meta["patch_um"],
-        stride_um=meta["stride_um"],
+        slide=meta.slide.name, model=meta.model.name, mpp=meta.mpp, patch_um=meta.patch_um, stride_um=meta.stride_um
     )
-    return tags | domain_tags((meta.get("trust") or {}).get("domain"))
+    return tags | domain_tags(meta.trust.domain.to_uns())
 
 
 def export_gene_geotiff(prediction: Prediction, gene: str, path: Path) -> Path:
@@ -74,18 +70,18 @@ def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | 
     trust verdicts (stain, out of domain) and the tumour threshold."""
     from PIL import Image
 
-    from .colours import colour_limits
+    from .colours import colour_limits, has_fixed_range
     from .overview import caption_image, overview_image
     from .trust import trust_lines
 
     heat = prediction.heatmap(gene)
-    fixed = bool((prediction.meta.get("tumor_calibration") or {}).get("gene_mean"))
+    fixed = has_fixed_range(prediction)
     limits = colour_limits(prediction, heat.name, fixed=fixed)
     image = overview_image(slide, heat, None if mask is None else mask.raster, limits=limits)
-    domain = (prediction.meta.get("trust") or {}).get("domain") or {}
+    domain = prediction.trust.domain
     scale_bar = None
-    if prediction.meta.get("mpp_x"):
-        um_per_px = prediction.meta["mpp_x"] * slide.dimensions[0] / image.shape[1]
+    if prediction.meta.mpp_x:
+        um_per_px = prediction.meta.mpp_x * slide.dimensions[0] / image.shape[1]
         length_um = next(
             (v for v in (10000, 5000, 2000, 1000, 500, 200, 100) if v / um_per_px <= image.shape[1] / 4), 100
         )
@@ -93,12 +89,8 @@ def export_overview(slide, prediction: Prediction, gene: str, mask: TumorMask | 
     range_text = "its range over the model's training spots" if fixed else "the 2nd-98th percentile of this slide"
     lines = [
         f"{heat.name}: predicted {UNITS}; colours span {range_text}. Research use only.",
-        f"Domain: {domain.get('verdict', 'unknown')}"
-        + (
-            f" ({domain['share_out']:.0%} of spots unlike the training data)"
-            if domain.get("share_out") is not None
-            else ""
-        ),
+        f"Domain: {domain.verdict or 'unknown'}"
+        + (f" ({domain.share_out:.0%} of spots unlike the training data)" if domain.share_out is not None else ""),
     ]
     if mask is not None:
         lines.append(

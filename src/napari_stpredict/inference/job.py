@@ -271,7 +271,7 @@ def predict_to_folder(
             progress,
         )
         if shown_as:
-            prediction.meta["slide"]["name"] = shown_as
+            prediction.set_meta(prediction.meta.with_slide_name(shown_as))
         try:
             with output_folder(folder, inputs=[path]) as tmp:
                 mask = write_slide_outputs(tmp, slide, prediction, model, model_path, genes, options)
@@ -314,9 +314,10 @@ def write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path
 
         listed = list(prediction.genes) if options.export_genes == "all" else list(genes)
         write_qupath_detections(prediction, listed, folder / QUPATH_FILE, threshold=mask.threshold)
+    meta = prediction.meta
     config = {
         "napari_stpredict": __version__,
-        "slide": prediction.meta["slide"]["name"],
+        "slide": meta.slide.name,
         "model": str(model_path.name),
         # A rerun answered by the cache never loads the network (`LazyModel`).
         "device": str(model.device) if getattr(model, "loaded", True) else "none (read from the cache)",
@@ -327,16 +328,20 @@ def write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path
         "threshold_mode": mask.mode,
         "tumour_note": mask.note or None,
         "tumour_fraction": round(mask.fraction, 4),
-        "stain": prediction.meta["trust"]["stain"]["kind"],
-        "domain": {k: prediction.meta["trust"]["domain"].get(k) for k in ("verdict", "share_out", "threshold")},
-        "stride_um": prediction.meta["stride_um"],
-        "patch_um": prediction.meta["patch_um"],
+        "stain": meta.trust.stain.kind,
+        "domain": {
+            "verdict": meta.trust.domain.verdict,
+            "share_out": meta.trust.domain.share_out,
+            "threshold": meta.trust.domain.threshold,
+        },
+        "stride_um": meta.stride_um,
+        "patch_um": meta.patch_um,
         "batch_size": options.batch_size,
         "method": options.method,
         "roi": options.roi,
         "mpp": [slide.mpp_x, slide.mpp_y],
         "spots": len(prediction),
-        "cache": prediction.meta.get("cache"),
+        "cache": meta.cache,
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return mask
@@ -355,9 +360,9 @@ def slide_summary(prediction, mask, genes: list[str]) -> dict[str, Any]:
         ``<gene>_tumour_mean`` (over spots called tumour; NaN when there are none).
     """
     obs = prediction.adata.obs
-    stride_um = float(prediction.meta["stride_um"])
+    stride_um = prediction.meta.stride_um
     tissue_mm2 = float(np.sum(obs["tissue_fraction"])) * stride_um * stride_um / 1e6
-    domain = (prediction.meta.get("trust") or {}).get("domain") or {}
+    domain = prediction.trust.domain
     from .tumor import spots_called
 
     tumour = spots_called(prediction, mask.raster)  # the cleaned mask, as drawn and exported
@@ -366,9 +371,9 @@ def slide_summary(prediction, mask, genes: list[str]) -> dict[str, Any]:
         "spots": len(prediction),
         "tumour_fraction": round(mask.fraction, 4),
         "mean_confidence": round(float(np.mean(prediction.confidence)), 4) if len(prediction) else math.nan,
-        "share_out_of_domain": domain.get("share_out"),
-        "domain": domain.get("verdict", "unknown"),
-        "stain": (prediction.meta.get("trust") or {}).get("stain", {}).get("kind"),
+        "share_out_of_domain": domain.share_out,
+        "domain": domain.verdict or "unknown",
+        "stain": prediction.trust.stain.kind,
     }
     for gene in genes:
         values = prediction.expression(gene)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..grid import GridGeometry
 from ..vocabulary import UNITS, GeneIndex
+from .meta import PredictionMeta, Trust
 
 __all__ = ["Prediction", "Heatmap", "UNITS"]
 
@@ -116,6 +117,7 @@ class Prediction:
 
     def __init__(self, adata) -> None:
         self.adata = adata
+        self._meta: PredictionMeta | None = None
 
     # --- access ------------------------------------------------------------------
     @property
@@ -123,13 +125,26 @@ class Prediction:
         return list(self.adata.var_names)
 
     @property
-    def meta(self) -> dict[str, Any]:
-        return self.adata.uns["stpredict"]
+    def meta(self) -> PredictionMeta:
+        """The typed metadata (model, slide, grid, trust verdicts, tumour calibration, cache)."""
+        if self._meta is None:
+            self._meta = PredictionMeta.from_uns(self.adata.uns["stpredict"])
+        return self._meta
+
+    def set_meta(self, meta: PredictionMeta) -> None:
+        """Replace the metadata (written to ``uns["stpredict"]`` as `PredictionMeta.to_uns`)."""
+        self.adata.uns["stpredict"] = meta.to_uns()
+        self._meta = meta
+
+    @property
+    def trust(self) -> Trust:
+        """The trust verdicts: stain, resolution, out of domain."""
+        return self.meta.trust
 
     @property
     def grid(self) -> GridGeometry:
         """The spot grid (level-0 origin, stride and shape)."""
-        return GridGeometry.from_meta(self.meta)
+        return self.meta.grid
 
     @property
     def l0_centres(self) -> np.ndarray:
@@ -152,7 +167,7 @@ class Prediction:
         idx = self.gene_index.find(gene)
         if idx is None:
             raise KeyError(
-                f"gene {gene!r} is not predicted by model {self.meta.get('model', {}).get('name', '?')}; "
+                f"gene {gene!r} is not predicted by model {self.meta.model.name}; "
                 f"it predicts {self.adata.n_vars} genes, e.g. {', '.join(self.genes[:5])}"
             )
         return idx
@@ -196,18 +211,22 @@ class Prediction:
         adata = ad.read_h5ad(path)
         if "stpredict" not in adata.uns:
             raise ValueError(f"{path}: not a napari-stpredict prediction (no uns['stpredict'])")
-        # h5ad stores lists as arrays; give back the plain values a fresh prediction has, so
-        # code such as ``meta["model"]["markers"] or default`` behaves the same on both.
+        # h5ad stores lists as arrays; give back the plain values a fresh prediction has.
         adata.uns["stpredict"] = _plain(adata.uns["stpredict"])
-        return cls(adata)
+        prediction = cls(adata)
+        try:
+            prediction.meta  # noqa: B018 - parsed now, so a damaged file fails here, naming it
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: damaged napari-stpredict metadata ({exc})") from exc
+        return prediction
 
     def __len__(self) -> int:
         return self.adata.n_obs
 
     def __repr__(self) -> str:
         return (
-            f"<Prediction {self.meta.get('slide', {}).get('name', '?')}: {self.adata.n_obs} spots x "
-            f"{self.adata.n_vars} genes, stride {self.meta['stride_um']:g} µm>"
+            f"<Prediction {self.meta.slide.name}: {self.adata.n_obs} spots x "
+            f"{self.adata.n_vars} genes, stride {self.meta.stride_um:g} µm>"
         )
 
 

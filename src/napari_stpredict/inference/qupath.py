@@ -81,14 +81,14 @@ def write_qupath_detections(prediction, genes: list[str], path: str | Path, *, t
     extra = [(name, obs[column].to_numpy(float)) for name, column in SPOT_MEASUREMENTS if column in obs]
     tumour = obs["tumour"].to_numpy(bool) if "tumour" in obs else np.zeros(len(obs), bool)
     # Stable ids: the same spot of the same prediction gets the same UUID on a rerun.
-    namespace = uuid.uuid5(uuid.NAMESPACE_URL, f"napari-stpredict:{meta.get('cache_key') or meta['slide']['name']}")
+    namespace = uuid.uuid5(uuid.NAMESPACE_URL, f"napari-stpredict:{meta.cache_key or meta.slide.name}")
     provenance = {
         "software": "napari-stpredict",
         "note": "Research use only; not for diagnosis. Predicted from the H&E image, not measured.",
-        "model": meta["model"]["name"],
-        "slide": meta["slide"]["name"],
+        "model": meta.model.name,
+        "slide": meta.slide.name,
         "coordinates": "level-0 pixels of the slide, origin at its top-left corner",
-        "spot_size_um": meta.get("stride_um"),
+        "spot_size_um": meta.stride_um,
         "units": dict.fromkeys(genes, "log1p(counts per 10,000), predicted")
         | {
             "Confidence": "cosine similarity to the reference bank",

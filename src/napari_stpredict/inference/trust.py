@@ -7,9 +7,12 @@ CLI, the widget, the overview image and the saved prediction.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .meta import PredictionMeta
 
 __all__ = ["domain_summary", "tumor_calibration_meta", "trust_lines", "VERDICTS"]
 
@@ -86,24 +89,12 @@ def tumor_calibration_meta(calibration: dict[str, Any] | None) -> dict[str, Any]
     return out
 
 
-def trust_lines(meta: dict[str, Any]) -> list[str]:
+def trust_lines(meta: PredictionMeta) -> list[str]:
     """What a user must be told about a prediction, one line each (empty when all is well).
 
     Parameters
     ----------
-    meta : dict
-        ``Prediction.meta``.
+    meta : PredictionMeta
+        ``Prediction.meta`` (`Trust.lines` of its verdicts).
     """
-    trust = meta.get("trust") or {}
-    lines = []
-    stain = trust.get("stain") or {}
-    if stain.get("action") in ("warn", "refuse"):
-        prefix = "stain check overridden: " if stain.get("action") == "refuse" else "stain: "
-        lines.append(prefix + stain.get("message", ""))
-    resolution = trust.get("resolution") or {}
-    if resolution.get("coarse"):
-        lines.append(resolution["message"])
-    domain = trust.get("domain") or {}
-    if domain.get("verdict") != "in domain" and domain.get("message"):
-        lines.append(domain["message"])
-    return lines
+    return meta.trust.lines()

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import DEFAULT_BREAST_PANEL, GeneIndex, marker_zscore
+from .meta import ResolutionVerdict
 from .prediction import Prediction
 
 __all__ = ["TumorMask", "tumor_mask", "mask_polygons", "polygons_geojson", "DEFAULT_BREAST_PANEL"]
@@ -62,7 +63,7 @@ class TumorMask:
 
 def model_panel(prediction: Prediction) -> list[str]:
     """The marker panel the model was shipped with, else the default breast panel."""
-    panel = prediction.meta.get("model", {}).get("markers") or []
+    panel = prediction.meta.model.markers
     return list(panel) if panel else list(DEFAULT_BREAST_PANEL)
 
 
@@ -85,13 +86,13 @@ def tumor_score(prediction: Prediction, markers, *, absolute: bool = False) -> t
     used, missing = _used_markers(prediction, markers)
     x = np.column_stack([prediction.expression(g) for g in used])
     if absolute:
-        cal = prediction.meta.get("tumor_calibration")
-        if not cal:
+        cal = prediction.meta.tumour_calibration
+        if cal is None or not cal.has_statistics:
             raise ValueError("this prediction's model carries no tumour calibration; use the per-slide score")
         index = GeneIndex(prediction.genes)
         idx = [index.position(g) for g in used]
-        mean = np.asarray(cal["gene_mean"], np.float32)[idx]
-        sd = np.asarray(cal["gene_std"], np.float32)[idx]
+        mean = np.asarray(cal.gene_mean, np.float32)[idx]
+        sd = np.asarray(cal.gene_std, np.float32)[idx]
         return marker_zscore(x, mean, sd), used, missing
     return marker_zscore(x), used, missing
 
@@ -103,10 +104,10 @@ def tumor_score(prediction: Prediction, markers, *, absolute: bool = False) -> t
 TUMOUR_MAX_MPP_RATIO = 2.5
 
 
-def too_coarse_for_tumour(resolution: dict) -> bool:
-    """Whether a prediction's resolution verdict (``meta["trust"]["resolution"]``) is
+def too_coarse_for_tumour(resolution: ResolutionVerdict) -> bool:
+    """Whether a prediction's resolution verdict (``prediction.trust.resolution``) is
     beyond what the tumour call holds at (`TUMOUR_MAX_MPP_RATIO`)."""
-    slide_mpp, model_mpp = resolution.get("slide_mpp"), resolution.get("model_mpp")
+    slide_mpp, model_mpp = resolution.slide_mpp, resolution.model_mpp
     return bool(slide_mpp and model_mpp and slide_mpp > TUMOUR_MAX_MPP_RATIO * model_mpp)
 
 
@@ -152,28 +153,26 @@ def tumor_mask(
     if threshold is not None and not np.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     markers = list(markers) if markers else model_panel(prediction)
-    cal = prediction.meta.get("tumor_calibration") or {}
+    calibration = prediction.meta.tumour_calibration
+    calibrated = calibration is not None and calibration.has_statistics
     note = ""
-    if mode == "absolute" and not cal:
+    if mode == "absolute" and not calibrated:
         raise ValueError(
             "mode='absolute' needs a model with a tumour calibration (this one has none; "
             "recalibrate it with 'stpredict train --calibrate')"
         )
     if mode == "auto":
-        mode = "absolute" if cal else "slide"
-        if not cal:
+        mode = "absolute" if calibrated else "slide"
+        if not calibrated:
             note = "the model carries no tumour calibration: threshold chosen per slide"
-    calibrated_panel = {g.upper() for g in cal.get("markers", [])}
-    if (
-        mode == "absolute"
-        and threshold is None
-        and (cal.get("threshold") is None or {m.upper() for m in markers} != calibrated_panel)
-    ):
+    calibrated_threshold = None if calibration is None else calibration.threshold
+    same_panel = calibration is not None and {m.upper() for m in markers} == {g.upper() for g in calibration.markers}
+    if mode == "absolute" and threshold is None and (calibrated_threshold is None or not same_panel):
         # The calibrated threshold belongs to the calibrated panel; other markers get a per-slide one.
         mode = "slide"
         note = (
             "the calibrated threshold applies to the model's marker panel only: threshold chosen per slide"
-            if cal.get("threshold") is not None
+            if calibrated_threshold is not None
             else "the model's calibration has no threshold: chosen per slide"
         )
     score, used, missing = tumor_score(prediction, markers, absolute=mode == "absolute")
@@ -181,23 +180,23 @@ def tumor_mask(
     cut: float
     if threshold is not None:
         cut = float(threshold)
-    elif mode == "absolute":
-        cut = float(cal["threshold"])
+    elif mode == "absolute" and calibrated_threshold is not None:
+        cut = calibrated_threshold
     else:
         cut = float(filters.threshold_otsu(score)) if np.ptp(score) > 0 else float(score.max())
     called = score > cut
     ood = np.zeros(len(score), bool)
     if not include_out_of_domain and "out_of_domain" in prediction.adata.obs:
         ood = prediction.adata.obs["out_of_domain"].to_numpy(bool)
-        if (prediction.meta.get("trust") or {}).get("domain", {}).get("verdict") == "out of domain":
+        if prediction.trust.domain.out_of_domain:
             ood = np.ones(len(score), bool)
             note = "the slide is out of domain: no spot is called tumour"
-    resolution = (prediction.meta.get("trust") or {}).get("resolution") or {}
+    resolution = prediction.trust.resolution
     if not include_out_of_domain and too_coarse_for_tumour(resolution):
         ood = np.ones(len(score), bool)
         note = (
-            f"the slide's {resolution['slide_mpp']:g} µm/px is coarser than the "
-            f"{TUMOUR_MAX_MPP_RATIO * resolution['model_mpp']:g} µm/px the tumour call holds at: "
+            f"the slide's {resolution.slide_mpp:g} µm/px is coarser than the "
+            f"{TUMOUR_MAX_MPP_RATIO * (resolution.model_mpp or 0):g} µm/px the tumour call holds at: "
             "no spot is called tumour (measured on a held-out section: the call collapsed at 3.2 µm/px)"
         )
     excluded = int((called & ood).sum())
@@ -232,17 +231,18 @@ def add_tumour_columns(prediction: Prediction, mask: TumorMask) -> None:
     """Write the tumour call into the prediction's spot table, so an analyst can join the
     mask to the spots: ``obs["tumour_score"]`` (the score the threshold applies to) and
     ``obs["tumour"]`` (the spot's cell in the cleaned mask, as drawn and exported), with
-    the threshold and mode in ``uns["stpredict"]["tumour_call"]``."""
+    the threshold and mode in ``Prediction.meta.tumour_call``."""
     obs = prediction.adata.obs
     obs["tumour_score"] = np.asarray(mask.score, np.float32)
     obs["tumour"] = spots_called(prediction, mask.raster)
-    prediction.meta["tumour_call"] = {
+    call = {
         "threshold": float(mask.threshold),
         "mode": mask.mode,
         "markers": list(mask.markers),
         "automatic": bool(mask.automatic),
         "note": mask.note,
     }
+    prediction.set_meta(prediction.meta.with_changes(tumour_call=call))
 
 
 def mask_polygons(

@@ -429,4 +429,4 @@ def _mpp_pair(mpp: float | tuple[float, float] | None, name: str) -> tuple[float
             f"{name}: mpp must be a number of µm per pixel between {MIN_PLAUSIBLE_MPP} and {MAX_PLAUSIBLE_MPP}, "
             f"got {mpp!r}"
         )
-    return checked  # type: ignore[return-value]
+    return (checked[0], checked[1])

@@ -1,4 +1,4 @@
-"""One-file checkpoints: save, load and validate (DESIGN.md section 4).
+"""One-file checkpoints: save, load and validate (the checkpoint contract, docs/ARCHITECTURE.md).
 
 The file is a ``torch.save`` of plain containers and tensors, loaded with
 ``weights_only=True``: no pickled Python objects are executed. It holds the weights,

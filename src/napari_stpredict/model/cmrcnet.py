@@ -1,6 +1,6 @@
 """CMRCNet: image and expression encoders with contrastive and cross-modal mask reconstruction losses.
 
-Follows Liu et al. 2025 as their public code builds it (see DESIGN.md section 3): a timm
+Follows Liu et al. 2025 as their public code builds it (docs/ARCHITECTURE.md, "The model"): a timm
 backbone gives image tokens, mean-pooled and projected to the shared embedding; the
 expression goes through a BLEEP projection head; the reconstruction branch masks the
 projected image tokens, lets them cross-attend to gene tokens made from the expression,

@@ -1,4 +1,4 @@
-"""`stpredict evaluate`: the DESIGN.md section 5 protocol on her2st sections with images.
+"""`stpredict evaluate`: the evaluation protocol of docs/ARCHITECTURE.md on her2st sections with images.
 
 Two protocols, never mixed up:
 
