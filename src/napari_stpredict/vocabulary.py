@@ -88,6 +88,10 @@ class GeneIndex:
         """``name`` as the genes spell it (raises `KeyError` like `position`)."""
         return self.genes[self.position(name)]
 
+    def positions(self, names: Sequence[str]) -> list[int]:
+        """Positions of those of ``names`` that are among the genes, in the given order."""
+        return [i for i in (self.find(n) for n in names) if i is not None]
+
     def split(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
         """``names`` as ``(known, missing)``: the known ones canonical, in the given order."""
         known = [self.genes[i] for i in (self.find(n) for n in names) if i is not None]

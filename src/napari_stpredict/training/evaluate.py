@@ -371,8 +371,7 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str], features
     cal = model.calibration
     ood = model.domain_distance(feats).cpu().numpy() > cal["domain"]["threshold"]
     genes = model.genes
-    index = GeneIndex(genes)
-    idx = [i for i in (index.find(g) for g in panel) if i is not None]
+    idx = GeneIndex(genes).positions(panel)
     mean = cal["tumor"]["gene_mean"].cpu().numpy()[idx]
     sd = cal["tumor"]["gene_std"].cpu().numpy()[idx]
     absolute = marker_zscore(retrieval[:, idx], mean, sd)

@@ -71,7 +71,7 @@ def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
 def panel_zscore(expression: np.ndarray, genes: list[str], panel: list[str]) -> np.ndarray:
     """The per-slide tumour score of these spots: `marker_zscore` of the panel genes present
     (standardised within the given spots; gene names matched in any case)."""
-    idx = [i for i in (GeneIndex(genes).find(g) for g in panel) if i is not None]
+    idx = GeneIndex(genes).positions(panel)
     if not idx:
         raise ValueError(f"none of the marker genes {panel} is among the model's genes")
     return marker_zscore(expression[:, idx])
