@@ -39,13 +39,19 @@ def _copies(sample: Path, folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def _complete_slides(out: Path) -> set[str]:
+    """Names of the visible slide folders with a record: complete slides. (pathlib's ``*``
+    also matches the hidden ``.s0.partial-...`` folder a worker is still filling.)"""
+    return {p.parent.name for p in out.glob(f"*/{RECORD_NAME}") if not p.parent.name.startswith(".")}
+
+
 def _start_cohort_command(slides: Path, out: Path, **popen) -> subprocess.Popen:
     """``stpredict cohort SLIDES --out OUT --workers 1`` as a process of its own, returned
     once its first slide is complete (and the process still runs)."""
     command = [sys.executable, "-m", "napari_stpredict.cli", "cohort", str(slides), "--out", str(out), "--workers", "1"]
     proc = subprocess.Popen(command, **popen)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not any(out.glob(f"*/{RECORD_NAME}")):
+    while time.monotonic() < deadline and not _complete_slides(out):
         time.sleep(0.2)
     if proc.poll() is not None:
         raise AssertionError("the cohort ended before its first slide could be seen complete")
@@ -268,7 +274,7 @@ def test_a_killed_command_resumes_without_redoing_finished_slides_and_a_changed_
     out = tmp_path / "out"
     proc = _start_cohort_command(slides, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_tree(proc)  # the command, its scheduler and its worker processes, all at once
-    finished_before = {p.parent.name for p in out.glob(f"*/{RECORD_NAME}")}
+    finished_before = _complete_slides(out)
     assert 1 <= len(finished_before) < 4
     visible = [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert sorted(visible) == sorted(finished_before)  # no half-written slide folder in sight
@@ -324,7 +330,7 @@ def test_ctrl_c_stops_the_cohort_cleanly_and_keeps_finished_slides(sample_slide_
     assert "interrupted" in err and "Traceback" not in err
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"worker processes left running: {alive}"
-    assert any(out.glob(f"*/{RECORD_NAME}"))
+    assert _complete_slides(out)
 
 
 def test_pseudonymized_cohort_records_no_file_name(sample_slide_path, tmp_path):
@@ -445,7 +451,7 @@ def test_a_scheduler_lost_mid_cohort_still_writes_the_table_and_says_how_to_resu
         command = [sys.executable, "-m", "napari_stpredict.cli", "cohort", str(tmp_path / "slides"), "--out", str(out)]
         proc = subprocess.Popen([*command, "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(out.glob(f"*/{RECORD_NAME}")):
+        while time.monotonic() < deadline and not _complete_slides(out):
             time.sleep(0.2)
         scheduler.kill()
         _, err = proc.communicate(timeout=180)

@@ -373,6 +373,7 @@ def _submit_all(
         try:
             _collect(futures, finished, counts, client, progress)
         except OSError as exc:  # CommClosedError, timeouts: the scheduler is gone
+            _recover_from_disk(futures.values(), finished)
             lost = [job for job in futures.values() if job["id"] not in finished]
             message = (
                 f"the Dask scheduler stopped answering ({' '.join(str(exc).split()) or type(exc).__name__}) "
@@ -399,6 +400,26 @@ def _submit_all(
         logging.getLogger("distributed.client").setLevel(client_level)
         logging.getLogger("distributed.nanny").setLevel(nanny_level)
     return finished
+
+
+def _recover_from_disk(jobs, finished) -> None:
+    """Rows of slides whose worker completed them before the scheduler went away.
+
+    A worker writes a slide's folder (record inside) before its result reaches the
+    client; when the scheduler dies in between, the folder on disk is the proof that the
+    slide is done, and calling it failed would make the rerun repeat finished work.
+    """
+    from ..io.output_folder import is_complete_output
+    from .record import read_record
+
+    for job in jobs:
+        if job["id"] in finished:
+            continue
+        folder = Path(job["folder"])
+        record = read_record(folder) if is_complete_output(folder) else None
+        if record is not None and record.get("fingerprint") == job["fingerprint"] and "row" in record:
+            finished[job["id"]] = {**record["row"], "id": job["id"], "slide": job["given_as"], "status": "done"}
+            logger.info("%s: done (its folder was complete when the scheduler went away)", job["id"])
 
 
 def _collect(futures, finished, counts, client, progress) -> None:
