@@ -246,7 +246,7 @@ def test_bad_roi_files_are_named(tmp_path, content, message, capsys):
 
 
 def test_roi_from_a_qupath_list_and_null_geometries(tmp_path):
-    from napari_stpredict.cli import _parse_roi
+    from napari_stpredict.io.regions import parse_roi
 
     square = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
     roi = tmp_path / "qupath.geojson"
@@ -258,7 +258,7 @@ def test_roi_from_a_qupath_list_and_null_geometries(tmp_path):
             ]
         )
     )
-    assert _parse_roi(str(roi)) == [[[float(x), float(y)] for x, y in square]]
+    assert parse_roi(str(roi)) == [[[float(x), float(y)] for x, y in square]]
 
 
 # --- 4: output collisions ------------------------------------------------------------------------

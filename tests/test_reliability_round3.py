@@ -347,13 +347,13 @@ def test_bad_engine_arguments_are_refused_before_any_work(sample_slide_path, tin
 def test_a_nan_coordinate_in_a_region_file_is_named(tmp_path, capsys):
     import json
 
-    from napari_stpredict.cli import _parse_roi
+    from napari_stpredict.io.regions import parse_roi
 
     path = tmp_path / "roi.geojson"
     ring = [[0, 0], [100, 0], [float("nan"), 100], [0, 0]]
     path.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}).replace("NaN", "NaN"), encoding="utf-8")
     with pytest.raises(ValueError, match=r"roi\.geojson: a Polygon has a coordinate that is not a number"):
-        _parse_roi(str(path))
+        parse_roi(str(path))
 
 
 def test_a_region_of_200000_vertices_is_rasterised_in_bounded_time():

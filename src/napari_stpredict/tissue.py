@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import TissueMaskError
 
-__all__ = ["detect_tissue", "TissueMask", "check_has_tissue", "slide_tissue_mask"]
+__all__ = ["detect_tissue", "TissueMask", "check_has_tissue", "draw_outline", "slide_tissue_mask"]
 
 
 def _optical_density(rgb: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -204,3 +204,20 @@ def check_has_tissue(tissue: TissueMask, slide_name: str) -> None:
             f"{slide_name}: no tissue found on the slide thumbnail; check the file, or give a "
             "region of interest to predict on"
         )
+
+
+def draw_outline(thumb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 200, 0)) -> np.ndarray:
+    """A copy of an RGB thumbnail with the tissue mask's outer boundary drawn in ``colour``.
+
+    Parameters
+    ----------
+    thumb : ndarray
+        ``(H, W, 3)`` uint8 image.
+    mask : ndarray
+        ``(H, W)`` boolean tissue mask of the same size.
+    """
+    from skimage.segmentation import find_boundaries
+
+    out = thumb.copy()
+    out[find_boundaries(mask, mode="outer")] = colour
+    return np.ascontiguousarray(out)

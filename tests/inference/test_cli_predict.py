@@ -111,7 +111,7 @@ def test_second_run_from_the_cache_writes_the_same_outputs(
 
 
 def test_slide_errors_name_the_given_path_once(tmp_path):
-    from napari_stpredict.cli import _slide_error
+    from napari_stpredict.cli._common import slide_error as _slide_error
 
     path = tmp_path / "scans" / "a.svs"
     assert _slide_error(path, ValueError("a.svs: no resolution")) == f"error: {path}: no resolution"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -130,8 +132,8 @@ def test_training_length_counts_steps_not_epochs():
 
 
 def test_a_step_budget_ends_mid_epoch(her2st_dir, tmp_path):
-    cfg = _cfg(her2st_dir, tmp_path, epochs=99)
-    cfg.steps = 3  # C3 has 180 spots: 2 batches of 64 a pass, so step 3 is the first of pass 2
+    # C3 has 180 spots: 2 batches of 64 a pass, so step 3 is the first of pass 2
+    cfg = replace(_cfg(her2st_dir, tmp_path, epochs=99), steps=3)
     progress = [p for p in iter_train(cfg, tmp_path / "run") if p["stage"] == "train"]
     assert [p["global_step"] for p in progress] == [1, 2, 3]
     assert [p["epoch"] for p in progress] == [1, 1, 2] and progress[-1]["total_steps"] == 3
@@ -140,7 +142,8 @@ def test_a_step_budget_ends_mid_epoch(her2st_dir, tmp_path):
 
 
 def test_command_line_epochs_replace_a_configured_step_budget(tmp_path):
-    from napari_stpredict.cli import _train_overrides, build_parser
+    from napari_stpredict.cli import build_parser
+    from napari_stpredict.cli.train import _train_overrides
     from napari_stpredict.training.train import load_train_config, training_length
 
     path = tmp_path / "cfg.yaml"
