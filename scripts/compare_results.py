@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_stpredict.training.evaluate import agreement_table, summarise
+from napari_stpredict.training.report import agreement_table, summarise
 
 
 def main() -> None:

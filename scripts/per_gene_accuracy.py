@@ -25,8 +25,9 @@ import numpy as np
 
 def main() -> None:
     from napari_stpredict.model import load_model
-    from napari_stpredict.training.evaluate import PROTOCOLS, EvalConfig, held_out_predictions
     from napari_stpredict.training.metrics import pearson_per_gene
+    from napari_stpredict.training.protocol import PROTOCOLS, EvalConfig
+    from napari_stpredict.training.scoring import held_out_predictions
     from napari_stpredict.training.sections import section_spots
 
     parser = argparse.ArgumentParser()

@@ -6,7 +6,10 @@ from ``stpredict evaluate --protocol patient --variant cmrcnet --seed N``), and 
 ``evaluation/results/seeds.md`` and ``seeds.json``: per row the mean over the 6 held-out
 sections for each seed, then mean ± sd over the seeds.
 
-Usage: python scripts/seed_table.py [--results evaluation/results]
+Usage: python scripts/seed_table.py [--results evaluation/results] [--recipe NAME]
+
+``--recipe`` names another experiment's recipe in the first row (e.g. ``--results
+evaluation/experiments/resolution/coarse_scan_folds --recipe "coarse-scan recipe"``).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_stpredict.training.evaluate import seed_summary, seed_table
+from napari_stpredict.training.report import seed_summary, seed_table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", type=Path, default=Path("evaluation/results"))
+    parser.add_argument("--recipe", default="the shipped recipe", help="the recipe's name in the first row")
     args = parser.parse_args()
     dirs = {0: args.results / "full"}
     dirs |= {s: args.results / "seeds" / f"seed{s}" / "full" for s in (1, 2)}
@@ -28,7 +32,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"no patient-level results in: {', '.join(missing)}")
     summary = seed_summary(dirs)
-    table = seed_table(summary)
+    table = seed_table(summary, recipe=args.recipe)
     (args.results / "seeds.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     (args.results / "seeds.md").write_text(table, encoding="utf-8")
     print(table)

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_stpredict.model import load_model
-from napari_stpredict.training.evaluate import METRICS, PROTOCOLS, EvalConfig, _predict_sets, _scores, fold_data
+from napari_stpredict.training.evaluate import fold_data
 from napari_stpredict.training.metrics import nanmean
+from napari_stpredict.training.protocol import METRICS, PROTOCOLS, EvalConfig
+from napari_stpredict.training.scoring import predict_sets, score_predictions
 
 RUNS = {0: Path("runs/eval/full"), 1: Path("runs/experiments/seed1/full"), 2: Path("runs/experiments/seed2/full")}
 HERE = Path(__file__).parent
@@ -30,10 +32,10 @@ def main() -> None:
         fd = fold_data(cfg, "patient", fold)
         models = [load_model(root / "patient" / fold / "cmrcnet" / "model.pt", device="cpu") for root in RUNS.values()]
         for s, t in fd.tests.items():
-            preds = [_predict_sets(m, t, fd.train_config.top_k, fd.train.expression) for m in models]
+            preds = [predict_sets(m, t, fd.train_config.top_k, fd.train.expression) for m in models]
             for method in preds[0]:
                 mean_pred = np.mean([p[method] for p in preds], axis=0)
-                scores = _scores(mean_pred, t.expression, fd.genes, fd.sets, t.tumor, fd.panel)
+                scores = score_predictions(mean_pred, t.expression, fd.genes, fd.sets, t.tumor, fd.panel)
                 per_section.setdefault(method, {})[s] = {k: scores[k] for k in METRICS}
     summary = {
         method: {k: nanmean([v[k] for v in rows.values()]) for k in METRICS} | {"sections": sorted(rows)}

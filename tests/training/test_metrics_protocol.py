@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from napari_stpredict.training.evaluate import (
-    PROTOCOLS,
-    EvalConfig,
-    _fold_train_config,
-    agreement_table,
-    fold_recipe,
-    markdown_table,
-    result_is_current,
-)
 from napari_stpredict.training.metrics import gene_gene_agreement, panel_zscore, pearson_per_gene, roc_auc, top_genes
+from napari_stpredict.training.protocol import PROTOCOLS, EvalConfig, fold_recipe, fold_train_config, result_is_current
+from napari_stpredict.training.report import agreement_table, markdown_table
+from napari_stpredict.training.train import TrainConfig
 
 
 def test_pearson_per_gene():
@@ -51,7 +46,7 @@ def test_folds_keep_the_held_out_patient_out(her2st_dir, protocol):
     cfg = EvalConfig()
     cfg.train.her2st = str(her2st_dir)
     for fold, spec in PROTOCOLS[protocol]["folds"].items():
-        tc = _fold_train_config(cfg, protocol, fold, "cmrcnet", quick=False)
+        tc = fold_train_config(cfg, protocol, fold, "cmrcnet", quick=False)
         used = set(tc.train_sections) | set(tc.bank_sections) | set(tc.marker_sections)
         assert not used & set(spec["test"]), fold
         if spec["patient"] is not None:  # patient-level: no section of that patient anywhere
@@ -106,15 +101,13 @@ def test_agreement_table_reports_the_largest_difference():
 
 
 def test_quick_setting_sets_the_step_budget():
-    cfg = EvalConfig(quick_steps=123)
-    cfg.train.steps = 450
-    assert _fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=True).steps == 123
-    assert _fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False).steps == 450
+    cfg = EvalConfig(quick_steps=123, train=TrainConfig(steps=450))  # frozen: built with its settings
+    assert fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=True).steps == 123
+    assert fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False).steps == 450
 
 
 def test_results_of_another_recipe_are_neither_reused_nor_overwritten(tmp_path):
-    cfg = EvalConfig(quick_steps=123)
-    cfg.train.steps = 450
+    cfg = EvalConfig(quick_steps=123, train=TrainConfig(steps=450))  # frozen: built with its settings
     full = fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False)
     quick = fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=True)
     assert full == fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False)
@@ -129,18 +122,18 @@ def test_results_of_another_recipe_are_neither_reused_nor_overwritten(tmp_path):
         )
         == 4
     )
-    cfg.train.out_dir = "elsewhere"  # where outputs go is not part of the recipe
+    cfg = replace(cfg, train=replace(cfg.train, out_dir="elsewhere"))  # where outputs go is not part of the recipe
     assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) == full
     # retrieval settings change the results (a new recipe) but not the training: a run
     # folder's finished training is reused
     from napari_stpredict.training.train import _config_hash
 
-    trained = _config_hash(_fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False))
-    cfg.train.context_sigma_um = 56.0
+    trained = _config_hash(fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False))
+    cfg = replace(cfg, train=replace(cfg.train, context_sigma_um=56.0))
     assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) != full
-    assert _config_hash(_fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False)) == trained
-    cfg.train.context_sigma_um = 0.0
-    cfg.train.seed = 1
+    assert _config_hash(fold_train_config(cfg, "patient", "test_C", "cmrcnet", quick=False)) == trained
+    cfg = replace(cfg, train=replace(cfg.train, context_sigma_um=0.0))
+    cfg = replace(cfg, train=replace(cfg.train, seed=1))
     assert fold_recipe(cfg, "patient", "test_C", "cmrcnet", quick=False) != full
 
     path = tmp_path / "cmrcnet.json"
@@ -198,7 +191,7 @@ def test_evaluate_refuses_to_mix_in_results_of_another_step_budget(her2st_dir, t
 def test_seed_table_averages_sections_then_seeds(tmp_path):
     """Each seed's row is the mean over its held-out sections (both folds); the table is
     mean ± sd over seeds; ablation rows come from the same files."""
-    from napari_stpredict.training.evaluate import seed_summary, seed_table
+    from napari_stpredict.training.report import seed_summary, seed_table
 
     def write(seed, fold, sections, value):
         scores = dict.fromkeys(("r_heg50", "r_hvg50", "r_markers", "r_all", "gene_gene", "tumor_auc"), value)

@@ -7,7 +7,7 @@ Usage (from the repository root, after the seed models exist; see README.md here
 
 Each fold's model of each seed (the shipped recipe, trained by ``stpredict evaluate``)
 embeds its held-out sections' spots once; every setting below is then scored from those
-embeddings with the evaluation's own scoring (``_scores``: HEG50, HVG50, markers, all
+embeddings with the evaluation's own scoring (``score_predictions``: HEG50, HVG50, markers, all
 genes, gene-gene, tumour AUC), averaged over the 6 held-out sections as in the main table:
 
 - ``bank``: ``model`` (the checkpoint's bank: training spots plus other patients'
@@ -48,10 +48,10 @@ METRICS = ("r_heg50", "r_hvg50", "r_markers", "r_all", "gene_gene", "tumor_auc")
 
 def _full_bank(fd, cfg, fold: str):
     """Expression of every count-only spot of the non-held-out patients (training included)."""
-    from napari_stpredict.training.evaluate import _fold_train_config
+    from napari_stpredict.training.protocol import fold_train_config
     from napari_stpredict.training.sections import section_spots
 
-    tc = _fold_train_config(cfg, "patient", fold, "cmrcnet", False)
+    tc = fold_train_config(cfg, "patient", fold, "cmrcnet", False)
     extra = [section_spots(s, tc.her2st, fd.genes).expression for s in tc.bank_sections]
     return np.concatenate([fd.train.expression, *extra]).astype(np.float32)
 
@@ -129,7 +129,8 @@ def _predictions(model, fd, full_bank_expr: np.ndarray, neighbours: dict) -> dic
 
 def main() -> None:
     from napari_stpredict.model import load_model
-    from napari_stpredict.training.evaluate import EvalConfig, _scores, fold_data
+    from napari_stpredict.training.evaluate import EvalConfig, fold_data
+    from napari_stpredict.training.scoring import score_predictions
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=REPO / "evaluation/experiments/context/explore.json")
@@ -153,7 +154,7 @@ def main() -> None:
         for seed, preds in per_seed.items():
             for (section, bank, k, context, sigma), pred in preds.items():
                 spots = fd.tests[section]
-                scores = _scores(pred, spots.expression, fd.genes, fd.sets, spots.tumor, fd.panel)
+                scores = score_predictions(pred, spots.expression, fd.genes, fd.sets, spots.tumor, fd.panel)
                 results.append(
                     {
                         "fold": fold,

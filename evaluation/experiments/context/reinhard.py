@@ -43,7 +43,8 @@ def reinhard(patches: np.ndarray, source, reference) -> np.ndarray:
 
 def main() -> None:
     from napari_stpredict.model import load_model, retrieve
-    from napari_stpredict.training.evaluate import EvalConfig, _scores, fold_data
+    from napari_stpredict.training.evaluate import EvalConfig, fold_data
+    from napari_stpredict.training.scoring import score_predictions
 
     cfg = EvalConfig.from_yaml(REPO / "evaluation/config.yaml")
     rng = np.random.default_rng(0)
@@ -56,7 +57,7 @@ def main() -> None:
             row = {}
             for name, patches in (("none", spots.patches), ("reinhard", reinhard(spots.patches, source, reference))):
                 pred = retrieve(model.embed_many(patches), model.bank, top_k=50)[0].numpy()
-                scores = _scores(pred, spots.expression, fd.genes, fd.sets, spots.tumor, fd.panel)
+                scores = score_predictions(pred, spots.expression, fd.genes, fd.sets, spots.tumor, fd.panel)
                 row[name] = tuple(round(scores[m] or 0.0, 3) for m in ("r_heg50", "r_markers", "tumor_auc"))
             print(f"{fold} {section}: (HEG50, markers, AUC) {row}", flush=True)
 
