@@ -22,12 +22,14 @@ def rebuild_bank(
     her2st: str | None,
     max_bank: int = 6000,
     seed: int = 0,
+    cache_dir: str | Path = "runs/cache",
 ) -> Path:
     """Write a copy of ``checkpoint`` whose bank is its training spots plus ``bank_sections``.
 
     The confidence reference and the trust calibration (out-of-domain score, tumour
     threshold) are recomputed against the new bank (they need the training sections'
-    images). Weights, ridge head, genes and contract are unchanged.
+    images). Weights, ridge head, genes and contract are unchanged. ``cache_dir`` holds
+    the sections' patches (the training configuration's ``cache_dir``).
     """
     import torch
 
@@ -42,11 +44,11 @@ def rebuild_bank(
     genes, io = model.genes, model.io
     train = SpotSet.concat(
         [
-            section_spots(s, her2st, genes, patch_um=io.patch_um, input_px=io.input_px, cache_dir=Path("runs/cache"))
+            section_spots(s, her2st, genes, patch_um=io.patch_um, input_px=io.input_px, cache_dir=Path(cache_dir))
             for s in prov["train_sections"]
         ]
     )
-    extra = [section_spots(s, her2st, genes) for s in bank_sections]
+    extra = [section_spots(s, her2st, genes, cache_dir=Path(cache_dir)) for s in bank_sections]
     everything = SpotSet.concat([train, *extra]) if extra else train
     expression = everything.expression
     # The encoder's input as it was trained (per-section statistics of whole sections).
@@ -73,7 +75,7 @@ def rebuild_bank(
 
     model.bank = ReferenceBank(bank_emb, torch.from_numpy(expression))
     model.provenance = prov
-    context = context_embeddings(model, train, prov["train_sections"], her2st, cache_dir=Path("runs/cache"))
+    context = context_embeddings(model, train, prov["train_sections"], her2st, cache_dir=Path(cache_dir))
     calibration = compute_calibration(model, train, neighbours=context)
     return save_checkpoint(
         out,

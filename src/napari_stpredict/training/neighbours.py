@@ -26,9 +26,9 @@ __all__ = ["read_neighbours", "map_neighbours"]
 def _section_image(spec: str, her2st_root: str | None) -> tuple[Path, float]:
     """The H&E image of a section and its µm per pixel."""
     if spec.endswith(".h5ad"):
-        from .sections import _image_of, load_section
+        from .sections import Section
 
-        image, mpp = _image_of(load_section(spec, her2st_root))
+        image, mpp = Section(spec, her2st_root).image()
         if image is None or mpp is None:
             raise ValueError(f"{spec}: spatial context needs the section's image (stpredict convert --image)")
         return Path(image), float(mpp)
