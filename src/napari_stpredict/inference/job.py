@@ -116,7 +116,7 @@ class PredictOptions:
 
         Messages name the command-line option, which is how most users meet them.
         """
-        from ..io.base import _mpp_pair
+        from ..io.resolution import mpp_pair as _mpp_pair
 
         problems = []
         if self.stride_um is not None:

@@ -14,50 +14,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import SlideFormatError
+from .resolution import MAX_PLAUSIBLE_MPP, plausible_mpp
+from .resolution import mpp_pair as _mpp_pair  # its old name here, for the io modules
 
 __all__ = ["Slide", "ArraySlide", "plausible_mpp", "resize_rgb", "paste_region", "MAX_PLAUSIBLE_MPP"]
-
-
-#: An mpp above this is no microscope scan: 72 or 96 dpi written by image tools as a
-#: default gives 352.8 or 264.6 µm/px, which must be reported as unknown, not used.
-MAX_PLAUSIBLE_MPP = 50.0
 
 
 def printable_name(name: str) -> str:
     """A file name as text every output can hold: bytes that were not UTF-8 (Python keeps
     them as surrogate escapes, which HDF5, YAML and JSON writers refuse) become U+FFFD."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def plausible_mpp(value: Any) -> float | None:
-    """Return ``value`` as a float µm/px if it is a plausible scan resolution, else None.
-
-    Parameters
-    ----------
-    value : Any
-        A number or numeric string (for example from slide properties), or None.
-
-    Returns
-    -------
-    float or None
-        The resolution, or None when it is missing, not finite, below
-        ``MIN_PLAUSIBLE_MPP`` (finer than light microscopy) or above `MAX_PLAUSIBLE_MPP`
-        (a default dpi, not a measurement): treated as unrecorded, so the user is asked
-        for ``--mpp``.
-    """
-    if value is None:
-        return None
-    try:
-        mpp = float(value)
-    except (TypeError, ValueError):
-        return None
-    from ._guards import MIN_PLAUSIBLE_MPP
-
-    # Finer than any light microscope resolves: corrupt or unit-confused tags (a file
-    # claiming 2.3e-6 µm/px would make tissue detection ask for a thousand terabytes).
-    if not math.isfinite(mpp) or mpp < MIN_PLAUSIBLE_MPP or mpp > MAX_PLAUSIBLE_MPP:
-        return None
-    return mpp
 
 
 class Slide(ABC):
@@ -89,6 +55,27 @@ class Slide(ABC):
 
     #: The caller's mpp, used only when the file records none (see `open_slide`).
     _fallback_mpp: tuple[float | None, float | None] = (None, None)
+
+    @property
+    def records_mpp(self) -> bool:
+        """Whether the file itself records its resolution on both axes."""
+        file_mpp = self._file_mpp()
+        return file_mpp[0] is not None and file_mpp[1] is not None
+
+    def use_typed_mpp(self, mpp: float | tuple[float, float]) -> None:
+        """The resolution a user typed for this slide, used where the file records none.
+
+        Parameters
+        ----------
+        mpp : float or (float, float)
+            µm per pixel (checked like ``--mpp``).
+
+        Raises
+        ------
+        ValueError
+            Naming the slide, for a value outside the plausible range.
+        """
+        self._fallback_mpp = _mpp_pair(mpp, self.name)
 
     @property
     def mpp(self) -> tuple[float | None, float | None]:
@@ -404,6 +391,10 @@ class ArraySlide(Slide):
     def _file_mpp(self) -> tuple[float | None, float | None]:
         return self._mpp
 
+    def use_typed_mpp(self, mpp: float | tuple[float, float]) -> None:
+        """An image in memory has no file to record its resolution: the typed value is it."""
+        self._mpp = _mpp_pair(mpp, self.name)
+
     @property
     def vendor(self) -> str:
         return self._vendor
@@ -413,20 +404,3 @@ class ArraySlide(Slide):
 
     def _read_level(self, level: int, level_xy: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
         return paste_region(self._levels[level], level_xy, size)
-
-
-def _mpp_pair(mpp: float | tuple[float, float] | None, name: str) -> tuple[float | None, float | None]:
-    if mpp is None:
-        return (None, None)
-    from ._guards import MIN_PLAUSIBLE_MPP
-
-    pair = (mpp, mpp) if np.isscalar(mpp) else tuple(mpp)  # type: ignore[arg-type]
-    if len(pair) != 2:
-        raise ValueError(f"{name}: mpp must be one number or (mpp_x, mpp_y), got {mpp!r}")
-    checked = [plausible_mpp(v) for v in pair]
-    if any(v is None or v < MIN_PLAUSIBLE_MPP for v in checked):
-        raise ValueError(
-            f"{name}: mpp must be a number of µm per pixel between {MIN_PLAUSIBLE_MPP} and {MAX_PLAUSIBLE_MPP}, "
-            f"got {mpp!r}"
-        )
-    return (checked[0], checked[1])
