@@ -6,6 +6,11 @@ bounded: only the batches in flight are held, plus the output (spots x genes flo
 about 3.2 KB per spot for 800 genes; a 20 x 15 mm section at the smallest stride
 allowed, 1/8 of a 112 µm patch, has ~1.5 million spots, ~5 GB; at the default stride
 ~24,000 spots, 77 MB).
+
+`predict_slide` runs named steps, each a function below: `_check_inputs` (every argument,
+before slow work), `_stain_and_tissue`, `_spot_grid`, the optional per-slide adaptation,
+`_predict_spots` (the batches), `_smooth` (spatial context), then
+`napari_stpredict.inference.assemble` builds the `Prediction`.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from collections import deque
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import PredictionCancelled, StPredictError  # noqa: F401 - re-exported
-from ..grid import GridGeometry
+from .assemble import assemble_prediction, prediction_metadata
 from .prediction import Prediction
 
 __all__ = ["predict_slide", "run_prediction", "PredictionCancelled"]
@@ -129,16 +135,53 @@ def predict_slide(
         When ``check_stain`` and the slide is not H&E (fluorescence, IHC, grayscale,
         blank, ...), before tissue detection.
     """
-    import anndata as ad
-    import pandas as pd
-    import torch
+    settings = _check_inputs(
+        slide, model, stride_um, roi, batch_size, num_workers, prefetch_batches, top_k, context_sigma_um, adaptation
+    )
+    t_start = time.perf_counter()
+    stain, tissue = yield from _stain_and_tissue(slide, model.io.patch_um, check_stain, cancel_event)
+    grid = _spot_grid(slide, tissue, roi, model.io.patch_um, stride_um)
+    slide_adaptation = None
+    if settings.adaptation != "none" and model.training_feature_stats is not None:
+        yield {"stage": "adapt", "done": 0, "total": 0, "message": "adapting to the slide"}
+        slide_adaptation = _estimate_slide_adaptation(
+            slide, model, tissue, settings.adaptation, batch_size, cancel_event
+        )
+    expression, confidence, distance = yield from _predict_spots(
+        slide,
+        model,
+        grid,
+        method,
+        settings.top_k,
+        slide_adaptation,
+        batch_size,
+        num_workers,
+        prefetch_batches,
+        cancel_event,
+    )
+    _smooth(expression, grid, settings.context_weights)
+    meta = prediction_metadata(slide, model, grid, settings, method, slide_adaptation, stride_um, roi, stain, distance)
+    meta["seconds"] = round(time.perf_counter() - t_start, 2)
+    return assemble_prediction(model, grid, expression, confidence, distance, meta)
 
-    from ..io.patches import read_patches
-    from ..stain import StainCheckError
-    from ..stain import check_stain as assess_stain  # the parameter check_stain is the on/off switch
-    from ..tiling import roi_mask, spot_grid
-    from ..tissue import check_has_tissue, slide_tissue_mask
-    from .trust import domain_summary, tumor_calibration_meta
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """What `predict_slide` resolved from its arguments and the model's defaults."""
+
+    top_k: int
+    context_sigma_um: float
+    context_weights: np.ndarray
+    adaptation: str
+    resolution: dict[str, Any]
+
+
+def _check_inputs(
+    slide, model, stride_um, roi, batch_size, num_workers, prefetch_batches, top_k, context_sigma_um, adaptation
+) -> _RunSettings:
+    """Step 1: every argument checked and resolved against the model, before any slow work."""
+    from ..model.adaptation import ADAPTATION_MODES
+    from .context import neighbour_weights
 
     if slide.mpp_x is None or slide.mpp_y is None:
         from ..errors import SlideFormatError
@@ -147,8 +190,6 @@ def predict_slide(
             f"{slide.name}: the slide does not record its resolution; give its mpp "
             "(--mpp, or the mpp field in the widget)"
         )
-    from .context import neighbour_weights, smooth_on_grid
-
     io = model.io
     _check_run_arguments(slide, io.patch_um, stride_um, roi, batch_size, num_workers, prefetch_batches)
     top_k = model.retrieval.top_k if top_k is None else int(top_k)
@@ -156,12 +197,9 @@ def predict_slide(
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     sigma = model.retrieval.context_sigma_um if context_sigma_um is None else float(context_sigma_um)
     context_weights = neighbour_weights(sigma, io.patch_um)  # checks sigma before any slow work
-    from ..model.adaptation import ADAPTATION_MODES
-
     adapt_mode = model.retrieval.adaptation if adaptation is None else adaptation
     if adapt_mode not in ADAPTATION_MODES:
         raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {adapt_mode!r}")
-    t_start = time.perf_counter()
     width_um, height_um = slide.dimensions[0] * slide.mpp_x, slide.dimensions[1] * slide.mpp_y
     if min(width_um, height_um) < io.patch_um:
         from ..errors import TissueMaskError
@@ -170,11 +208,20 @@ def predict_slide(
             f"{slide.name}: the image is {width_um:,.0f} x {height_um:,.0f} µm, smaller than one "
             f"{io.patch_um:g} µm patch of the model; check its resolution (mpp {slide.mpp_x:g})"
         )
-    resolution = _resolution_check(slide.mpp_x, io.mpp)
+    return _RunSettings(top_k, sigma, context_weights, adapt_mode, _resolution_check(slide.mpp_x, io.mpp))
+
+
+def _stain_and_tissue(slide, patch_um: float, check_stain: bool, cancel_event):
+    """Step 2 (a generator of progress): the stain verdict and the tissue mask, from one
+    thumbnail, remembered per open slide (a rerun in the widget skips them)."""
+    from ..stain import StainCheckError
+    from ..stain import check_stain as assess_stain  # the parameter check_stain is the on/off switch
+    from ..tissue import slide_tissue_mask
+
     yield {"stage": "stain", "done": 0, "total": 0, "message": "checking the stain"}
     # One thumbnail serves the stain check and tissue detection (reading it is the slow part
     # on a slide without a pyramid).
-    thumb_size = _tissue_thumbnail_size(slide, io.patch_um)
+    thumb_size = _tissue_thumbnail_size(slide, patch_um)
     key = (thumb_size, tuple(slide.dimensions), slide.mpp_x, slide.mpp_y)
     prepared = _PREPARED.get(slide)
     if prepared is not None and prepared[0] == key:
@@ -204,23 +251,37 @@ def predict_slide(
         )
         with contextlib.suppress(TypeError):  # a slide type that cannot be weakly referenced: no memo
             _PREPARED[slide] = (key, stain, tissue)
+    return stain, tissue
+
+
+def _spot_grid(slide, tissue, roi, patch_um: float, stride_um):
+    """Step 3: the spots: grid cells at least half tissue (inside ``roi`` if given)."""
+    from ..errors import TissueMaskError
+    from ..tiling import roi_mask, spot_grid
+    from ..tissue import check_has_tissue
+
     if roi is None:
         check_has_tissue(tissue, slide.name)
     mask = tissue.mask
     if roi is not None:
         mask = mask & roi_mask(mask.shape, tissue.l0_per_th, roi)
-    grid = spot_grid(
-        mask, tissue.l0_per_th, slide.mpp, patch_um=io.patch_um, stride_um=stride_um, slide_name=slide.name
-    )
-    n = len(grid)
-    if n == 0:
-        from ..errors import TissueMaskError
+    grid = spot_grid(mask, tissue.l0_per_th, slide.mpp, patch_um=patch_um, stride_um=stride_um, slide_name=slide.name)
+    if len(grid) == 0:
+        raise TissueMaskError(f"{slide.name}: no patch of {patch_um:g} µm is at least half tissue")
+    return grid
 
-        raise TissueMaskError(f"{slide.name}: no patch of {io.patch_um:g} µm is at least half tissue")
-    slide_adaptation = None
-    if adapt_mode != "none" and model.training_feature_stats is not None:
-        yield {"stage": "adapt", "done": 0, "total": 0, "message": "adapting to the slide"}
-        slide_adaptation = _estimate_slide_adaptation(slide, model, tissue, adapt_mode, batch_size, cancel_event)
+
+def _predict_spots(
+    slide, model, grid, method, top_k, slide_adaptation, batch_size, num_workers, prefetch_batches, cancel_event
+):
+    """Step 4 (a generator of progress): each spot's expression, confidence and domain
+    distance, batch by batch, with patches read a few batches ahead by worker threads."""
+    import torch
+
+    from ..io.patches import read_patches
+
+    io = model.io
+    n = len(grid)
     starts = list(range(0, n, batch_size))
     expression = np.empty((n, len(model.genes)), np.float32)
     confidence = np.empty(n, np.float32)
@@ -260,68 +321,19 @@ def predict_slide(
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+    return expression, confidence, distance
+
+
+def _smooth(expression: np.ndarray, grid, context_weights: np.ndarray) -> None:
+    """Step 5: the spatial context, in place (`napari_stpredict.inference.context`)."""
+    from .context import smooth_on_grid
+
     # Neighbours one patch width away: every k-th cell at a stride of 1/k patch width.
     cells_per_patch = (
         max(1, round(grid.patch_l0[0] / grid.stride[0])),
         max(1, round(grid.patch_l0[1] / grid.stride[1])),
     )
     smooth_on_grid(expression, grid.rows, grid.cols, grid.shape, cells_per_patch, context_weights)
-
-    obs = pd.DataFrame(
-        {
-            "x": grid.l0_centres[:, 0],
-            "y": grid.l0_centres[:, 1],
-            "grid_row": grid.rows.astype(np.int32),
-            "grid_col": grid.cols.astype(np.int32),
-            "confidence": confidence,
-            "tissue_fraction": grid.tissue_fraction,
-            "domain_distance": distance,
-            "out_of_domain": (distance > model.calibration["domain"]["threshold"])
-            if model.calibration
-            else np.zeros(n, bool),
-        },
-        index=[f"spot_{i}" for i in range(n)],
-    )
-    adata = ad.AnnData(X=expression, obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
-    adata.obsm["spatial"] = grid.l0_centres.copy()
-    adata.uns["stpredict"] = {
-        "model": {
-            "name": model.source,
-            "backbone": model.config.backbone,
-            "trained_on": model.provenance.get("train_sections", []),
-            "bank_spots": len(model.bank),
-            "method": method,
-            "top_k": top_k,
-            "context_sigma_um": sigma,
-            "adaptation": slide_adaptation.summary()
-            if slide_adaptation is not None
-            else {"mode": "none", "requested": adapt_mode}
-            if adapt_mode != "none"
-            else {"mode": "none"},
-            "markers": list(model.provenance.get("markers", {}).get("panel", [])),
-            "confidence_reference": dict(model.provenance.get("confidence_reference", {})),
-        },
-        "slide": slide.summary(),
-        "mpp_x": slide.mpp_x,
-        "mpp_y": slide.mpp_y,
-        "patch_um": io.patch_um,
-        "input_px": io.input_px,
-        "stride_um": float(stride_um if stride_um is not None else io.patch_um),
-        **GridGeometry.of(grid.origin, grid.stride, grid.shape).to_meta(),
-        "units": "log1p(counts per 10,000)",
-        "roi": None if roi is None else np.asarray(roi, float).tolist(),
-        "trust": {
-            "stain": stain.to_dict(),
-            "resolution": resolution,
-            "domain": domain_summary(
-                distance if model.calibration else None, model.calibration["domain"] if model.calibration else None
-            ),
-        },
-        "tumor_calibration": tumor_calibration_meta(model.calibration),
-        "seconds": round(time.perf_counter() - t_start, 2),
-        "note": "Research use only; not for diagnosis.",
-    }
-    return Prediction(adata)
 
 
 def _check_run_arguments(slide, patch_um, stride_um, roi, batch_size, num_workers, prefetch_batches) -> None:
