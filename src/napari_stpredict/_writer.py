@@ -26,29 +26,19 @@ def _placement(meta: dict[str, Any], what: str):
     return info
 
 
-def _tags(info: dict[str, Any]) -> dict[str, Any]:
-    from .io.geotiff import domain_tags, provenance_tags
-
-    tags = provenance_tags(
-        slide=info.get("slide"),
-        model=info.get("model"),
-        mpp=info["mpp"],
-        patch_um=info.get("patch_um"),
-        stride_um=info.get("stride_um"),
-    )
-    tags |= domain_tags(info.get("domain"))  # as the CLI's GeoTIFFs carry it (inference/export.py)
-    if info.get("hidden_out_of_domain"):
-        tags["OUT_OF_DOMAIN_BLANKED"] = info["hidden_out_of_domain"]
-    return tags
-
-
 def write_heatmap_geotiff(path: str, data: Any, meta: dict) -> list[str]:
     """Write a heatmap (or confidence) Image layer as a float32 GeoTIFF."""
-    from .io.geotiff import write_geotiff
+    from .io.geotiff import map_tags, write_geotiff
     from .layers import spot_values_of_display
 
     info = _placement(meta, "heatmap")
-    tags = _tags(info) | {"GENE": info.get("gene", ""), "UNITS": info.get("units", "")}
+    # The same builder as the command line's (io/geotiff.py): the same tags for the same map.
+    tags = map_tags(
+        info,
+        gene=info.get("gene", ""),
+        units=info.get("units", ""),
+        hidden_out_of_domain=info.get("hidden_out_of_domain", 0),
+    )
     # One value per spot, on the spot grid the placement describes (the layer draws each
     # spot as sub-cells): the file equals the CLI's GeoTIFF of the same map.
     values = spot_values_of_display(data, info.get("display_oversample", 1))
@@ -65,14 +55,16 @@ def write_heatmap_geotiff(path: str, data: Any, meta: dict) -> list[str]:
 
 def write_mask_geotiff(path: str, data: Any, meta: dict) -> list[str]:
     """Write a tumour-mask Labels layer as a uint8 GeoTIFF."""
-    from .io.geotiff import write_geotiff
+    from .io.geotiff import mask_tags, write_geotiff
 
     info = _placement(meta, "tumour mask")
-    tags = _tags(info) | {
-        "MARKERS": ",".join(info.get("markers", [])),
-        "THRESHOLD": info.get("threshold"),
-        "VALUES": "1 = predicted tumour, 0 = other or no tissue",
-    }
+    tags = mask_tags(
+        info,
+        markers=info.get("markers", []),
+        threshold=info.get("threshold"),
+        automatic=info.get("automatic"),
+        mode=info.get("threshold_mode"),
+    )
     out = write_geotiff(
         _tif(path),
         np.asarray(data).astype(np.uint8),

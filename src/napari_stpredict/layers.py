@@ -183,6 +183,7 @@ def tumor_labels_layer(prediction: Prediction, mask: TumorMask, placement: Place
             markers=list(mask.markers),
             threshold=mask.threshold,
             automatic=mask.automatic,
+            threshold_mode=mask.mode,
         ),
     }
     return mask.raster.astype(np.uint8), kwargs, "labels"

@@ -226,6 +226,42 @@ def test_exports_read_back(predicted, tmp_path):
         assert np.array_equal(ds.read(1), kinds["tumor_mask"].data)
 
 
+def test_geotiffs_saved_from_napari_and_from_the_cli_carry_the_same_tags(predicted, tmp_path):
+    """Issue 22: File > Save Layers and ``stpredict predict`` write the same map and mask
+    with the same GDAL metadata (one tag builder, io/geotiff.py), the threshold's mode and
+    automatic flag included; a map with out-of-domain spots left blank says how many."""
+    import rasterio
+
+    from napari_stpredict.inference.export import export_gene_geotiff, export_tumor
+
+    viewer, widget = predicted
+    widget.genes_panel.show_out_of_domain.setChecked(True)  # the map as the CLI writes it: every spot
+    kinds = _kinds(viewer)
+    viewer.layers.selection = {kinds["heatmap"]}
+    viewer.layers.save(str(tmp_path / "napari_erbb2.tif"), selected=True, plugin="napari-stpredict")
+    viewer.layers.selection = {kinds["tumor_mask"]}
+    viewer.layers.save(str(tmp_path / "napari_mask.tif"), selected=True, plugin="napari-stpredict")
+    export_gene_geotiff(widget.prediction, "ERBB2", tmp_path / "cli_erbb2.tif")
+    export_tumor(widget.prediction, widget.tumor, tmp_path / "cli_mask.tif", tmp_path / "cli.geojson")
+    for kind in ("erbb2", "mask"):
+        with rasterio.open(tmp_path / f"napari_{kind}.tif") as a, rasterio.open(tmp_path / f"cli_{kind}.tif") as b:
+            assert a.tags() == b.tags(), kind
+            assert a.transform == b.transform and a.shape == b.shape
+            assert np.array_equal(a.read(1), b.read(1), equal_nan=True), kind
+    with rasterio.open(tmp_path / "cli_mask.tif") as mask:
+        assert {"THRESHOLD", "THRESHOLD_MODE", "THRESHOLD_AUTOMATIC", "MARKERS", "DOMAIN_VERDICT"} <= set(mask.tags())
+        assert mask.tags()["THRESHOLD_MODE"] == widget.tumor.mode
+    widget.genes_panel.show_out_of_domain.setChecked(False)
+    heat = _kinds(viewer)["heatmap"]
+    hidden = heat.metadata["stpredict"]["hidden_out_of_domain"]
+    viewer.layers.selection = {heat}
+    viewer.layers.save(str(tmp_path / "blanked.tif"), selected=True, plugin="napari-stpredict")
+    with rasterio.open(tmp_path / "blanked.tif") as a, rasterio.open(tmp_path / "cli_erbb2.tif") as b:
+        extra = {k: v for k, v in a.tags().items() if k not in b.tags()}
+        assert extra == ({"OUT_OF_DOMAIN_BLANKED": str(hidden)} if hidden else {})
+        assert {k: v for k, v in a.tags().items() if k in b.tags()} == b.tags()
+
+
 def test_cancel_mid_run_leaves_a_usable_viewer(
     make_napari_viewer, qtbot, sample_slide_path, tiny_model_path, tmp_path, monkeypatch
 ):
@@ -561,6 +597,9 @@ def test_two_slides_in_one_window_keep_their_own_results(
     viewer.open(str(png_without_mpp), plugin="napari")
     widget.slide_combo.setCurrentText("crop")
     assert widget.prediction is None and not widget.gene_list.isEnabled()  # nothing predicted for it yet
+    assert widget.status.text() == "crop: not predicted yet"  # issue 25.6: not the sample's last message
+    widget.run()  # no resolution typed yet: the whole message in the dock (napari's toast cuts it short)
+    assert widget.worker is None and "enter its resolution (µm per pixel)" in widget.status.text()
     widget.mpp_spin.setValue(0.688)
     _run(qtbot, widget)
     names = {layer.name for layer in viewer.layers}

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import atomic_path
-from ..io.geotiff import domain_tags, provenance_tags, write_geojson, write_geotiff
+from ..io.geotiff import map_tags, mask_tags, write_geojson, write_geotiff
 from ..vocabulary import safe_filename
 from .prediction import UNITS, Prediction
 from .tumor import TumorMask, mask_polygons, polygons_geojson
@@ -23,18 +23,23 @@ __all__ = [
 ]
 
 
-def _common_tags(prediction: Prediction) -> dict[str, Any]:
+def _provenance(prediction: Prediction) -> dict[str, Any]:
+    """What every raster's tags say of the prediction (as napari's layers carry it)."""
     meta = prediction.meta
-    tags = provenance_tags(
-        slide=meta.slide.name, model=meta.model.name, mpp=meta.mpp, patch_um=meta.patch_um, stride_um=meta.stride_um
-    )
-    return tags | domain_tags(meta.trust.domain.to_uns())
+    return {
+        "slide": meta.slide.name,
+        "model": meta.model.name,
+        "mpp": meta.mpp,
+        "patch_um": meta.patch_um,
+        "stride_um": meta.stride_um,
+        "domain": meta.trust.domain.summary(),
+    }
 
 
 def export_gene_geotiff(prediction: Prediction, gene: str, path: Path) -> Path:
     """float32 GeoTIFF of one gene's predicted expression (NaN outside tissue)."""
     heat = prediction.heatmap(gene)
-    tags = _common_tags(prediction) | {"GENE": heat.name, "UNITS": UNITS}
+    tags = map_tags(_provenance(prediction), gene=heat.name, units=UNITS)
     return write_geotiff(
         path, heat.raster, l0_origin=heat.l0_origin, l0_stride=heat.l0_stride, metadata=tags, nodata=np.nan
     )
@@ -43,13 +48,13 @@ def export_gene_geotiff(prediction: Prediction, gene: str, path: Path) -> Path:
 def export_tumor(prediction: Prediction, mask: TumorMask, tif_path: Path, geojson_path: Path) -> None:
     """uint8 tumour-mask GeoTIFF (1 tumour, 0 not) and its contours as GeoJSON (level-0 pixels)."""
     grid = prediction.grid
-    tags = _common_tags(prediction) | {
-        "MARKERS": ",".join(mask.markers),
-        "THRESHOLD": mask.threshold,
-        "THRESHOLD_AUTOMATIC": mask.automatic,
-        "THRESHOLD_MODE": mask.mode,
-        "VALUES": "1 = predicted tumour, 0 = other or no tissue",
-    }
+    tags = mask_tags(
+        _provenance(prediction),
+        markers=mask.markers,
+        threshold=mask.threshold,
+        automatic=mask.automatic,
+        mode=mask.mode,
+    )
     write_geotiff(tif_path, mask.raster, l0_origin=grid.origin, l0_stride=grid.stride, metadata=tags)
     export_tumor_geojson(prediction, mask, geojson_path)
 

@@ -56,6 +56,49 @@ def domain_tags(domain: dict[str, Any] | None) -> dict[str, Any]:
     return {"DOMAIN_VERDICT": domain.get("verdict"), "DOMAIN_SHARE_OUT": domain.get("share_out")}
 
 
+def map_tags(provenance: dict[str, Any], *, gene: str, units: str, hidden_out_of_domain: int = 0) -> dict[str, Any]:
+    """Every GDAL metadata item of a gene map, from the command line or napari's writer.
+
+    Parameters
+    ----------
+    provenance : dict
+        ``slide``, ``model``, ``mpp`` (x, y), ``patch_um``, ``stride_um`` and ``domain``
+        (``{"verdict", "share_out"}`` or empty), as prediction layers carry them.
+    gene, units : str
+        The map's gene and its units.
+    hidden_out_of_domain : int
+        Spots left blank because they are out of domain (tagged only when some are).
+    """
+    tags = _prediction_tags(provenance) | {"GENE": gene, "UNITS": units}
+    if hidden_out_of_domain:
+        tags["OUT_OF_DOMAIN_BLANKED"] = hidden_out_of_domain
+    return tags
+
+
+def mask_tags(
+    provenance: dict[str, Any], *, markers, threshold, automatic: bool | None, mode: str | None
+) -> dict[str, Any]:
+    """Every GDAL metadata item of a tumour mask (see `map_tags` for ``provenance``)."""
+    return _prediction_tags(provenance) | {
+        "MARKERS": ",".join(markers),
+        "THRESHOLD": threshold,
+        "THRESHOLD_AUTOMATIC": automatic,
+        "THRESHOLD_MODE": mode,
+        "VALUES": "1 = predicted tumour, 0 = other or no tissue",
+    }
+
+
+def _prediction_tags(provenance: dict[str, Any]) -> dict[str, Any]:
+    tags = provenance_tags(
+        slide=provenance.get("slide"),
+        model=provenance.get("model"),
+        mpp=provenance["mpp"],
+        patch_um=provenance.get("patch_um"),
+        stride_um=provenance.get("stride_um"),
+    )
+    return tags | domain_tags(provenance.get("domain"))
+
+
 def _gdal_metadata(items: dict[str, Any]) -> str:
     from xml.sax.saxutils import escape
 
