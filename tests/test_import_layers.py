@@ -123,3 +123,16 @@ def test_the_check_sees_function_level_and_relative_imports(tmp_path):
     targets = {t for _, t in _imports(source)}
     assert "napari_stpredict.io.output_folder" in targets  # imported inside predict_to_folder
     assert "napari_stpredict.vocabulary" in targets  # module level, relative
+
+
+#: Modules are split by job before they grow past this (issue 22).
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_is_over_450_lines():
+    long = {
+        path.relative_to(PACKAGE).as_posix(): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"split these by job: {long}"
