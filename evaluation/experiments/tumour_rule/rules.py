@@ -15,6 +15,9 @@ scores each candidate rule with its sensitivity, specificity and share called:
 - ``quantile+floor``: the section's own q-quantile of the absolute score, never below the
   floor and never above the calibrated threshold.
 
+``--without-cancer`` scores each section without its cancer spots: the nearest thing to an
+in-domain slide without tumour these data hold (same patient, scanner and stain).
+
 Usage::
 
     python evaluation/experiments/tumour_rule/rules.py RESULTS_DIR [RESULTS_DIR ...] [--out OUT.json]
@@ -71,12 +74,20 @@ def mixture_threshold(score: np.ndarray, floor: float, calibrated: float) -> flo
     return max(t, floor)
 
 
-def rules_for(entry: dict, calibrated: float, floor_sd: float, quantile: float) -> dict[str, dict]:
+def rules_for(
+    entry: dict, calibrated: float, floor_sd: float, quantile: float, without_cancer: bool = False
+) -> dict[str, dict]:
     s = entry["labelled_scores"]
     absolute = np.asarray(s["absolute"], float)
     slide_z = np.asarray(s["slide_z"], float)
     ood = np.asarray(s["out_of_domain"], bool)
     cancer = np.asarray(s["cancer"], bool)
+    if without_cancer:
+        # A tumour-free in-domain stand-in: the section's own non-cancer spots, scored as
+        # if they were the whole slide (the per-slide z-score recomputed over them).
+        keep = ~cancer
+        absolute, ood, cancer = absolute[keep], ood[keep], cancer[keep]
+        slide_z = (absolute - absolute.mean()) / max(absolute.std(), 1e-6)
     floor = calibrated - floor_sd  # absolute scores are in training-spot standard deviations
     from skimage.filters import threshold_otsu
 
@@ -97,17 +108,26 @@ def main() -> None:
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--floor-sd", type=float, default=0.5, help="floor: this far under the calibrated threshold")
     parser.add_argument("--quantile", type=float, default=0.5, help="quantile of quantile+floor")
+    parser.add_argument(
+        "--without-cancer",
+        action="store_true",
+        help="score each section without its cancer spots (a tumour-free slide of the same patient and "
+        "scanner): 'called' is then the share a rule calls on tissue with no cancer",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     table: dict[str, dict] = {}
     for root in args.results:
-        for path in sorted(root.glob("**/patient/test_*/cmrcnet.json")):
+        # full/ or quick/ of this out_dir only: seeds/seed<N> below it are other results
+        for path in sorted(root.glob("*/patient/test_*/cmrcnet.json")):
             fold = json.loads(path.read_text())
             for section, entry in (fold.get("trust") or {}).items():
                 if "labelled_scores" not in entry or "absolute" not in entry:
                     continue
                 calibrated = float(entry["absolute"]["threshold"])
-                table[f"{root.name}:{section}"] = rules_for(entry, calibrated, args.floor_sd, args.quantile)
+                table[f"{root.name}:{section}"] = rules_for(
+                    entry, calibrated, args.floor_sd, args.quantile, args.without_cancer
+                )
     if not table:
         raise SystemExit("no fold JSON with labelled_scores found (rerun stpredict evaluate with this version)")
     rules = [r for r in next(iter(table.values())) if not r.startswith("_")]
@@ -121,7 +141,8 @@ def main() -> None:
         spec = [row[r]["specificity"] for row in table.values()]
         print(f"{r}: min sensitivity {min(sens):.2f}, min specificity {min(spec):.2f}")
     if args.out:
-        args.out.write_text(json.dumps({"floor_sd": args.floor_sd, "quantile": args.quantile, "rows": table}, indent=1))
+        record = {"floor_sd": args.floor_sd, "quantile": args.quantile, "without_cancer": args.without_cancer}
+        args.out.write_text(json.dumps({**record, "rows": table}, indent=1))
 
 
 if __name__ == "__main__":
