@@ -10,6 +10,8 @@ info
     the detected tissue outlined.
 convert
     her2st sections or a Space Ranger folder -> one ``.h5ad`` per section.
+pretrain
+    Self-supervised pretraining of the image encoder on unlabelled H&E; resumable.
 train
     Train a CMRCNet from a YAML config; resumable.
 evaluate
@@ -24,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cohort, convert, evaluate, genes, info, predict, train
+from . import cohort, convert, evaluate, genes, info, predict, pretrain, train
 
 __all__ = ["build_parser", "main"]
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add(sub)
     genes.add(sub)
     convert.add(sub)
+    pretrain.add(sub)
     train.add(sub)
     evaluate.add(sub)
     return parser

@@ -73,6 +73,9 @@ class TrainConfig:
     #: batch scale, e.g. B4's 648 median counts against patient C's 8.5-12.4 k). Retrieval
     #: still returns the reference spots' log1p CP10k.
     expression_targets: str = "log1p"
+    #: Start the image encoder from an ``encoder.pt`` of `stpredict pretrain` (self-supervised
+    #: on unlabelled H&E) instead of random weights; its SHA-1 is part of the recipe.
+    init_encoder: str | None = None
     out_dir: str = "runs/train"
     cache_dir: str = "runs/cache"
     half: bool = True
@@ -170,6 +173,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"context_sigma_um must be 0 (no context) or a positive number of µm, got {sigma!r}")
     if cfg.adaptation not in ADAPTATION_MODES:
         raise ValueError(f"adaptation must be one of {', '.join(ADAPTATION_MODES)}, got {cfg.adaptation!r}")
+    if cfg.init_encoder is not None and not Path(cfg.init_encoder).is_file():
+        raise ValueError(f"init_encoder: {cfg.init_encoder}: no such file (write one with stpredict pretrain)")
     if cfg.expression_targets not in EXPRESSION_TARGETS:
         raise ValueError(
             f"expression_targets must be one of {', '.join(EXPRESSION_TARGETS)}, got {cfg.expression_targets!r}"
@@ -225,7 +230,13 @@ def recipe_fields(cfg: TrainConfig) -> dict[str, Any]:
         ("expression_targets", "log1p"),
         ("coarse_scan", 0.0),
         ("coarse_max_ratio", 3.2),
+        ("init_encoder", None),
     ):
         if relevant.get(key) == default:
             relevant.pop(key)
+    if "init_encoder" in relevant and Path(relevant["init_encoder"]).is_file():
+        from ..io.fingerprint import file_sha1
+
+        # The weights, not where they lie: a moved encoder is the same recipe, a retrained one is not.
+        relevant["init_encoder"] = file_sha1(Path(relevant["init_encoder"]))
     return relevant

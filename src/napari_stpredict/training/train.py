@@ -131,7 +131,12 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
     )
     (run_dir / "config.yaml").write_text(_yaml(cfg.to_dict() | {"resolved": {"markers": markers}}), encoding="utf-8")
 
-    model = create_model(cfg.model).to(device)
+    model = create_model(cfg.model)
+    if cfg.init_encoder:  # self-supervised weights from stpredict pretrain (a resumed state overrides them)
+        from .pretrain import load_encoder
+
+        load_encoder(cfg.init_encoder, model.backbone, cfg.model.backbone)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(_batches(len(train), cfg.batch_size, torch.Generator().manual_seed(0)))
     total_steps, n_epochs = training_length(cfg, steps_per_epoch)
@@ -240,6 +245,7 @@ def iter_train(cfg: TrainConfig, run_dir: str | Path | None = None) -> Iterator[
         "steps": total_steps,
         "seed": cfg.seed,
         "config_hash": config_hash,
+        "init_encoder": recipe_fields(cfg).get("init_encoder"),  # SHA-1 of the pretrained encoder, if any
         "history": history,
         "seconds": round(time.perf_counter() - t_start, 1),
         "data": "her2st (Andersson et al. 2021)" if cfg.her2st else "user data",
