@@ -1,13 +1,7 @@
 """`stpredict evaluate`: running the evaluation protocol of docs/ARCHITECTURE.md on her2st sections with images.
 
-Two protocols, never mixed up:
-
-- ``patient``: patient-level folds (train on patient C, test on B4; train on B4, test on
-  C2-C6). Nothing of the held-out patient is in training, gene or marker choice, or the
-  bank. The honest headline.
-- ``loso_C``: leave one section of patient C out, train on the other sections with
-  images (adjacent slices of the same patient): optimistic, kept only to set figures
-  beside HisToGene/Hist2ST/mclSTExp.
+The two protocols (patient-level folds, the headline; leave-one-section-out within
+patient C, for the literature) are defined in `napari_stpredict.training.protocol`.
 
 Every fold trains each model variant and scores it together with the baselines, writing
 one JSON per (protocol, fold, variant); reruns skip what exists (resumable), and any
