@@ -43,8 +43,7 @@ def test_gene_sets_and_scores():
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
 def test_folds_keep_the_held_out_patient_out(her2st_dir, protocol):
-    cfg = EvalConfig()
-    cfg.train.her2st = str(her2st_dir)
+    cfg = EvalConfig(train=TrainConfig(her2st=str(her2st_dir)))
     for fold, spec in PROTOCOLS[protocol]["folds"].items():
         tc = fold_train_config(cfg, protocol, fold, "cmrcnet", quick=False)
         used = set(tc.train_sections) | set(tc.bank_sections) | set(tc.marker_sections)
