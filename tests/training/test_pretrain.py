@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,16 @@ def test_nt_xent_rewards_views_of_the_same_tile():
     same = nt_xent(z, z + 0.01 * torch.randn(16, 8, generator=g), 0.2)
     other = nt_xent(z, torch.randn(16, 8, generator=g), 0.2)
     assert same < other and same < np.log(31)  # 2B-1 candidates: chance is log(31)
+
+
+@pytest.mark.parametrize("fold", ["test_B", "test_C"])
+def test_the_fold_configs_load_and_leave_their_held_out_sections_out(fold, monkeypatch):
+    from napari_stpredict.training.pretrain import load_pretrain_config
+    from napari_stpredict.training.protocol import PROTOCOLS
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # the configs name ../shared/data from the repository root
+    cfg = load_pretrain_config(repo / "evaluation" / "experiments" / "pretrain" / f"pretrain_{fold}.yaml")
+    held_out = set(PROTOCOLS["patient"]["folds"][fold]["test"])
+    assert held_out <= set(cfg.exclude)
+    assert not held_out & {spec for spec in cfg.images if spec not in cfg.exclude}
