@@ -155,10 +155,7 @@ def read_her2st_section(root: str | Path, section: str, *, with_image: bool = Tr
         },
     }
     if with_image:
-        images = sorted((root / "ST-imgs").glob(f"{section[0]}/{section}/*.jpg"))
-        if not images:
-            raise STDataError(f"her2st section {section!r}: no H&E image under {root / 'ST-imgs'}")
-        library["metadata"]["image_path"] = str(images[0])
+        library["metadata"]["image_path"] = str(her2st_image(root, section))
     adata.uns["spatial"] = {section: library}
     return adata
 
@@ -324,6 +321,20 @@ def _read_small_image(path: Path) -> np.ndarray:
         ) from exc
     except (OSError, ValueError) as exc:
         raise STDataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def her2st_image(root: str | Path, section: str) -> Path:
+    """The full-resolution H&E image of a her2st section (``ST-imgs/<patient>/<section>/*.jpg``).
+
+    Raises
+    ------
+    STDataError
+        When the folder holds no image for the section (only B4 and C2-C6 have one here).
+    """
+    images = sorted((Path(root) / "ST-imgs").glob(f"{section[:1]}/{section}/*.jpg"))
+    if not images:
+        raise STDataError(f"her2st section {section!r}: no H&E image under {Path(root) / 'ST-imgs'}")
+    return images[0]
 
 
 def read_st_h5ad(path: str | Path):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..io.patches import read_patches
 from ..io.slide import open_slide
-from ..io.st_data import HER2ST_MPP, read_her2st_section
+from ..io.st_data import HER2ST_MPP, her2st_image, read_her2st_section
 from ..vocabulary import log1p_cp10k
 
 __all__ = [
@@ -119,7 +119,7 @@ def attach_her2st_patches(
         if cache.exists():
             spots.patches = np.load(cache)
             return spots
-    image = next((Path(root) / "ST-imgs" / section[0] / section).glob("*.jpg"))
+    image = her2st_image(root, section)
     with open_slide(image, mpp=HER2ST_MPP) as slide:
         spots.patches = read_patches(slide, spots.xy, patch_um, input_px)
     if cache is not None:

@@ -32,9 +32,9 @@ def _section_image(spec: str, her2st_root: str | None) -> tuple[Path, float]:
         if image is None or mpp is None:
             raise ValueError(f"{spec}: spatial context needs the section's image (stpredict convert --image)")
         return Path(image), float(mpp)
-    from ..io.st_data import HER2ST_MPP
+    from ..io.st_data import HER2ST_MPP, her2st_image
 
-    return next((Path(her2st_root) / "ST-imgs" / spec[0] / spec).glob("*.jpg")), HER2ST_MPP
+    return her2st_image(her2st_root, spec), HER2ST_MPP
 
 
 @lru_cache(maxsize=64)

@@ -96,18 +96,16 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
     images = [spec for spec in cfg.images if spec not in set(cfg.exclude)]
     if not images:
         raise ValueError("images: no image left to pretrain on (all excluded, or none listed)")
-    for key in ("tiles_per_image", "steps", "batch_size", "checkpoint_every", "input_px", "projection_dim"):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}")
+    from .config import check_positive_numbers, check_whole_numbers
+
+    check_whole_numbers(
+        cfg, ("tiles_per_image", "steps", "batch_size", "checkpoint_every", "input_px", "projection_dim")
+    )
     if cfg.batch_size < 2:
         raise ValueError(
             f"batch_size must be at least 2 (each tile is contrasted with the others), got {cfg.batch_size}"
         )
-    for key in ("lr", "temperature", "patch_um"):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{key} must be a positive number, got {value!r}")
+    check_positive_numbers(cfg, ("lr", "temperature", "patch_um"))  # infinite values refused too
     if not 0 <= cfg.coarse_scan <= 1:
         raise ValueError(f"coarse_scan must be a share between 0 and 1, got {cfg.coarse_scan!r}")
     if cfg.max_seconds is not None and not cfg.max_seconds > 0:
@@ -141,12 +139,12 @@ def _image_source(spec: str, her2st: str | None) -> tuple[Path, float | None]:
         return path, mpp
     if her2st is None:
         raise ValueError(f"images: {spec!r} looks like a her2st section id, but no her2st folder is set")
-    from ..io.st_data import HER2ST_MPP
+    from ..io.st_data import HER2ST_MPP, STDataError, her2st_image
 
-    found = sorted((Path(her2st) / "ST-imgs" / spec[:1] / spec).glob("*.jpg"))
-    if not found:
-        raise ValueError(f"images: her2st section {spec!r} has no H&E image in {her2st}/ST-imgs")
-    return found[0], mpp or HER2ST_MPP
+    try:
+        return her2st_image(her2st, spec), mpp or HER2ST_MPP
+    except STDataError as exc:
+        raise ValueError(f"images: {exc}") from exc
 
 
 def _tiles(spec: str, cfg: PretrainConfig) -> np.ndarray:
