@@ -150,15 +150,13 @@ def _recover_from_disk(jobs, finished) -> None:
     client; when the scheduler dies in between, the folder on disk is the proof that the
     slide is done, and calling it failed would make the rerun repeat finished work.
     """
-    from ..io.output_folder import is_complete_output
-    from .record import read_record
+    from .record import complete_record
 
     for job in jobs:
         if job["id"] in finished:
             continue
-        folder = Path(job["folder"])
-        record = read_record(folder) if is_complete_output(folder) else None
-        if record is not None and record.get("fingerprint") == job["fingerprint"] and "row" in record:
+        record = complete_record(Path(job["folder"]), job["fingerprint"])
+        if record is not None and "row" in record:
             finished[job["id"]] = {**record["row"], "id": job["id"], "slide": job["given_as"], "status": "done"}
             logger.info("%s: done (its folder was complete when the scheduler went away)", job["id"])
 

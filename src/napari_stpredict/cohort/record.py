@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECORD_NAME", "fingerprint", "read_record", "write_record"]
+__all__ = ["RECORD_NAME", "complete_record", "fingerprint", "read_record", "write_record"]
 
 RECORD_NAME = "cohort_record.json"
 TILE_NAME = "cohort_tile.png"  # the slide's cell of cohort_overview.png, written beside the record
@@ -70,6 +70,15 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     if not isinstance(record, dict) or record.get("format") != _FORMAT or "fingerprint" not in record:
         return None
     return record
+
+
+def complete_record(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The record of a complete output folder made with ``fingerprint``; None otherwise
+    (no folder, a folder still being swapped, an unreadable record or other settings)."""
+    from ..io.output_folder import is_complete_output
+
+    record = read_record(folder) if is_complete_output(folder) else None
+    return record if record is not None and record.get("fingerprint") == fingerprint else None
 
 
 def _plain(value: Any) -> Any:

@@ -237,8 +237,7 @@ def _check_slide_folders(cohort, out: Path) -> None:
 def _plan(cohort, out: Path, options, model_sha1: str, gene: str, pseudonymize: bool):
     """Rows of slides already complete with the same fingerprint, jobs for the others."""
     from ..inference.cache import slide_fingerprint
-    from ..io.output_folder import is_complete_output
-    from .record import fingerprint, read_record
+    from .record import complete_record, fingerprint
 
     settings = options.result_settings()
     rows: dict[str, dict[str, Any]] = {}
@@ -256,8 +255,8 @@ def _plan(cohort, out: Path, options, model_sha1: str, gene: str, pseudonymize: 
             rows[slide.id] = {**base, "status": "failed", "error": f"{shown}: cannot read ({exc.strerror})"}
             continue
         folder = out / slide.id
-        record = read_record(folder) if is_complete_output(folder) else None
-        if record is not None and record.get("fingerprint") == fp:
+        record = complete_record(folder, fp)
+        if record is not None:
             rows[slide.id] = {**record["row"], **base, "status": "reused"}
             logger.info("%s: complete with the same settings, reused", slide.id)
             continue
