@@ -116,7 +116,7 @@ class PredictOptions:
 
         Messages name the command-line option, which is how most users meet them.
         """
-        from ..io.resolution import mpp_pair as _mpp_pair
+        from ..io.resolution import mpp_pair
 
         problems = []
         if self.stride_um is not None:
@@ -130,7 +130,7 @@ class PredictOptions:
             problems.append(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.mpp is not None:
             try:
-                _mpp_pair(self.mpp, "--mpp")
+                mpp_pair(self.mpp, "--mpp")
             except ValueError as exc:
                 problems.append(str(exc))
         if self.threshold is not None and not math.isfinite(self.threshold):

@@ -60,7 +60,7 @@ def read_hest_sample(hest_dir: str | Path, sample_id: str, *, patient: str | Non
         raise STDataError(f"{meta_path}: not a readable JSON file ({exc})") from exc
     if not isinstance(meta, dict):
         raise STDataError(f"{meta_path}: expected a JSON object of sample metadata")
-    mpp = next((plausible_mpp(meta.get(key)) for key in MPP_KEYS if plausible_mpp(meta.get(key)) is not None), None)
+    mpp = next((m for m in (plausible_mpp(meta.get(key)) for key in MPP_KEYS) if m is not None), None)
     if mpp is None:
         raise STDataError(
             f"{meta_path}: no plausible pixel size ({' or '.join(MPP_KEYS)}: "

@@ -136,6 +136,25 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_whole_numbers(cfg, keys, *, optional: bool = False) -> None:
+    """Refuse any of ``keys`` of ``cfg`` that is not a whole number of at least 1 (None
+    allowed when ``optional``), naming the key."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if optional and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}")
+
+
+def check_positive_numbers(cfg, keys) -> None:
+    """Refuse any of ``keys`` of ``cfg`` that is not a finite number above 0, naming the key."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """Refuse, before any slow work, settings training cannot use, naming the key.
 
@@ -158,14 +177,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     for key in ("train_sections", "bank_sections", "marker_sections"):
         for spec in getattr(cfg, key):
             _check_section(spec, cfg.her2st, key)
-    for key in ("steps", "epochs", "batch_size"):
-        value = getattr(cfg, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{key} must be a whole number of at least 1, got {value!r}")
-    for key in ("lr", "lr_min"):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{key} must be a positive number, got {value!r}")
+    check_whole_numbers(cfg, ("steps", "epochs", "batch_size"), optional=True)
+    check_positive_numbers(cfg, ("lr", "lr_min"))
     if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or cfg.top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {cfg.top_k!r}")
     sigma = cfg.context_sigma_um
