@@ -21,10 +21,10 @@ if [ "${1:-}" = "--wheel" ]; then
   .venv/bin/pip install -q build hatchling
   .venv/bin/python -m build --wheel --no-isolation --outdir dist . >/dev/null
   WHEEL=$(ls dist/napari_stpredict-*.whl)
-  .venv/bin/pip install -q "${WHEEL}[qt,test]"
+  .venv/bin/pip install -q "${WHEEL}[qt,test,spatialdata]"
   # replace any editable install by the wheel itself
   .venv/bin/pip install -q --force-reinstall --no-deps "$WHEEL"
 else
-  .venv/bin/pip install -q -e ".[qt,test]"
+  .venv/bin/pip install -q -e ".[qt,test,spatialdata]"
 fi
 echo "napari-stpredict installed in .venv ($(.venv/bin/python -c 'import napari_stpredict as m; print(m.__version__, m.__file__)'))"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._version import __version__
 
-__all__ = ["__version__", "open_slide", "ArraySlide", "Slide", "detect_tissue"]
+__all__ = ["__version__", "open_slide", "ArraySlide", "Slide", "detect_tissue", "to_spatialdata"]
 
 
 def __getattr__(name: str):
@@ -22,4 +22,8 @@ def __getattr__(name: str):
         from .tissue import detect_tissue
 
         return detect_tissue
+    if name == "to_spatialdata":  # needs the optional extra napari-stpredict[spatialdata]
+        from .inference.spatial_data import to_spatialdata
+
+        return to_spatialdata
     raise AttributeError(f"module 'napari_stpredict' has no attribute {name!r}")

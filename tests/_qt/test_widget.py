@@ -213,6 +213,12 @@ def test_exports_read_back(predicted, tmp_path):
     assert len(spots) == len(widget.prediction) and "ERBB2" in spots[0]["properties"]["measurements"]
     called = [f["properties"].get("classification", {}).get("name") == "Tumor" for f in spots]
     assert called == list(widget.prediction.adata.obs["tumour"].to_numpy(bool))
+    import spatialdata as sd  # the extra, installed in CI
+
+    widget.save_spatialdata(tmp_path / "prediction.zarr")  # the Export panel's "SpatialData..."
+    sdata = sd.read_zarr(tmp_path / "prediction.zarr")
+    assert len(sdata["table"]) == len(widget.prediction) and "tumour" in sdata.shapes
+    assert list(sdata["table"].obs["tumour"].to_numpy(bool)) == called  # the mask as shown
     kinds = _kinds(viewer)
     viewer.layers.selection = {kinds["heatmap"]}
     viewer.layers.save(str(tmp_path / "erbb2.tif"), selected=True, plugin="napari-stpredict")

@@ -87,6 +87,18 @@ class FilesMixin:
             self._remember_dir(Path(path))
             self._guarded(self.save_qupath, path)
 
+    def _choose_spatialdata_file(self) -> None:
+        from ..inference.spatial_data import SPATIALDATA_FILE, spatialdata_missing
+
+        if missing := spatialdata_missing():  # said before a dialog asks for a path
+            notify_error(missing)
+            return
+        start = str(Path(self._last_dir()) / SPATIALDATA_FILE)
+        path, _ = QFileDialog.getSaveFileName(self, "Save as SpatialData", start, "Zarr (*.zarr)")
+        if path:
+            self._remember_dir(Path(path))
+            self._guarded(self.save_spatialdata, path)
+
     def _guarded(self, func, path) -> None:
         try:
             func(path)
@@ -117,6 +129,20 @@ class FilesMixin:
         genes = genes or list(self.analysis.shown_genes) or list(self.prediction.genes[:1])
         threshold = self.tumor.threshold if self.tumor is not None else None
         return write_qupath_detections(self.prediction, genes, path, threshold=threshold)
+
+    def save_spatialdata(self, path: str | Path) -> Path:
+        """The slide shown, its spots, predicted expression and tumour contours as a SpatialData
+        ``.zarr`` (`napari_stpredict.inference.spatial_data`); an existing store at ``path``
+        is replaced once the new one is complete (the save dialog asked)."""
+        from ..inference.spatial_data import to_spatialdata, write_spatialdata
+
+        if self.prediction is None or self.analysis is None:
+            raise StPredictError("no prediction yet: run a prediction first")
+        if self.analysis.layer_name not in self.viewer.layers:
+            raise StPredictError(f"the slide layer {self.analysis.layer_name!r} is no longer open")
+        slide = self._slide_for_layer(self.viewer.layers[self.analysis.layer_name])
+        sdata = to_spatialdata(self.prediction, slide, self.tumor)
+        return write_spatialdata(sdata, path, overwrite=True)
 
     def save_geojson(self, path: str | Path) -> Path:
         """Tumour contours as a GeoJSON FeatureCollection (level-0 pixels; QuPath imports it)."""

@@ -331,7 +331,8 @@ class MeasuredPanel(QGroupBox):
 
 
 class ExportPanel(QGroupBox):
-    """Save the spot table, the tumour contours and the spots as QuPath detections."""
+    """Save the spot table, the tumour contours, the spots as QuPath detections and the
+    whole prediction as SpatialData."""
 
     def __init__(self) -> None:
         super().__init__("Export")
@@ -343,6 +344,12 @@ class ExportPanel(QGroupBox):
             "Every spot as a QuPath detection with the shown genes, confidence and tumour score as "
             "measurements (QuPath: File > Import objects, then Measure > Show measurement maps)"
         )
+        self.save_spatialdata_button = QPushButton("SpatialData...")
+        self.save_spatialdata_button.setToolTip(
+            "The slide image, the spots, the predicted expression and the tumour contours as a "
+            "SpatialData .zarr (scverse, napari-spatialdata; needs napari-stpredict[spatialdata])"
+        )
         e.addWidget(self.save_table_button)
         e.addWidget(self.save_geojson_button)
         e.addWidget(self.save_qupath_button)
+        e.addWidget(self.save_spatialdata_button)

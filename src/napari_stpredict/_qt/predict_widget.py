@@ -148,6 +148,7 @@ class PredictWidget(SlidesMixin, RunMixin, FilesMixin, QWidget):
         self.export_panel.save_table_button.clicked.connect(self._choose_table_file)
         self.export_panel.save_geojson_button.clicked.connect(self._choose_geojson_file)
         self.export_panel.save_qupath_button.clicked.connect(self._choose_qupath_file)
+        self.export_panel.save_spatialdata_button.clicked.connect(self._choose_spatialdata_file)
         self._set_result_controls(False)
 
     @staticmethod

@@ -93,10 +93,12 @@ def add_prediction_options(p) -> None:
     p.add_argument(
         "--export",
         nargs="+",
-        choices=["qupath"],
+        choices=["qupath", "spatialdata"],
         default=None,
         help="extra files per slide: qupath = qupath_detections.geojson, one QuPath detection per spot "
-        "with the genes, confidence and tumour score as measurements (Measure > Show measurement maps)",
+        "with the genes, confidence and tumour score as measurements (Measure > Show measurement maps); "
+        "spatialdata = prediction.zarr, the slide image, spots, expression table and tumour contours "
+        "for scverse and napari-spatialdata (needs napari-stpredict[spatialdata])",
     )
     p.add_argument(
         "--export-genes",

@@ -32,7 +32,7 @@ __all__ = [
 
 
 #: Extra per-slide files ``--export`` can add.
-EXPORTS = ("qupath",)
+EXPORTS = ("qupath", "spatialdata")
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,12 @@ class PredictOptions:
         µm per pixel for slides that do not record it.
     exports : tuple of str
         Extra files per slide: ``"qupath"`` writes ``qupath_detections.geojson`` (one QuPath
-        detection per spot, with measurements; `napari_stpredict.inference.qupath`).
+        detection per spot, with measurements; `napari_stpredict.inference.qupath`);
+        ``"spatialdata"`` writes ``prediction.zarr`` (image, spots, table and tumour
+        contours; `napari_stpredict.inference.spatial_data`, needs the optional extra).
     export_genes : {"chosen", "all"}
-        The genes in those files: the chosen ones (``genes``) or every gene of the model.
+        The genes in the QuPath file: the chosen ones (``genes``) or every gene of the
+        model (the SpatialData table always holds every gene).
     batch_size : int
         Patches per model call. Run control: never changes a result.
     use_cache : bool
@@ -142,6 +145,11 @@ class PredictOptions:
         unknown_exports = [e for e in self.exports if e not in EXPORTS]
         if unknown_exports:
             problems.append(f"--export must be one of {', '.join(EXPORTS)}, got {', '.join(unknown_exports)}")
+        if "spatialdata" in self.exports:
+            from .spatial_data import spatialdata_missing
+
+            if missing := spatialdata_missing():
+                problems.append(f"--export spatialdata: {missing}")
         if self.export_genes not in ("chosen", "all"):
             problems.append(f"--export-genes must be chosen or all, got {self.export_genes!r}")
         if self.method not in ("retrieval", "ridge"):
@@ -314,6 +322,10 @@ def write_slide_outputs(folder: Path, slide, prediction, model, model_path: Path
 
         listed = list(prediction.genes) if options.export_genes == "all" else list(genes)
         write_qupath_detections(prediction, listed, folder / QUPATH_FILE, threshold=mask.threshold)
+    if "spatialdata" in options.exports:
+        from .spatial_data import SPATIALDATA_FILE, to_spatialdata, write_spatialdata
+
+        write_spatialdata(to_spatialdata(prediction, slide, mask), folder / SPATIALDATA_FILE)
     meta = prediction.meta
     config = {
         "napari_stpredict": __version__,
