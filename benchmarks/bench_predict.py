@@ -36,6 +36,7 @@ from napari_stpredict.tiling import spot_grid
 from napari_stpredict.tissue import slide_tissue_mask
 from napari_stpredict.io.patches import read_patches
 from concurrent.futures import ThreadPoolExecutor
+from napari_stpredict.model.precision import read_threads_for
 
 slide_path, model_path, device, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 model = load_model(None if model_path == "default" else model_path, device=device)
@@ -45,9 +46,10 @@ with open_slide(slide_path) as slide:
     grid = spot_grid(tissue.mask, tissue.l0_per_th, slide.mpp, patch_um=model.io.patch_um)
     n = len(grid)
     starts = range(0, n, batch)
-    # read alone, two threads as in the engine
+    # read alone, with the engine's threads for this device
+    threads = read_threads_for(model.device)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         chunks = list(pool.map(lambda s: read_patches(slide, grid.l0_centres[s:s + batch], model.io.patch_um,
                                                       model.io.input_px), starts))
     read_s = time.perf_counter() - t0
@@ -70,13 +72,17 @@ with open_slide(slide_path) as slide:
             peak[0] = max(peak[0], proc.memory_info().rss)
             time.sleep(0.02)
     th = threading.Thread(target=watch); th.start()
+    if model.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     pred = run_prediction(slide, model, batch_size=batch)
     e2e_s = time.perf_counter() - t0
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if model.device.type == "cuda" else 0.0
     stop.set(); th.join()
     dims = slide.dimensions
 print(json.dumps({"spots": n, "read": n / read_s, "model": n / model_s, "end_to_end": n / e2e_s,
-                  "peak_mb": (peak[0] - base) / 2**20, "output_mb": pred.adata.X.nbytes / 2**20,
+                  "peak_mb": (peak[0] - base) / 2**20, "gpu_peak_mb": gpu_mb, "threads": threads,
+                  "precision": model.precision.name, "output_mb": pred.adata.X.nbytes / 2**20,
                   "megapixels": dims[0] * dims[1] / 1e6}))
 """
 
@@ -111,7 +117,9 @@ def main() -> None:
             if out.returncode != 0:
                 raise SystemExit(f"benchmark failed on {label}:\n{out.stderr[-3000:]}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        med = {
+            k: statistics.median(r[k] for r in runs) if isinstance(v, (int, float)) else v for k, v in runs[0].items()
+        }
         results[label] = {"median": med, "runs": runs}
     print(f"\nwhole-slide prediction on {args.device}, batch {args.batch}, median of {args.repeats} fresh processes")
     print(

@@ -75,7 +75,7 @@ def predict_slide(
     top_k: int | None = None,
     context_sigma_um: float | None = None,
     adaptation: str | None = None,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     prefetch_batches: int = 3,
     check_stain: bool = True,
     cancel_event: threading.Event | None = None,
@@ -109,8 +109,9 @@ def predict_slide(
         (`napari_stpredict.model.adaptation`), estimated on an even sample of the whole
         tissue (also when ``roi`` is given). Default: the model's; "none" turns it off.
         The out-of-domain score is always measured on the raw features.
-    num_workers : int
-        Threads reading patches.
+    num_workers : int, optional
+        Threads reading patches (default: 2 on the CPU, one per core up to 8 on a GPU;
+        `napari_stpredict.model.precision.read_threads_for`).
     check_stain : bool
         Refuse slides that do not look like brightfield H&E (`napari_stpredict.stain`)
         before any slow work; False predicts anyway and records the verdict.
@@ -135,6 +136,10 @@ def predict_slide(
         When ``check_stain`` and the slide is not H&E (fluorescence, IHC, grayscale,
         blank, ...), before tissue detection.
     """
+    if num_workers is None:
+        from ..model.precision import read_threads_for
+
+        num_workers = read_threads_for(model.device)
     settings = _check_inputs(
         slide, model, stride_um, roi, batch_size, num_workers, prefetch_batches, top_k, context_sigma_um, adaptation
     )

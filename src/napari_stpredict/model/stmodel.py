@@ -13,6 +13,7 @@ from .card import default_model_path
 from .checkpoint import CheckpointError, read_checkpoint
 from .cmrcnet import CMRCNet
 from .config import IOContract, ModelConfig, RetrievalSettings
+from .precision import InferencePrecision, precision_for
 from .predictor import ReferenceBank, RidgeHead, retrieve
 
 __all__ = ["STModel", "load_model", "default_model_path", "select_device"]
@@ -69,6 +70,8 @@ class STModel:
         self.retrieval = retrieval or RetrievalSettings()
         self.source = source
         self.device = torch.device("cpu")
+        #: The encoder's arithmetic and layout on this device (`model.precision`); set by `to`.
+        self.precision = InferencePrecision()
         self.to(device)
 
     @property
@@ -100,6 +103,7 @@ class STModel:
         """Move the network and bank to a device ("auto": CUDA > MPS > CPU)."""
         self.device = select_device(device)
         self.network.to(self.device)
+        self.set_precision(precision_for(self.device))
         self.bank = ReferenceBank(self.bank.embeddings.to(self.device), self.bank.expression.to(self.device))
         if self.ridge is not None:
             self.ridge = RidgeHead(self.ridge.weight.to(self.device), self.ridge.bias.to(self.device), self.ridge.alpha)
@@ -109,22 +113,31 @@ class STModel:
             self._calibration = {**self.calibration, "domain": domain}  # statistics kept from the raw features
         return self
 
+    def set_precision(self, precision: InferencePrecision) -> STModel:
+        """Run the encoder with this precision policy (the device's default is set by `to`;
+        tests force the CUDA policy on the CPU with ``InferencePrecision.reduced()``)."""
+        self.precision = precision
+        fmt = torch.channels_last if precision.channels_last else torch.contiguous_format
+        self.network.to(memory_format=fmt)
+        return self
+
     def preprocess(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, H, W, 3)`` patches -> normalised float ``(B, 3, H, W)`` on the device."""
+        """uint8 ``(B, H, W, 3)`` patches -> normalised float ``(B, 3, H, W)`` on the device
+        (in the memory layout of `precision`)."""
         x = torch.as_tensor(np.asarray(patches) if not isinstance(patches, torch.Tensor) else patches)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"patches must be (batch, height, width, 3) RGB, got shape {tuple(x.shape)}")
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        # uint8 crosses to the device (a quarter of float32's bytes), then is converted there.
+        x = self.precision.to_device(x, self.device).permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.io.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.io.std, device=self.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return self.precision.layout((x - mean) / std)
 
     @torch.inference_mode()
-    def embed(self, patches: np.ndarray | torch.Tensor, *, amp: bool | None = None) -> torch.Tensor:
+    def embed(self, patches: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Image embeddings ``(B, embed_dim)`` (float32) of uint8 patches."""
         x = self.preprocess(patches)
-        use_amp = (self.device.type == "cuda") if amp is None else amp
-        with torch.autocast(device_type=self.device.type, enabled=use_amp and self.device.type == "cuda"):
+        with self.precision.autocast(self.device):
             emb = self.network.encode_image(x)
         return emb.float()
 
@@ -139,7 +152,7 @@ class STModel:
         With ``adaptation`` (`slide_adaptation`) the embeddings are projected from the
         adapted features; the features returned are always the raw ones."""
         x = self.preprocess(patches)
-        with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+        with self.precision.autocast(self.device):
             features = self.network.image_tokens(x).mean(dim=1)
         features = features.float()
         return self.embed_features(features, adaptation=adaptation), features
