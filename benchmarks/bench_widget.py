@@ -10,9 +10,11 @@ image from ``../shared/data``, ~280 spots at 112 µm; ``--slide`` for another, w
    heatmap layer exists includes importing torch/timm and loading the model;
 2. rerun: Run again with another empty cache folder (the model is loaded): the engine's
    whole-slide time as a user waits for it;
-3. reference, the same process: the model alone on the same spots' patches, already in
+3. cached rerun: Run again with the rerun's cache (a hit: a layer from napari's reader
+   is keyed by its pixels); the goal is at most 0.2x the first run;
+4. reference, the same process: the model alone on the same spots' patches, already in
    memory (embedding, retrieval, out-of-domain distance), batch 64;
-4. gene switch: time to show another gene's heatmap from the cached prediction, until the
+5. gene switch: time to show another gene's heatmap from the cached prediction, until the
    frame with it is drawn; reference, the same run: redrawing the unchanged map (one frame
    of napari's rendering, software OpenGL here).
 
@@ -45,11 +47,11 @@ if mpp:
 
 from qtpy.QtCore import QEventLoop
 
-def run_once():
+def run_once(cache=None):
     # Waits in Qt's own event loop, as napari does (a busy processEvents() loop would
     # take ~0.7 s of the two cores from the prediction); done = worker finished, i.e.
     # after the ERBB2 map, the mask and the other layers were added.
-    os.environ["STPREDICT_CACHE_DIR"] = tempfile.mkdtemp()
+    os.environ["STPREDICT_CACHE_DIR"] = cache or tempfile.mkdtemp()
     t0 = time.perf_counter()
     widget.run()
     loop = QEventLoop()
@@ -61,6 +63,9 @@ def run_once():
 
 first = run_once()
 rerun = run_once()
+# The same Run once more with the rerun's cache: a cache hit (napari's reader gives the
+# layer no file, so the key is the layer's pixels), no model call.
+cached = run_once(os.environ["STPREDICT_CACHE_DIR"])
 prediction, model = widget.prediction, widget.model
 from napari_stpredict.io.patches import read_patches
 slide = widget._slide_for_layer(widget._selected_slide_layer())
@@ -87,7 +92,8 @@ for gene in ("GRB7", "CD24", "EPCAM", "SCD", "FASN", "MUCL1", "ERBB2") * 2:
     heat.refresh()
     QApplication.processEvents()
     frame.append(time.perf_counter() - t0)
-print(json.dumps({"spots": len(prediction), "first_run_s": first, "rerun_s": rerun, "model_alone_s": model_alone,
+print(json.dumps({"spots": len(prediction), "first_run_s": first, "rerun_s": rerun, "cached_rerun_s": cached,
+                  "model_alone_s": model_alone,
                   "gene_switch_ms": 1000 * float(np.median(switch)),
                   "gene_switch_first_ms": 1000 * float(np.median(switch[:7])),
                   "gene_switch_code_ms": 1000 * float(np.median(switch_code)),
@@ -124,6 +130,11 @@ def main() -> None:
     print(
         f"rerun, Run -> ERBB2 heatmap: {med['rerun_s']:.1f} s; model alone on the same spots: "
         f"{med['model_alone_s']:.1f} s; ratio {med['rerun_s'] / med['model_alone_s']:.2f} (goal <= 1.2)"
+    )
+    print(
+        f"the same Run again (a cache hit): {med['cached_rerun_s']:.2f} s, "
+        f"{med['cached_rerun_s'] / med['first_run_s']:.2f}x the first run, "
+        f"{med['cached_rerun_s'] / med['rerun_s']:.2f}x a run with the model loaded (goal <= 0.2)"
     )
     print(
         f"switching genes: {med['gene_switch_ms']:.0f} ms to the drawn map (goal < 50 ms; each gene's first "
