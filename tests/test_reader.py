@@ -54,7 +54,7 @@ def test_layer_data_is_a_lazy_multiscale_in_um(sample_slide_path):
     assert kwargs["rgb"] and kwargs["multiscale"]
     assert kwargs["scale"] == pytest.approx((0.688, 0.688))
     assert [d.shape for d in data] == [(6300, 7400, 3), (3150, 3700, 3), (1575, 1850, 3), (788, 925, 3), (394, 463, 3)]
-    assert all(type(d).__name__ == "Array" for d in data)  # dask, nothing read yet
+    assert all(type(d).__name__ == "LevelArray" for d in data)  # lazy, nothing read yet
     meta = kwargs["metadata"]
     assert meta["slide"]["name"] == "her2st_C2.tiff"
     # No folder path, label or macro image in the metadata (they can identify patients).
@@ -76,7 +76,7 @@ def test_chunks_are_whole_tiles(sample_slide_path, wsi_dir):
             ch, cw = level_chunks(slide, level)
             full_h, full_w = arr.shape[:2]
             assert (ch % tile_h == 0 or ch == full_h) and (cw % tile_w == 0 or cw == full_w)
-            assert arr.chunks[0][0] == ch and arr.chunks[1][0] == cw
+            assert arr.chunksize == (ch, cw)
 
 
 class CountingSlide(ArraySlide):
@@ -120,3 +120,44 @@ def test_pyramid_chunks_are_exact_on_levels_with_fractional_downsample(wsi_dir):
         for y0, x0 in [(0, 0), (1024, 512), (1500, 2000)]:
             expected = slide.read_level_region(1, (x0, y0), (100, 100))
             assert np.array_equal(np.asarray(level1[y0 : y0 + 100, x0 : x0 + 100]), expected)
+
+
+def test_opening_a_slide_and_reading_a_region_never_imports_dask(sample_slide_path):
+    """dask.array's import alone was a quarter of a second of a fresh napari session's
+    first slide (issue 20): the reader's arrays do without it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from napari_stpredict._reader import napari_get_reader\n"
+        f"[(data, kwargs, _)] = napari_get_reader({str(sample_slide_path)!r})({str(sample_slide_path)!r})\n"
+        "import numpy as np\n"
+        "assert np.asarray(data[-1]).shape == data[-1].shape\n"
+        "assert data[0][100:200, 300:400].shape == (100, 100, 3)\n"
+        "print('dask' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_level_arrays_slice_like_numpy(sample_slide_path):
+    """What napari may ask of a level: slices, steps, integers, an ellipsis, the whole."""
+    with open_slide(sample_slide_path) as slide:
+        level = slide_pyramid(slide)[3]
+        whole = np.asarray(level)  # chunk by chunk, as napari reads it
+        assert whole.shape == level.shape and whole.dtype == np.uint8
+        for key in [
+            (slice(10, 500), slice(20, 900)),
+            (slice(None, None, 3), slice(5, None, 2)),
+            (7, slice(None)),
+            (slice(None), 11),
+            (Ellipsis, 1),
+            (slice(700, 900), slice(0, 50), slice(0, 2)),
+            (-1, -1),
+            (slice(780, 10_000), slice(None)),
+        ]:
+            assert np.array_equal(level[key], whole[key]), key
+        with pytest.raises(IndexError):
+            level[10_000, 0]

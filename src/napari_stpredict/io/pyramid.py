@@ -6,11 +6,15 @@ with `Slide.read_region` only when napari displays it.
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections import OrderedDict
+
 import numpy as np
 
 from .base import Slide
 
-__all__ = ["slide_pyramid", "level_chunks"]
+__all__ = ["CHUNK_CACHE", "LevelArray", "level_chunks", "slide_pyramid"]
 
 #: Chunks smaller than this many pixels per side make napari issue too many reads;
 #: larger than the maximum make each read slow. Tiles are grouped or split to fit.
@@ -28,14 +32,72 @@ def _fit(tile: int, extent: int) -> int:
 
 
 def level_chunks(slide: Slide, level: int) -> tuple[int, int]:
-    """``(height, width)`` of the dask chunks of one level: whole tiles, about 512-2048 px."""
+    """``(height, width)`` of the chunks of one level: whole tiles, about 512-2048 px."""
     tile_w, tile_h = slide.tile_size(level)
     width, height = slide.level_dimensions[level]
     return _fit(tile_h, height), _fit(tile_w, width)
 
 
-class _LevelView:
-    """Array-like view of one level that dask slices chunk by chunk."""
+class _ChunkCache:
+    """Decoded chunks of every open slide level, least recently used dropped first.
+
+    napari re-slices the visible region on every pan and zoom; whole chunks kept here
+    make a pan read only the chunks that came into view (what napari's dask cache did
+    for the dask arrays this module used to return).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, read) -> np.ndarray:
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is not None:
+                self._chunks.move_to_end(key)
+                return chunk
+        chunk = read()  # outside the lock: napari may slice two layers at once
+        with self._lock:
+            if key not in self._chunks:
+                self._chunks[key] = chunk
+                self._bytes += chunk.nbytes
+                while self._bytes > self.max_bytes and len(self._chunks) > 1:
+                    _, old = self._chunks.popitem(last=False)
+                    self._bytes -= old.nbytes
+        return chunk
+
+
+#: Shared by all open slides: 256 MB of decoded RGB (about 20 screens of 1,280 x 1,024 at
+#: chunk granularity).
+CHUNK_CACHE = _ChunkCache(256 << 20)
+_ARRAY_IDS = itertools.count()
+
+
+def _bounds(key, length: int) -> tuple[int, int, int, bool]:
+    """``(start, stop, step, squeeze)`` of one index along an axis of ``length``."""
+    if isinstance(key, slice):
+        start, stop, step = key.indices(length)
+        if step < 1:
+            raise IndexError("slide levels are read with positive steps only")
+        return start, max(start, stop), step, False
+    index = int(key)
+    index = index + length if index < 0 else index
+    if not 0 <= index < length:
+        raise IndexError(f"index {key} is out of bounds for an axis of {length}")
+    return index, index + 1, 1, True
+
+
+class LevelArray:
+    """One pyramid level as a lazy array ``(height, width, 3)`` uint8, read in chunks.
+
+    Has what napari needs of an array (``shape``, ``dtype``, ``ndim``, slicing with
+    slices, steps and integers, ``np.asarray``): a region is assembled from the whole
+    chunks it touches (`level_chunks`: stored tiles, about 512-2048 px), each read once
+    with `Slide.read_level_region` and kept in `CHUNK_CACHE`. Without dask, whose import
+    alone cost a fresh napari session a quarter of a second before the first slide showed.
+    """
 
     def __init__(self, slide: Slide, level: int) -> None:
         self._slide = slide
@@ -44,36 +106,64 @@ class _LevelView:
         self.shape = (height, width, 3)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
+        self.chunksize = level_chunks(slide, level)
+        self._key = (next(_ARRAY_IDS), level)  # never reused, unlike id() of a closed slide
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LevelArray({self._slide.name!r}, level={self._level}, shape={self.shape})"
+
+    def _chunk(self, row: int, col: int) -> np.ndarray:
+        ch, cw = self.chunksize
+        y0, x0 = row * ch, col * cw
+        h, w = min(ch, self.shape[0] - y0), min(cw, self.shape[1] - x0)
+        return CHUNK_CACHE.get(
+            (*self._key, row, col), lambda: self._slide.read_level_region(self._level, (x0, y0), (w, h))
+        )
+
+    def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        ch, cw = self.chunksize
+        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        for row in range(y0 // ch, -(-y1 // ch)):
+            for col in range(x0 // cw, -(-x1 // cw)):
+                chunk = self._chunk(row, col)
+                cy0, cx0 = row * ch, col * cw
+                ya, yb = max(y0, cy0), min(y1, cy0 + chunk.shape[0])
+                xa, xb = max(x0, cx0), min(x1, cx0 + chunk.shape[1])
+                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = chunk[ya - cy0 : yb - cy0, xa - cx0 : xb - cx0]
+        return out
 
     def __getitem__(self, key) -> np.ndarray:
-        ys, xs, cs = (tuple(key) + (slice(None),) * 3)[:3]
-        y0, y1, _ = ys.indices(self.shape[0])
-        x0, x1, _ = xs.indices(self.shape[1])
-        if y1 <= y0 or x1 <= x0:
-            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)[:, :, cs]
-        region = self._slide.read_level_region(self._level, (x0, y0), (x1 - x0, y1 - y0))
-        return region[:, :, cs]
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+        if len(key) > 3:
+            raise IndexError(f"too many indices for a slide level: {key!r}")
+        key = key + (slice(None),) * (3 - len(key))
+        (y0, y1, ystep, ysq), (x0, x1, xstep, xsq) = _bounds(key[0], self.shape[0]), _bounds(key[1], self.shape[1])
+        region = self._region(y0, y1, x0, x1) if y1 > y0 and x1 > x0 else np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+        region = region[::ystep, ::xstep][:, :, key[2]]
+        if xsq:
+            region = region[:, 0]
+        if ysq:
+            region = region[0]
+        return region
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:, :]
+        return whole if dtype is None else whole.astype(dtype)
 
 
-def slide_pyramid(slide: Slide) -> list:
-    """Return the slide as a list of dask arrays ``(height, width, 3)``, finest first.
+def slide_pyramid(slide: Slide) -> list[LevelArray]:
+    """Return the slide as a list of lazy level arrays ``(height, width, 3)``, finest first.
 
-    Nothing is read until a chunk is computed.
+    Nothing is read until a region is sliced (`LevelArray`).
     """
-    import dask.array as da
-
-    levels = []
-    for level in range(slide.level_count):
-        chunks = level_chunks(slide, level) + (3,)
-        levels.append(
-            da.from_array(
-                _LevelView(slide, level),
-                chunks=chunks,
-                asarray=False,
-                fancy=False,
-                lock=False,
-                name=f"stpredict-{id(slide):x}-L{level}",
-                inline_array=True,
-            )
-        )
-    return levels
+    return [LevelArray(slide, level) for level in range(slide.level_count)]
