@@ -48,6 +48,19 @@ def main() -> None:
         lines.append(f"| {seed} | shipped | " + " | ".join(f"{ref[m]:.3f}" for m in METRICS) + " |")
         lines.append(f"| {seed} | pretrained encoder | " + " | ".join(f"{ours[m]:.3f}" for m in METRICS) + " |")
         lines.append(f"| {seed} | difference | " + " | ".join(f"{deltas[seed][m]:+.3f}" for m in METRICS) + " |")
+    if len(dirs) > 1:
+        import statistics
+
+        def spread(values: list[float]) -> str:
+            return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+        n = len(dirs)
+        seeds = sorted(dirs)
+        for name, source in (("shipped", shipped), ("pretrained encoder", pretrained)):
+            cells = " | ".join(spread([source[s][m] for s in seeds]) for m in METRICS)
+            lines.append(f"| {n} seeds | {name} | {cells} |")
+        cells = " | ".join(spread([deltas[s][m] for s in seeds]) for m in METRICS)
+        lines.append(f"| {n} seeds | difference (paired) | {cells} |")
     table = "\n".join(lines) + "\n"
     (HERE / "compare.md").write_text(table, encoding="utf-8")
     record = {"seeds": sorted(dirs), "pretrained": pretrained, "shipped": shipped, "difference": deltas}
