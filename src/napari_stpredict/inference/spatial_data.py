@@ -179,7 +179,8 @@ def to_spatialdata(prediction, slide, mask=None, *, image_max_side: int = IMAGE_
         The slide it was predicted from (opened with `napari_stpredict.io.open_slide`).
     mask : TumorMask, optional
         The tumour mask (`napari_stpredict.inference.tumor.tumor_mask`): its contours become
-        the ``tumour`` shapes and its calls the table's ``tumour`` column.
+        the ``tumour`` shapes and its calls the table's ``tumour`` column (written into the
+        prediction's own spot table too, by `napari_stpredict.inference.tumor.add_tumour_columns`).
     image_max_side : int
         Longest side of the stored slide image, in pixels (see the module's notes).
 
@@ -240,10 +241,15 @@ def write_spatialdata(sdata, path: str | Path, *, overwrite: bool = False) -> Pa
         with warnings.catch_warnings():  # zarr's notice about a future default, not about this store
             warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
             sdata.write(store, update_sdata_path=False)
+        old = tmp / ".old"
         if path.exists():
-            old = tmp / ".old"
             path.rename(old)
-        store.rename(path)
+        try:
+            store.rename(path)
+        except OSError:
+            if old.exists():  # the previous store goes back where it was
+                old.rename(path)
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
