@@ -59,6 +59,13 @@ def make_cohort(folder: Path) -> Path:
     return manifest
 
 
+def cohort_workdir(workdir: Path | None, prefix: str) -> tuple[Path, Path]:
+    """The benchmark's folder (``workdir``, else a new temporary one) with the cohort in it."""
+    work = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work, make_cohort(work)
+
+
 def serial(manifest: Path, out: Path) -> dict:
     from napari_stpredict.cohort import resolve_slides
     from napari_stpredict.inference.job import PredictOptions, predict_to_folder
@@ -104,9 +111,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cohort_"))
-    work.mkdir(parents=True, exist_ok=True)
-    manifest = make_cohort(work)
+    work, manifest = cohort_workdir(args.workdir, "bench_cohort_")
     n = 8
     results: dict[str, list[dict]] = {"serial": [], "cohort 1 worker": [], "cohort 2 workers": []}
     for r in range(args.repeats):

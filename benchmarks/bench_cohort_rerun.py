@@ -21,12 +21,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cohort import make_cohort  # noqa: E402
+from bench_cohort import cohort_workdir  # noqa: E402
 
 STPREDICT = [sys.executable, "-m", "napari_stpredict.cli"]
 
@@ -45,9 +44,7 @@ def main() -> None:
     parser.add_argument("--reruns", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_cohort_rerun_"))
-    work.mkdir(parents=True, exist_ok=True)
-    manifest = make_cohort(work)
+    work, manifest = cohort_workdir(args.workdir, "bench_cohort_rerun_")
     firsts, reruns = [], []
     try:
         for i in range(args.first_runs):
