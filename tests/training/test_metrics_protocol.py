@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,81 @@ def test_seed_table_averages_sections_then_seeds(tmp_path):
     table = seed_table(summary)
     assert "| CMRCNet, retrieval (the shipped recipe) | 2 | 0.400 ± 0.141 |" in table
     assert "ablation: top-k 50, no context" in table
+    # the row of the recipe without one of its changes (its own trainings), before the retrieval ablation
+    summary["without:pretraining"] = summary["ablation:k50_ctx0"]
+    lines = seed_table(summary).splitlines()
+    assert lines[3].startswith("| ablation: without pretraining | 2 | 0.300 ± 0.141 |")
+    assert lines[4].startswith("| ablation: top-k 50, no context |")
+
+
+def _per_fold_config(tmp_path, encoder: str) -> Path:
+    import yaml
+
+    her2st = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "her2st"
+    path = tmp_path / "eval.yaml"
+    config = {
+        "out_dir": str(tmp_path / "results"),
+        "run_dir": str(tmp_path / "runs"),
+        "train": {"her2st": str(her2st), "steps": 5, "init_encoder": encoder},
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_a_per_fold_encoder_is_the_folds_own_and_only_the_trained_variants_use_it(tmp_path):
+    """``{fold}`` in init_encoder names each fold's pretrained encoder; the baselines train no
+    encoder, so their results (and fingerprints) do not depend on it."""
+    cfg = EvalConfig.from_yaml(_per_fold_config(tmp_path, str(tmp_path / "pretrain" / "{fold}" / "encoder.pt")))
+    for fold in ("test_B", "test_C"):
+        expected = str(tmp_path / "pretrain" / fold / "encoder.pt")
+        assert fold_train_config(cfg, "patient", fold, "cmrcnet", quick=False).init_encoder == expected
+        assert fold_train_config(cfg, "patient", fold, "ridge_features", quick=False).init_encoder is None
+    plain = replace(cfg, train=replace(cfg.train, init_encoder=None))
+    assert fold_recipe(cfg, "patient", "test_B", "untrained", False) == fold_recipe(
+        plain, "patient", "test_B", "untrained", False
+    )
+    assert fold_recipe(cfg, "patient", "test_B", "cmrcnet", False) != fold_recipe(
+        plain, "patient", "test_B", "cmrcnet", False
+    )
+    # the weights count, not where they lie: two encoders' files give two recipes
+    for fold, content in (("test_B", b"one"), ("test_C", b"two")):
+        target = tmp_path / "pretrain" / fold / "encoder.pt"
+        target.parent.mkdir(parents=True)
+        target.write_bytes(content)
+    before = fold_recipe(cfg, "patient", "test_B", "cmrcnet", False)
+    (tmp_path / "pretrain" / "test_B" / "encoder.pt").write_bytes(b"retrained")
+    assert fold_recipe(cfg, "patient", "test_B", "cmrcnet", False) != before
+
+
+def test_a_missing_fold_encoder_stops_the_evaluation_before_any_training(tmp_path):
+    from napari_stpredict.training.evaluate import iter_evaluate
+
+    cfg = EvalConfig.from_yaml(_per_fold_config(tmp_path, str(tmp_path / "pretrain" / "{fold}" / "encoder.pt")))
+    with pytest.raises(ValueError, match="fold test_B: init_encoder .*test_B.*no such file") as err:
+        next(iter_evaluate(cfg, protocols=["patient"], variants=["cmrcnet"]))
+    assert "fold test_C" in str(err.value)  # every missing encoder at once
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+    # baselines need no encoder: planning them alone does not ask for one
+    from napari_stpredict.training.protocol import missing_fold_encoders
+
+    assert missing_fold_encoders(cfg, [("patient", "test_B", "ridge_features")]) == []
+
+
+def test_an_encoder_path_with_another_placeholder_is_refused_naming_the_config(tmp_path):
+    path = _per_fold_config(tmp_path, str(tmp_path / "{seed}" / "encoder.pt"))
+    with pytest.raises(ValueError, match=r"eval.yaml: train: init_encoder: .*the only placeholder allowed is \{fold\}"):
+        EvalConfig.from_yaml(path)
+
+
+def test_the_committed_evaluation_config_trains_each_fold_from_its_own_pretraining():
+    """evaluation/config.yaml (the shipped recipe) names one encoder per fold, and each fold's
+    pretraining configuration writes that encoder without the fold's held-out sections."""
+    from napari_stpredict.training.pretrain import load_pretrain_config
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = EvalConfig.from_yaml(repo / "evaluation" / "config.yaml")
+    for fold, spec in PROTOCOLS["patient"]["folds"].items():
+        encoder = Path(fold_train_config(cfg, "patient", fold, "cmrcnet", quick=False).init_encoder)
+        pretrain = load_pretrain_config(repo / "evaluation" / "experiments" / "pretrain" / f"pretrain_{fold}.yaml")
+        assert Path(pretrain.out_dir) / "encoder.pt" == encoder
+        assert set(spec["test"]) <= set(pretrain.exclude)

@@ -11,6 +11,10 @@ Two protocols, never mixed up:
 
 A fold result is current when its recipe (`fold_recipe`) is the configuration's: reruns
 skip it, and a result of another recipe is never averaged with this one's.
+
+A pretrained image encoder (``train.init_encoder``) is per fold: ``{fold}`` in its path
+names the fold (``runs/pretrain/{fold}/encoder.pt``), so every fold starts from an encoder
+whose self-supervised pretraining excluded that fold's held-out sections.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .config import TrainConfig, recipe_fields
 
 __all__ = [
     "BASELINES",
+    "FOLD_PLACEHOLDER",
     "EvalConfig",
     "IMAGED_C",
     "METRICS",
@@ -32,6 +37,7 @@ __all__ = [
     "VARIANTS",
     "fold_recipe",
     "fold_train_config",
+    "missing_fold_encoders",
     "result_is_current",
 ]
 
@@ -58,6 +64,8 @@ VARIANTS = {"cmrcnet": True, "contrastive": False}
 BASELINES = ("ridge_features", "untrained")
 #: The figures of every fold result, in the tables' column order.
 METRICS = ("r_heg50", "r_hvg50", "r_markers", "r_all", "gene_gene", "tumor_auc")
+#: In ``train.init_encoder``, replaced by the fold's name (one pretrained encoder per fold).
+FOLD_PLACEHOLDER = "{fold}"
 
 
 @dataclass(frozen=True)
@@ -86,9 +94,18 @@ class EvalConfig:
             if not isinstance(train_data, dict):
                 raise ValueError(f"must be a mapping of training settings, got {type(train_data).__name__}")
             train = TrainConfig.from_dict(train_data)
-            # The folds choose their own sections; the rest of the training recipe is checked here.
+            _check_encoder_template(train.init_encoder)
+            # The folds choose their own sections, and a per-fold encoder is looked for when its
+            # fold is run (`missing_fold_encoders`); the rest of the recipe is checked here.
+            per_fold = train.init_encoder is not None and FOLD_PLACEHOLDER in train.init_encoder
             check_train_config(
-                replace(train, train_sections=train.train_sections or ["B4"], bank_sections=[], marker_sections=[])
+                replace(
+                    train,
+                    train_sections=train.train_sections or ["B4"],
+                    bank_sections=[],
+                    marker_sections=[],
+                    init_encoder=None if per_fold else train.init_encoder,
+                )
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: train: {exc}") from exc
@@ -131,14 +148,54 @@ def fold_train_config(cfg: EvalConfig, protocol: str, fold: str, variant: str, q
         for s in her2st_sections(base.her2st)
         if s not in held_out and s not in train_sections and (held_out_patient is None or s[0] != held_out_patient)
     ]
+    encoder = base.init_encoder
+    if variant not in VARIANTS:
+        encoder = None  # the baselines train no image encoder: their results do not depend on it
+    elif encoder is not None:
+        encoder = encoder.replace(FOLD_PLACEHOLDER, fold)
     return replace(
         base,
         train_sections=train_sections,
+        init_encoder=encoder,
         model=replace(base.model, reconstruction=VARIANTS.get(variant, True)),
         steps=cfg.quick_steps if quick else base.steps,
         marker_sections=others,
         bank_sections=others if cfg.bank_other_patients else [],
     )
+
+
+def missing_fold_encoders(cfg: EvalConfig, planned: list[tuple[str, str, str]], quick: bool = False) -> list[str]:
+    """The pretrained encoders that the planned trainings need and that do not exist.
+
+    Parameters
+    ----------
+    cfg : EvalConfig
+        The evaluation settings.
+    planned : list of (protocol, fold, variant)
+        The results about to be computed.
+    quick : bool
+        Whether the ``--quick`` step budget applies.
+
+    Returns
+    -------
+    list of str
+        One line per missing file, naming the fold (empty when nothing is missing).
+    """
+    missing = []
+    for protocol, fold, variant in planned:
+        path = fold_train_config(cfg, protocol, fold, variant, quick).init_encoder
+        if path is not None and not Path(path).is_file():
+            missing.append(f"fold {fold}: init_encoder {path}: no such file (write it with stpredict pretrain)")
+    return sorted(set(missing))
+
+
+def _check_encoder_template(path: str | None) -> None:
+    """A per-fold encoder path may hold ``{fold}`` and no other placeholder."""
+    if path is None:
+        return
+    rest = path.replace(FOLD_PLACEHOLDER, "")
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"init_encoder: {path}: the only placeholder allowed is {FOLD_PLACEHOLDER}")
 
 
 def fold_recipe(cfg: EvalConfig, protocol: str, fold: str, variant: str, quick: bool) -> str:

@@ -132,6 +132,11 @@ _SEED_ROWS = {
 }
 
 
+#: Rows of `seed_table` for the recipe with one of its changes removed, measured by its own
+#: trainings (``without:pretraining``: the same recipe trained from a randomly initialised encoder).
+WITHOUT_PREFIX = "without:"
+
+
 def _ablation_label(setting: str) -> str:
     setting, _, adapted = setting.partition("_adapt-")
     k, ctx = setting.removeprefix("k").split("_ctx")
@@ -185,7 +190,8 @@ def seed_summary(result_dirs: dict[int, str | Path], protocol: str = "patient") 
 
 
 def seed_table(summary: dict[str, Any], recipe: str = "the shipped recipe") -> str:
-    """Markdown of `seed_summary`: mean ± sd over seeds, the recipe's rows then the ablation.
+    """Markdown of `seed_summary`: mean ± sd over seeds, the recipe's rows, the rows of the
+    recipe without one of its changes (``without:<change>``), then the retrieval ablation.
 
     ``recipe`` names the recipe in its first row (another experiment's table says which).
     """
@@ -194,10 +200,14 @@ def seed_table(summary: dict[str, Any], recipe: str = "the shipped recipe") -> s
         "|---|---|---|---|---|---|---|---|",
     ]
     names = [n for n in _SEED_ROWS if n in summary]
+    names += [n for n in summary if n.startswith(WITHOUT_PREFIX)]
     names += sorted((n for n in summary if n.startswith("ablation:")), key=_ablation_order)
     for name in names:
         entry = summary[name]
-        label = _SEED_ROWS.get(name) or _ablation_label(name.removeprefix("ablation:"))
+        if name.startswith(WITHOUT_PREFIX):
+            label = f"ablation: without {name.removeprefix(WITHOUT_PREFIX)}"
+        else:
+            label = _SEED_ROWS.get(name) or _ablation_label(name.removeprefix("ablation:"))
         label = label.replace("the shipped recipe", recipe)
         cells = []
         for m in METRICS:
