@@ -7,6 +7,11 @@ from ``stpredict evaluate --protocol patient --variant cmrcnet --seed N``), and 
 sections for each seed, then mean ± sd over the seeds.
 
 Usage: python scripts/seed_table.py [--results evaluation/results] [--recipe NAME]
+                                    [--without CHANGE=RESULTS ...]
+
+``--without pretraining=evaluation/experiments/pretrain/without`` adds the row of the recipe
+trained without that change (its own evaluation folder, same layout, same seeds): the
+ablation row of a change the shipped recipe kept.
 
 ``--recipe`` names another experiment's recipe in the first row (e.g. ``--results
 evaluation/experiments/resolution/coarse_scan_folds --recipe "coarse-scan recipe"``).
@@ -18,20 +23,36 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_stpredict.training.report import seed_summary, seed_table
+from napari_stpredict.training.report import WITHOUT_PREFIX, seed_summary, seed_table
+
+
+def _seed_dirs(results: Path) -> dict[int, Path]:
+    dirs = {0: results / "full"}
+    dirs |= {s: results / "seeds" / f"seed{s}" / "full" for s in (1, 2)}
+    missing = [str(d) for d in dirs.values() if not (d / "patient").is_dir()]
+    if missing:
+        raise SystemExit(f"no patient-level results in: {', '.join(missing)}")
+    return dirs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", type=Path, default=Path("evaluation/results"))
     parser.add_argument("--recipe", default="the shipped recipe", help="the recipe's name in the first row")
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="CHANGE=RESULTS",
+        help="a row for the recipe without CHANGE, from that evaluation's results folder",
+    )
     args = parser.parse_args()
-    dirs = {0: args.results / "full"}
-    dirs |= {s: args.results / "seeds" / f"seed{s}" / "full" for s in (1, 2)}
-    missing = [str(d) for d in dirs.values() if not (d / "patient").is_dir()]
-    if missing:
-        raise SystemExit(f"no patient-level results in: {', '.join(missing)}")
-    summary = seed_summary(dirs)
+    summary = seed_summary(_seed_dirs(args.results))
+    for spec in args.without:
+        change, sep, folder = spec.partition("=")
+        if not sep or not change or not folder:
+            raise SystemExit(f"--without {spec!r}: expected CHANGE=RESULTS_FOLDER")
+        summary[WITHOUT_PREFIX + change] = seed_summary(_seed_dirs(Path(folder)))["cmrcnet:retrieval"]
     table = seed_table(summary, recipe=args.recipe)
     (args.results / "seeds.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     (args.results / "seeds.md").write_text(table, encoding="utf-8")

@@ -6,6 +6,11 @@ per-gene figures are stored inside the checkpoint, so the model carries the
 figures it was shipped with. Refuses a checkpoint trained on section C2 (the sample).
 
 Usage: python scripts/ship_model.py runs/default_model/model.pt
+           [--per-gene FILE --per-gene-note TEXT]
+
+``--per-gene`` embeds per-gene figures from another evaluation than the summary's (the fold
+models that measure them were not kept); ``--per-gene-note`` then says so in their
+``source``, which `stpredict genes` prints.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--summary", type=Path, default=Path("evaluation/results/full/summary.json"))
+    parser.add_argument("--per-gene", type=Path, default=None, help="default: per_gene_r.json beside the summary")
+    parser.add_argument("--per-gene-note", default="", help="appended to the per-gene figures' source")
     args = parser.parse_args()
     checked = read_checkpoint(args.checkpoint)  # validates
     prov = checked["provenance"]
@@ -39,9 +46,14 @@ def main() -> None:
             "source": "scripts/seed_table.py (patient-level folds, seeds 0, 1, 2)",
             "rows": json.loads(seeds.read_text(encoding="utf-8")),
         }
-    per_gene = args.summary.parent / "per_gene_r.json"  # scripts/per_gene_accuracy.py
+    per_gene = args.per_gene or args.summary.parent / "per_gene_r.json"  # scripts/per_gene_accuracy.py
+    if args.per_gene is not None and not per_gene.is_file():
+        raise SystemExit(f"--per-gene {per_gene}: no such file")
     if per_gene.exists():
-        data.setdefault("evaluation", {})["per_gene_r"] = json.loads(per_gene.read_text(encoding="utf-8"))
+        table = json.loads(per_gene.read_text(encoding="utf-8"))
+        if args.per_gene_note:
+            table["source"] = f"{table.get('source', 'held-out evaluation')}; {args.per_gene_note}"
+        data.setdefault("evaluation", {})["per_gene_r"] = table
     target = default_model_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:

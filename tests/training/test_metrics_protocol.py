@@ -293,3 +293,22 @@ def test_the_committed_evaluation_config_trains_each_fold_from_its_own_pretraini
         pretrain = load_pretrain_config(repo / "evaluation" / "experiments" / "pretrain" / f"pretrain_{fold}.yaml")
         assert Path(pretrain.out_dir) / "encoder.pt" == encoder
         assert set(spec["test"]) <= set(pretrain.exclude)
+
+
+def test_the_committed_results_are_current_for_the_configs_that_made_them():
+    """Moving results between folders or editing a config must not silently detach them:
+    the recipe without pretraining reproduces its fingerprints, and the baselines beside the
+    shipped recipe's results are current for evaluation/config.yaml (they train no encoder)."""
+    repo = Path(__file__).resolve().parents[2]
+    checks = [
+        (repo / "evaluation" / "experiments" / "pretrain" / "without", "cmrcnet"),
+        (repo / "evaluation" / "results", "ridge_features"),
+        (repo / "evaluation" / "results", "untrained"),
+    ]
+    for folder, variant in checks:
+        config = folder / "config.yaml" if (folder / "config.yaml").is_file() else repo / "evaluation" / "config.yaml"
+        cfg = EvalConfig.from_yaml(config)
+        for fold in PROTOCOLS["patient"]["folds"]:
+            path = folder / "full" / "patient" / fold / f"{variant}.json"
+            recipe = fold_recipe(cfg, "patient", fold, variant, quick=False)
+            assert result_is_current(path, recipe), f"{path} is not current for {config}"

@@ -1,12 +1,13 @@
-"""Fine-tuned from the pretrained encoders against the shipped recipe, seed by seed (issue 19, item 3).
+"""The recipe fine-tuned from pretrained encoders against the same recipe without them, seed by seed.
 
-The two recipes differ only by ``init_encoder`` (each patient-level fold starts from the
-encoder ``stpredict pretrain`` wrote for it, which never saw the fold's held-out
-sections; `pretrained_eval_test_B.yaml` / `pretrained_eval_test_C.yaml`), so the rows are
-paired by training seed. Reads whichever seeds exist under ``folds`` (seed 0 in
-``folds/full``, seeds 1 and 2 in ``folds/seeds/seed<N>/full``) and the shipped recipe's
-per-seed figures in ``evaluation/results/seeds.json``; writes ``compare.md`` and
-``compare.json`` beside this script.
+Issue 19, item 3. The two differ only by ``init_encoder`` (each patient-level fold starts
+from the encoder ``stpredict pretrain`` wrote for it, which never saw the fold's held-out
+sections: ``evaluation/config.yaml``), so the rows are paired by training seed. The
+pretrained recipe is the shipped one since the bundled model was retrained with it: its
+results are ``evaluation/results`` (seed 0 in ``full``, seeds 1 and 2 in
+``seeds/seed<N>/full``); the recipe without pretraining, as shipped before, is in
+``without/`` beside this script, same layout. Writes ``compare.md`` and ``compare.json``
+beside this script.
 
 Usage: python evaluation/experiments/pretrain/compare.py
 """
@@ -28,15 +29,19 @@ def _complete(folder: Path) -> bool:
     return all((folder / "patient" / fold / "cmrcnet.json").is_file() for fold in ("test_B", "test_C"))
 
 
+def _seed_dirs(results: Path) -> dict[int, Path]:
+    dirs = {0: results / "full"} | {s: results / "seeds" / f"seed{s}" / "full" for s in (1, 2)}
+    return {seed: d for seed, d in dirs.items() if _complete(d)}
+
+
 def main() -> None:
-    folds = HERE / "folds"
-    dirs = {0: folds / "full"} | {s: folds / "seeds" / f"seed{s}" / "full" for s in (1, 2)}
-    dirs = {seed: d for seed, d in dirs.items() if _complete(d)}
+    with_dirs = _seed_dirs(REPO / "evaluation" / "results")
+    without_dirs = _seed_dirs(HERE / "without")
+    dirs = {seed: d for seed, d in with_dirs.items() if seed in without_dirs}
     if not dirs:
-        raise SystemExit(f"no seed has both patient-level folds under {folds}")
+        raise SystemExit("no seed has both patient-level folds with and without pretraining")
     pretrained = seed_summary(dirs)["cmrcnet:retrieval"]["per_seed"]
-    shipped = json.loads((REPO / "evaluation" / "results" / "seeds.json").read_text(encoding="utf-8"))
-    shipped = {int(k): v for k, v in shipped["cmrcnet:retrieval"]["per_seed"].items()}
+    shipped = seed_summary({s: without_dirs[s] for s in dirs})["cmrcnet:retrieval"]["per_seed"]
     lines = [
         "| seed | recipe | " + " | ".join(LABELS) + " |",
         "|---|---|" + "---|" * len(LABELS),
@@ -45,7 +50,7 @@ def main() -> None:
     for seed in sorted(dirs):
         ours, ref = pretrained[seed], shipped[seed]
         deltas[seed] = {m: ours[m] - ref[m] for m in METRICS}
-        lines.append(f"| {seed} | shipped | " + " | ".join(f"{ref[m]:.3f}" for m in METRICS) + " |")
+        lines.append(f"| {seed} | without pretraining | " + " | ".join(f"{ref[m]:.3f}" for m in METRICS) + " |")
         lines.append(f"| {seed} | pretrained encoder | " + " | ".join(f"{ours[m]:.3f}" for m in METRICS) + " |")
         lines.append(f"| {seed} | difference | " + " | ".join(f"{deltas[seed][m]:+.3f}" for m in METRICS) + " |")
     if len(dirs) > 1:
@@ -56,14 +61,14 @@ def main() -> None:
 
         n = len(dirs)
         seeds = sorted(dirs)
-        for name, source in (("shipped", shipped), ("pretrained encoder", pretrained)):
+        for name, source in (("without pretraining", shipped), ("pretrained encoder", pretrained)):
             cells = " | ".join(spread([source[s][m] for s in seeds]) for m in METRICS)
             lines.append(f"| {n} seeds | {name} | {cells} |")
         cells = " | ".join(spread([deltas[s][m] for s in seeds]) for m in METRICS)
         lines.append(f"| {n} seeds | difference (paired) | {cells} |")
     table = "\n".join(lines) + "\n"
     (HERE / "compare.md").write_text(table, encoding="utf-8")
-    record = {"seeds": sorted(dirs), "pretrained": pretrained, "shipped": shipped, "difference": deltas}
+    record = {"seeds": sorted(dirs), "pretrained": pretrained, "without_pretraining": shipped, "difference": deltas}
     (HERE / "compare.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     print(table)
 
