@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--fast" ]; then
   # The development lane: the checkout as installed by setup.sh (editable), no apt, no
-  # wheel build, no viewer, no Dask cluster, no test over ~30 s. CI runs the full suite.
+  # wheel build, no viewer, no Dask cluster, no test over ~2 s on 2 cores. CI runs the full suite.
   shift
   [ -x .venv/bin/python ] || bash scripts/setup.sh
   .venv/bin/ruff check src tests benchmarks scripts evaluation

@@ -141,6 +141,7 @@ def test_looping_tiff_is_refused_at_once(tmp_path):
         reader(str(path))
 
 
+@pytest.mark.slow
 def test_looping_tiff_in_info_and_predict_does_not_stop_the_others(
     tmp_path, sample_slide_path, tiny_model_path, cli_env
 ):
@@ -165,6 +166,7 @@ def test_looping_tiff_in_info_and_predict_does_not_stop_the_others(
     assert "Traceback" not in out.stderr and "TiffPages" not in out.stderr  # only our message
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="platform: named pipes are POSIX")
 def test_fifo_named_like_a_slide_does_not_block(tmp_path, sample_slide_path, tiny_model_path, cli_env):
     fifo = tmp_path / "x.svs"
@@ -262,6 +264,7 @@ def test_roi_from_a_qupath_list_and_null_geometries(tmp_path):
 
 
 # --- 4: output collisions ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_slides_with_the_same_name_in_two_folders_both_survive(
     sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
 ):
@@ -321,6 +324,7 @@ def _run_cached(slide, model, model_path, directory):
             return stop.value, stages
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "zero", "flip"])
 def test_damaged_cache_entry_is_recomputed_with_a_warning(
     sample_slide_path, tiny_model, tiny_model_path, tmp_path, damage
@@ -346,6 +350,7 @@ def test_damaged_cache_entry_is_recomputed_with_a_warning(
         assert stages == ["cache"]  # the recomputed entry is good
 
 
+@pytest.mark.slow
 def test_swapped_cache_entry_is_detected(sample_slide_path, tiny_model, tiny_model_path, tmp_path):
     from napari_stpredict.errors import StPredictWarning
     from napari_stpredict.inference.cache import cached_predict_slide
@@ -385,6 +390,7 @@ def test_same_size_edit_of_the_slide_misses_the_cache(sample_slide_path, tiny_mo
     assert copy.stat().st_size == stat.st_size and slide_fingerprint(copy) != before
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_cache_write_are_removed(sample_slide_path, tiny_model, tiny_model_path, tmp_path):
     with open_slide(sample_slide_path) as slide:
         _run_cached(slide, tiny_model, tiny_model_path, tmp_path)
@@ -396,6 +402,7 @@ def test_leftovers_of_a_killed_cache_write_are_removed(sample_slide_path, tiny_m
     assert not leftover.exists() and entry.exists()
 
 
+@pytest.mark.slow
 def test_unwritable_cache_only_costs_the_caching(sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys):
 
     blocker = tmp_path / "cache"
@@ -510,6 +517,7 @@ def test_bad_options_are_usage_errors_before_any_slide(option, message, tmp_path
     assert not (tmp_path / "o").exists() and time.perf_counter() - t0 < 30
 
 
+@pytest.mark.slow
 def test_gene_names_take_the_models_spelling_and_genes_lists_them(
     sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
 ):
@@ -541,6 +549,7 @@ def test_slide_smaller_than_a_patch_and_a_coarse_slide_are_explained(tiny_model)
         run_prediction(tiny, tiny_model)
 
 
+@pytest.mark.slow
 def test_coarse_slide_gets_a_warning(sample_slide_path):
     from napari_stpredict.inference import run_prediction
     from napari_stpredict.inference.trust import trust_lines
@@ -583,6 +592,7 @@ def test_one_corrupt_region_does_not_spoil_the_rest_of_the_slide(sample_slide_pa
         assert np.array_equal(slide.read_region((0, 0), 0, (64, 64)), good)  # still readable after the error
 
 
+@pytest.mark.slow
 def test_a_corrupt_tile_in_a_prediction_names_the_file_and_the_region(sample_slide_path, tmp_path, monkeypatch, capsys):
     """With several reader threads one meets the damage and replaces the handle another
     had picked up ("Passing closed slide object" before): the message names the file."""
@@ -611,6 +621,7 @@ def test_a_corrupt_tile_in_a_prediction_names_the_file_and_the_region(sample_sli
 
 
 # --- 11: file names that identify a patient ---------------------------------------------------------------
+@pytest.mark.slow
 def test_pseudonymize_leaves_the_file_name_out_of_every_output(
     sample_slide_path, tiny_model_path, tmp_path, monkeypatch, capsys
 ):
@@ -684,6 +695,7 @@ def test_read_only_output_is_a_usage_error(small_fs, tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_full_cache_disk_only_costs_the_caching(small_fs, sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
 
     monkeypatch.setenv("STPREDICT_CACHE_DIR", str(small_fs("16k")))
@@ -693,6 +705,7 @@ def test_full_cache_disk_only_costs_the_caching(small_fs, sample_slide_path, tin
 
 
 # --- 14: in CI a skipped test fails the run ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_skip_fails_the_run_in_ci(tmp_path):
     shutil.copy(Path(__file__).parent / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "test_skips.py").write_text("import pytest\n\ndef test_needs_data():\n    pytest.skip('no data')\n")

@@ -33,6 +33,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 
 # --- issue 23.1: a rerun of predict keeps the user's files in the slide's folder ----------------
+@pytest.mark.slow
 def test_a_predict_rerun_keeps_the_users_files(sample_slide_path, tiny_model_path, tmp_path, capsys):
     out = tmp_path / "out"
     assert predict_cli(sample_slide_path, tiny_model_path, "--out", str(out), "--no-cache") == 0
@@ -98,6 +99,7 @@ def test_cohort_refuses_slide_folders_it_did_not_write(sample_slide_path, tiny_m
 
 
 # --- issue 23.4: two predict runs into one --out at once -----------------------------------------
+@pytest.mark.slow
 def test_two_predict_runs_into_the_same_out_both_succeed(sample_slide_path, tiny_model_path, tmp_path, cli_env):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "napari_stpredict.cli", "predict", str(sample_slide_path)]
@@ -373,6 +375,7 @@ def test_a_region_of_200000_vertices_is_rasterised_in_bounded_time():
 
 
 # --- issue 23.5, 24.10: any file name the file system allows ---------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="platform: non-UTF-8 names are POSIX bytes")
 def test_unusual_file_names_are_predicted_and_kept_in_every_output(sample_slide_path, tiny_model_path, tmp_path):
     import tifffile

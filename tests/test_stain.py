@@ -56,6 +56,7 @@ def test_real_he_slides_pass(wsi_dir, name, mpp):
     assert verdict.kind == "he" and verdict.ok, verdict
 
 
+@pytest.mark.slow
 def test_sample_and_her2st_images_pass(sample_thumb, her2st_dir):
     assert check_stain(sample_thumb).kind == "he"
     b4 = next((her2st_dir / "ST-imgs" / "B" / "B4").glob("*.jpg"))
@@ -112,6 +113,7 @@ def test_engine_refuses_before_tissue_detection_and_can_be_overridden(sample_thu
     assert prediction.trust.stain.kind == "grayscale"
 
 
+@pytest.mark.slow
 def test_cli_reports_the_fluorescence_slide_and_completes_the_others(
     wsi_dir, tiny_model_path, tmp_path, monkeypatch, capsys
 ):

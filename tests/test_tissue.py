@@ -16,6 +16,7 @@ def test_her2st_has_the_six_imaged_sections(her2st_dir):
     assert her2st_sections_with_images(her2st_dir) == ["B4", "C2", "C3", "C4", "C5", "C6"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("section", ["B4", "C2", "C3", "C4", "C5", "C6"])
 def test_spot_centres_fall_on_detected_tissue(her2st_dir, section):
     image = next((her2st_dir / "ST-imgs" / section[0] / section).glob("*.jpg"))

@@ -23,6 +23,7 @@ def _predict(path, model, mpp=None, **kwargs):
         return run_prediction(slide, model, context_sigma_um=0.0, **kwargs)
 
 
+@pytest.mark.slow
 def test_adaptation_changes_the_map_not_the_domain_score_and_is_recorded(sample_slide_path, bundled):
     plain = _predict(sample_slide_path, bundled, adaptation="none")
     adapted = _predict(sample_slide_path, bundled, adaptation="standardise")
@@ -34,6 +35,7 @@ def test_adaptation_changes_the_map_not_the_domain_score_and_is_recorded(sample_
     assert not np.allclose(adapted.expression("ERBB2"), plain.expression("ERBB2"))
 
 
+@pytest.mark.slow
 def test_a_region_is_adapted_with_the_whole_slides_statistics(sample_slide_path, bundled):
     """A region (often all tumour) is adapted with the whole tissue's statistics, not its own."""
     from napari_stpredict.io.patches import read_patches
@@ -51,6 +53,7 @@ def test_a_region_is_adapted_with_the_whole_slides_statistics(sample_slide_path,
     assert round(own.shift_size, 4) != whole.adata.uns["stpredict"]["model"]["adaptation"]["shift_size"]
 
 
+@pytest.mark.slow
 def test_an_out_of_domain_slide_stays_out_of_domain_when_adapted(bundled):
     slide = _require(WSI / "tcga-cr-7395-01a-01-ts1.svs")  # head-and-neck tissue, another scanner
     plain = _predict(slide, bundled, adaptation="none", mpp=0.5, check_stain=False)
@@ -67,6 +70,7 @@ def test_a_bad_adaptation_fails_before_any_slow_work(sample_slide_path, bundled)
         next(predict_slide(slide, bundled, adaptation="adabn"))
 
 
+@pytest.mark.slow
 def test_the_cli_switch_reaches_the_engine_and_the_cache_key(sample_slide_path, tmp_path, monkeypatch):
     import anndata as ad
     from conftest import predict_cli
@@ -83,6 +87,7 @@ def test_the_cli_switch_reaches_the_engine_and_the_cache_key(sample_slide_path, 
     assert meta["model"]["adaptation"]["mode"] == "none"  # not the cached adapted result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mpp", "withheld"), [(2.0, False), (3.2, True)])
 def test_the_tumour_call_is_withheld_on_slides_too_coarse_for_it(sample_slide_path, bundled, mpp, withheld):
     from PIL import Image

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from conftest import predict_cli
 
 
+@pytest.mark.slow
 def test_corrupt_slide_among_good_ones(sample_slide_path, tiny_model_path, tmp_path, capsys, monkeypatch):
     from napari_stpredict.cli import main
 
@@ -64,6 +66,7 @@ def test_predict_rejects_unknown_genes_and_bad_roi(sample_slide_path, tiny_model
     assert "--roi" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_roi_from_geojson(sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
     from napari_stpredict.inference import Prediction
 
@@ -90,6 +93,7 @@ def test_roi_from_geojson(sample_slide_path, tiny_model_path, tmp_path, monkeypa
     assert (p.l0_centres >= 2000).all() and (p.l0_centres <= 5000).all()
 
 
+@pytest.mark.slow
 def test_second_run_from_the_cache_writes_the_same_outputs(
     sample_slide_path, tiny_model_path, tmp_path, capsys, monkeypatch
 ):
@@ -119,6 +123,7 @@ def test_slide_errors_name_the_given_path_once(tmp_path):
     assert _slide_error(path, OSError("disk full")) == f"error: {path}: disk full"
 
 
+@pytest.mark.slow
 def test_the_spot_table_carries_each_spots_tumour_call(sample_slide_path, tiny_model_path, tmp_path, monkeypatch):
     """Issue 25.5: prediction.h5ad and the CSV spot table join the mask to the spots."""
     import anndata as ad

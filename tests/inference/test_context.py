@@ -68,6 +68,7 @@ def test_no_context_leaves_values_untouched():
     assert np.array_equal(out, values)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride_um", [None, 56.0])
 def test_engine_applies_the_context_to_the_predicted_grid(sample_slide_path, tiny_model, stride_um):
     """The engine's map is its per-patch map mixed with the patches one patch width away
@@ -95,6 +96,7 @@ def test_engine_applies_the_context_to_the_predicted_grid(sample_slide_path, tin
     assert np.allclose(mixed.adata.obs["confidence"], obs["confidence"])
 
 
+@pytest.mark.slow
 def test_engine_defaults_to_the_model_settings(sample_slide_path, tiny_model_path, tmp_path):
     """A checkpoint's retrieval settings are what the engine uses unless told otherwise;
     a checkpoint written before they existed reads as top-k 50 without context."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_stpredict.model import default_model_path, load_model
 
@@ -16,6 +17,7 @@ def test_default_model_loads_and_fits_the_budget():
     assert model.evaluation, "the shipped model carries its evaluation figures"
 
 
+@pytest.mark.slow
 def test_predicted_erbb2_map_follows_measured_erbb2_on_the_sample(sample_slide_path, sample_spots_path):
     import anndata as ad
 

@@ -28,6 +28,7 @@ def prediction(sample, tiny_model):
     return run_prediction(sample, tiny_model, batch_size=32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride_um", [112.0, 56.0])
 def test_grid_patches_are_half_tissue_and_cover_the_tissue(sample, stride_um):
     tissue = slide_tissue_mask(sample, max_size=2048)
@@ -243,6 +244,7 @@ def test_cancel_during_tissue_detection_answers_within_a_second(wsi_dir, tiny_mo
     assert waited < 0.3 + 1.0, waited
 
 
+@pytest.mark.slow
 def test_a_rerun_on_the_same_open_slide_reuses_its_tissue_mask(sample_slide_path, tiny_model, monkeypatch):
     """Another stride or region on a slide already predicted: tissue detection (seconds on
     a large slide) is not repeated, and the result is the same as from a fresh slide."""

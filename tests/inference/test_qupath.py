@@ -53,6 +53,7 @@ def test_one_detection_per_spot_with_the_predictions_values(exported):
     assert any("classification" in f["properties"] for f in features)  # the sample has tumour
 
 
+@pytest.mark.slow
 def test_export_options_are_checked_and_all_genes_can_be_written(sample_slide_path, tiny_model_path, tmp_path):
     from napari_stpredict.inference.job import PredictOptions
     from napari_stpredict.model import open_model

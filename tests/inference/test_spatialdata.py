@@ -28,6 +28,7 @@ def exported(sample_slide_path, tiny_model_path, tmp_path_factory):
     return out / "her2st_C2"
 
 
+@pytest.mark.slow
 def test_the_export_reads_back_with_table_and_shapes_aligned(exported, sample_slide_path):
     import spatialdata as sd
     from spatialdata.models import get_table_keys
@@ -83,6 +84,7 @@ def test_the_tumour_contours_hold_every_called_spot_and_no_other(exported):
     assert np.array_equal(inside, called)
 
 
+@pytest.mark.slow
 def test_an_export_is_replaced_whole_or_not_at_all(exported, tmp_path):
     import spatialdata as sd
 

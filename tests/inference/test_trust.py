@@ -51,6 +51,7 @@ def test_held_out_sample_is_in_domain(sample_prediction):
     assert obs["out_of_domain"].dtype == bool and obs["out_of_domain"].mean() == domain["share_out"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, mpp", [("CMU-1-Small-Region.svs", None), ("tcga-cr-7395-01a-01-ts1.svs", 0.5)])
 def test_other_tissues_are_out_of_domain(wsi_dir, model, name, mpp):
     prediction = _predict(wsi_dir / name, model, mpp=mpp)
@@ -136,6 +137,7 @@ def test_uncalibrated_model_says_so(sample_slide_path, tiny_model):
         tumor_mask(prediction, mode="absolute")
 
 
+@pytest.mark.slow
 def test_cli_prints_the_verdict_and_records_it(wsi_dir, sample_slide_path, tmp_path, monkeypatch, capsys):
     from napari_stpredict.cli import main
 

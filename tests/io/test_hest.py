@@ -45,6 +45,7 @@ def hest_dir(her2st_dir, tmp_path_factory) -> Path:
     return _hest_sample(her2st_dir, tmp_path_factory.mktemp("hest"))
 
 
+@pytest.mark.slow
 def test_a_hest_sample_converts_to_the_training_layout_and_trains(hest_dir, her2st_dir, tmp_path):
     import anndata as ad
 

@@ -130,6 +130,7 @@ for _ in range(20):
 """
 
 
+@pytest.mark.slow
 def test_two_concurrent_writers_both_succeed_and_the_folder_is_whole(tmp_path):
     target = tmp_path / "slide"
     start = time.time() + 2.0

@@ -149,6 +149,7 @@ def test_missing_mpp_is_a_clear_error_and_can_be_supplied(wsi_dir, tmp_path):
         assert slide.read_region_at_mpp((0, 0), (32, 32), mpp=1.0).shape == (32, 32, 3)
 
 
+@pytest.mark.slow
 def test_plain_jpeg_with_user_mpp(her2st_dir):
     jpg = next((her2st_dir / "ST-imgs" / "C" / "C3").glob("*.jpg"))
     with open_slide(jpg, mpp=0.688) as slide:
@@ -304,6 +305,7 @@ def test_stripped_tiff_opens_with_tifffile(sample_slide_path, tmp_path):
         assert (slide.read_region((590, 10), 0, (20, 20))[:, 10:] == 255).all()
 
 
+@pytest.mark.slow
 def test_files_are_closed_when_done(sample_slide_path, wsi_dir):
     import gc
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 # Run in a fresh interpreter: this test process imported torch long ago.
@@ -94,6 +95,7 @@ def test_genes_lists_the_models_genes_without_importing_torch():
     assert len(rows) == 795 and rows[0][1] != ""  # the best measured gene first
 
 
+@pytest.mark.slow
 def test_cached_predict_rerun_never_loads_the_model(sample_slide_path, tiny_model_path, tmp_path):
     cache = {"STPREDICT_CACHE_DIR": str(tmp_path / "cache")}
     argv = ["predict", str(sample_slide_path), "--model", str(tiny_model_path), "--out", str(tmp_path / "out")]

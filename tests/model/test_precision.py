@@ -40,6 +40,7 @@ def test_the_cpu_runs_float32_contiguous_unpinned():
     assert policy.layout(x).is_contiguous() and policy.to_device(x, torch.device("cpu")) is x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_reduced_precision_with_channels_last_stays_within_tolerance_of_float32(model_and_patches, dtype):
     model, patches = model_and_patches
@@ -90,6 +91,7 @@ def test_reading_threads_follow_the_device_and_the_cores():
     assert read_threads_for(torch.device("cuda"), cores=1) == 2
 
 
+@pytest.mark.slow
 def test_the_gpu_check_says_there_is_no_cuda_device_and_exits_0():
     import os
     import shutil

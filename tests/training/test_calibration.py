@@ -39,6 +39,7 @@ def _two_section_config(her2st_dir, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_training_writes_a_calibration(her2st_dir, tmp_path):
     from napari_stpredict.training.train import train
 
@@ -183,6 +184,7 @@ def test_neighbours_of_an_h5ad_section_equal_those_of_the_her2st_id(her2st_dir, 
     assert not np.allclose(a[0], a[7])
 
 
+@pytest.mark.slow
 def test_a_model_calibrated_with_adaptation_adapts_each_training_section(her2st_dir, tmp_path):
     """Switching adaptation on reuses the trained weights; the checkpoint records it; the
     tumour standardisation is computed on per-section adapted predictions."""
@@ -206,6 +208,7 @@ def test_a_model_calibrated_with_adaptation_adapts_each_training_section(her2st_
         list(iter_train(replace(cfg, adaptation="bogus"), run))
 
 
+@pytest.mark.slow
 def test_section_z_targets_train_and_bank_on_per_section_statistics(her2st_dir, tmp_path):
     """Scale-free expression targets (issue 19): the encoder learns from each gene
     standardised within its section; the bank keeps log1p CP10k for what retrieval

@@ -36,6 +36,7 @@ def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tiny, tmp_path):
     from napari_stpredict._progress import drain
 
@@ -59,6 +60,7 @@ def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tiny, tmp_pa
     assert a.keys() == b.keys() and all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-5) for k in a)
 
 
+@pytest.mark.slow
 def test_a_time_budget_pauses_cleanly_and_the_rerun_goes_on(tiny, tmp_path):
     from napari_stpredict._progress import drain
 
@@ -68,6 +70,7 @@ def test_a_time_budget_pauses_cleanly_and_the_rerun_goes_on(tiny, tmp_path):
     assert drain(iter_pretrain(tiny, tmp_path / "run")).name == "encoder.pt"  # the budget is not the recipe
 
 
+@pytest.mark.slow
 def test_a_training_starts_from_the_pretrained_encoder(tiny, tmp_path):
     import torch
 

@@ -30,6 +30,7 @@ def test_patches_are_read_at_spot_centres(small_set):
     assert small_set.patches.reshape(64, -1).mean(1).max() < 235
 
 
+@pytest.mark.slow
 def test_loss_falls_over_a_few_steps(small_set):
     torch.manual_seed(0)
     model = create_model(ModelConfig(n_genes=len(GENES), img_size=64))
@@ -61,6 +62,7 @@ def _cfg(her2st_dir, tmp_path, epochs=2):
     )
 
 
+@pytest.mark.slow
 def test_training_is_seeded_and_deterministic_on_cpu(her2st_dir, tmp_path):
     a = load_model(train(_cfg(her2st_dir, tmp_path, 1), tmp_path / "a"), device="cpu")
     b = load_model(train(_cfg(her2st_dir, tmp_path, 1), tmp_path / "b"), device="cpu")
@@ -69,6 +71,7 @@ def test_training_is_seeded_and_deterministic_on_cpu(her2st_dir, tmp_path):
     assert (tmp_path / "a" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_training_resumes_after_an_interrupt(her2st_dir, tmp_path):
     cfg = _cfg(her2st_dir, tmp_path, 2)
     gen = iter_train(cfg, tmp_path / "run")
@@ -107,6 +110,7 @@ def test_marker_panel_from_real_labels(her2st_dir):
     assert set(HER2_AMPLICON) & set(markers["panel"])
 
 
+@pytest.mark.slow
 def test_rebuild_bank_keeps_weights_and_changes_only_the_bank(her2st_dir, tmp_path):
     from napari_stpredict.training.bank import rebuild_bank
 
@@ -131,6 +135,7 @@ def test_training_length_counts_steps_not_epochs():
         training_length(TrainConfig(steps=0), 4)
 
 
+@pytest.mark.slow
 def test_a_step_budget_ends_mid_epoch(her2st_dir, tmp_path):
     # C3 has 180 spots: 2 batches of 64 a pass, so step 3 is the first of pass 2
     cfg = replace(_cfg(her2st_dir, tmp_path, epochs=99), steps=3)

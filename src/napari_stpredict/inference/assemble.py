@@ -11,7 +11,7 @@ import numpy as np
 from ..grid import GridGeometry
 from .prediction import Prediction
 
-__all__ = ["assemble_prediction", "prediction_metadata"]
+__all__ = ["assemble_prediction", "import_output_modules_in_background", "prediction_metadata"]
 
 
 def prediction_metadata(slide, model, grid, settings, method, slide_adaptation, stride_um, roi, stain, distance):
@@ -60,6 +60,35 @@ def prediction_metadata(slide, model, grid, settings, method, slide_adaptation, 
         "tumor_calibration": tumor_calibration_meta(model.calibration),
         "note": "Research use only; not for diagnosis.",
     }
+
+
+#: What `assemble_prediction` needs and a fresh process has not imported yet (anndata alone
+#: takes 1-2 s on 2 cores: on the sample slide a third of the prediction's time).
+_OUTPUT_MODULES = ("pandas", "anndata")
+
+
+def import_output_modules_in_background() -> None:
+    """Import the output's modules in a thread while tissue detection and the model run.
+
+    The batches spend their time in torch and the decoders, which release the GIL, so the
+    import overlaps with them instead of following them. `assemble_prediction`'s own
+    import then waits on Python's per-module import lock if the thread has not finished,
+    and raises any import error itself.
+    """
+    import contextlib
+    import importlib
+    import sys
+    import threading
+
+    if all(name in sys.modules for name in _OUTPUT_MODULES):
+        return
+
+    def load() -> None:
+        for name in _OUTPUT_MODULES:
+            with contextlib.suppress(Exception):  # reported by the import in assemble_prediction
+                importlib.import_module(name)
+
+    threading.Thread(target=load, name="stpredict-imports", daemon=True).start()
 
 
 def assemble_prediction(model, grid, expression, confidence, distance, meta: dict[str, Any]) -> Prediction:

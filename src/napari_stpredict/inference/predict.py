@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PredictionCancelled, StPredictError  # noqa: F401 - re-exported
-from .assemble import assemble_prediction, prediction_metadata
+from .assemble import assemble_prediction, import_output_modules_in_background, prediction_metadata
 from .prediction import Prediction
 
 __all__ = ["predict_slide", "run_prediction", "PredictionCancelled"]
@@ -144,7 +144,7 @@ def predict_slide(
         slide, model, stride_um, roi, batch_size, num_workers, prefetch_batches, top_k, context_sigma_um, adaptation
     )
     t_start = time.perf_counter()
-    _import_output_modules_in_background()
+    import_output_modules_in_background()
     stain, tissue = yield from _stain_and_tissue(slide, model.io.patch_um, check_stain, cancel_event)
     grid = _spot_grid(slide, tissue, roi, model.io.patch_um, stride_um)
     slide_adaptation = None
@@ -169,33 +169,6 @@ def predict_slide(
     meta = prediction_metadata(slide, model, grid, settings, method, slide_adaptation, stride_um, roi, stain, distance)
     meta["seconds"] = round(time.perf_counter() - t_start, 2)
     return assemble_prediction(model, grid, expression, confidence, distance, meta)
-
-
-#: What `assemble_prediction` needs and a fresh process has not imported yet (anndata alone
-#: takes 1-2 s on 2 cores: on the sample slide a third of the prediction's time).
-_OUTPUT_MODULES = ("pandas", "anndata")
-
-
-def _import_output_modules_in_background() -> None:
-    """Import the output's modules in a thread while tissue detection and the model run.
-
-    The batches spend their time in torch and the decoders, which release the GIL, so the
-    import overlaps with them instead of following them. `assemble_prediction`'s own
-    import then waits on Python's per-module import lock if the thread has not finished,
-    and raises any import error itself.
-    """
-    import importlib
-    import sys
-
-    if all(name in sys.modules for name in _OUTPUT_MODULES):
-        return
-
-    def load() -> None:
-        for name in _OUTPUT_MODULES:
-            with contextlib.suppress(Exception):  # reported by the import in assemble_prediction
-                importlib.import_module(name)
-
-    threading.Thread(target=load, name="stpredict-imports", daemon=True).start()
 
 
 @dataclass(frozen=True)
