@@ -23,12 +23,11 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_stpredict.training.report import WITHOUT_PREFIX, seed_summary, seed_table
+from napari_stpredict.training.report import WITHOUT_PREFIX, seed_result_dirs, seed_summary, seed_table
 
 
 def _seed_dirs(results: Path) -> dict[int, Path]:
-    dirs = {0: results / "full"}
-    dirs |= {s: results / "seeds" / f"seed{s}" / "full" for s in (1, 2)}
+    dirs = seed_result_dirs(results)
     missing = [str(d) for d in dirs.values() if not (d / "patient").is_dir()]
     if missing:
         raise SystemExit(f"no patient-level results in: {', '.join(missing)}")

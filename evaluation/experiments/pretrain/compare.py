@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from napari_stpredict.training.report import seed_summary
+from napari_stpredict.training.report import seed_result_dirs, seed_summary
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -30,7 +30,7 @@ def _complete(folder: Path) -> bool:
 
 
 def _seed_dirs(results: Path) -> dict[int, Path]:
-    dirs = {0: results / "full"} | {s: results / "seeds" / f"seed{s}" / "full" for s in (1, 2)}
+    dirs = seed_result_dirs(results)
     return {seed: d for seed, d in dirs.items() if _complete(d)}
 
 

@@ -144,6 +144,13 @@ def _ablation_label(setting: str) -> str:
     return f"ablation: top-k {k}, {context}" + (f", adapted to the slide ({adapted})" if adapted else "")
 
 
+def seed_result_dirs(results: str | Path, seeds=(0, 1, 2)) -> dict[int, Path]:
+    """Seed -> the ``full`` results folder of an evaluation's ``out_dir`` (seed 0 in ``full``,
+    another seed N in ``seeds/seed<N>/full``: where `EvalConfig.overridden` puts it)."""
+    results = Path(results)
+    return {s: results / "full" if s == 0 else results / "seeds" / f"seed{s}" / "full" for s in seeds}
+
+
 def seed_summary(result_dirs: dict[int, str | Path], protocol: str = "patient") -> dict[str, Any]:
     """Per seed, the mean over held-out sections of every method and ablation setting;
     then mean and sd over the seeds.
