@@ -91,3 +91,64 @@ def test_mask_maps_level0_points():
     tissue = slide_tissue_mask(slide, max_size=600)
     assert tissue.l0_per_th == (4.0, 4.0)
     assert tissue.contains([[800, 800], [2000, 200], [-5, 10], [10_000, 10]]).tolist() == [True, False, False, False]
+
+
+def _scikit_image_reference(thumb: np.ndarray, mpp: float, closing_um: float = 40.0) -> np.ndarray:
+    """`detect_tissue` as it was written with scikit-image (before it moved to scipy)."""
+    from skimage import filters, morphology
+
+    from napari_stpredict.tissue import _MAX_CLOSING_RADIUS, _glass_colour, _optical_density, _pen_and_dark
+
+    rgb = thumb[..., :3]
+    od = _optical_density(rgb, _glass_colour(rgb))
+    excluded = _pen_and_dark(rgb)
+    threshold = float(np.clip(filters.threshold_otsu(od[~excluded]), 0.08, 0.3))
+    tissue = (od > threshold) & ~excluded
+    radius = max(1, int(round(closing_um / mpp)))
+    if radius <= _MAX_CLOSING_RADIUS:
+        tissue = morphology.closing(tissue, morphology.disk(radius))
+    else:
+        factor = -(-radius // _MAX_CLOSING_RADIUS)
+        h, w = tissue.shape
+        padded = np.zeros((-(-h // factor) * factor, -(-w // factor) * factor), bool)
+        padded[:h, :w] = tissue
+        coarse = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).any(axis=(1, 3))
+        coarse = morphology.closing(coarse, morphology.disk(max(1, round(radius / factor))))
+        tissue = tissue | np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:h, :w]
+    tissue &= ~excluded
+    tissue = morphology.remove_small_holes(tissue, max_size=max(1, int(60_000.0 / mpp**2)))
+    return morphology.remove_small_objects(tissue, max_size=max(1, int(40_000.0 / mpp**2)))
+
+
+@pytest.mark.parametrize("name", ["her2st C2 (the sample)", "CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs"])
+@pytest.mark.parametrize("size, closing_um", [(1024, 40.0), (400, 40.0), (1024, 400.0)])
+def test_tissue_mask_equals_the_scikit_image_one(wsi_dir, name, size, closing_um):
+    """The scipy closing, hole filling, speck removal and Otsu threshold give the masks the
+    scikit-image filters gave, pixel for pixel (also the coarse path of a wide closing)."""
+    from napari_stpredict._resources import SAMPLE_SLIDE, sample_data_dir
+
+    path = sample_data_dir() / SAMPLE_SLIDE if name.startswith("her2st") else wsi_dir / name
+    with open_slide(path) as slide:
+        thumb = slide.thumbnail(size)
+        # The TCGA slide records no mpp: detect_tissue's own default (20 µm per pixel).
+        thumb_mpp = slide.mpp_x * slide.dimensions[0] / thumb.shape[1] if slide.mpp_x else 20.0
+    got = detect_tissue(thumb, mpp=thumb_mpp, closing_um=closing_um)
+    assert got.any() and (closing_um > 40 or not got.all())  # a 400 µm closing fills a small region
+    np.testing.assert_array_equal(got, _scikit_image_reference(thumb, thumb_mpp, closing_um))
+
+
+def test_disk_closing_and_otsu_equal_scikit_image_on_random_masks():
+    from scipy import ndimage
+    from skimage import filters, morphology
+
+    from napari_stpredict.tissue import disk_closing, otsu_threshold
+
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        h, w = rng.integers(5, 200, 2)
+        radius = int(rng.integers(1, 33))  # also radii wider than the image (mirrored border)
+        field = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 4))
+        mask = field > rng.uniform(0.45, 0.55)
+        np.testing.assert_array_equal(disk_closing(mask, radius), morphology.closing(mask, morphology.disk(radius)))
+        assert otsu_threshold(field) == pytest.approx(filters.threshold_otsu(field), abs=1e-12)
+    assert not disk_closing(np.zeros((9, 9), bool), 3).any()

@@ -1,7 +1,10 @@
 """Tissue detection on a slide thumbnail: tissue vs glass, background and pen marks.
 
-Pure numpy/scikit-image. Works on the `th_` frame (thumbnail pixels); `TissueMask`
-maps between it and level-0 pixels.
+Numpy and `scipy.ndimage` only: every prediction waits on this step before its first
+patch, so it avoids scikit-image's import (~0.3 s) and its disk filters (~0.3-0.5 s
+on a 1,024 px thumbnail). Each operation gives exactly what its scikit-image
+counterpart gives (`tests/test_tissue.py` compares them). Works on the `th_` frame
+(thumbnail pixels); `TissueMask` maps between it and level-0 pixels.
 """
 
 from __future__ import annotations
@@ -83,8 +86,6 @@ def detect_tissue(
     numpy.ndarray
         Boolean ``(height, width)`` mask, True on tissue.
     """
-    from skimage import filters, morphology
-
     rgb = np.asarray(thumbnail)
     if rgb.ndim != 3 or rgb.shape[2] < 3 or rgb.dtype != np.uint8:
         raise TissueMaskError(
@@ -104,34 +105,96 @@ def detect_tissue(
         return np.zeros(rgb.shape[:2], dtype=bool)
     # Glass sits near 0; faint stain starts near 0.1. Otsu finds the valley between the
     # two when both are present; the bounds keep it sane when one of them is absent.
-    threshold = float(np.clip(filters.threshold_otsu(candidates), 0.08, 0.3))
+    threshold = float(np.clip(otsu_threshold(candidates), 0.08, 0.3))
     tissue = (od > threshold) & ~excluded
 
     tissue = _bounded_closing(tissue, max(1, int(round(closing_um / mpp))))
     tissue &= ~excluded
-    tissue = morphology.remove_small_holes(tissue, max_size=max(1, int(max_hole_um2 / px_area)))
-    tissue = morphology.remove_small_objects(tissue, max_size=max(1, int(min_object_um2 / px_area)))
-    return tissue
+    tissue = ~remove_small_objects(~tissue, max(1, int(max_hole_um2 / px_area)))  # fill small holes
+    return remove_small_objects(tissue, max(1, int(min_object_um2 / px_area)))
 
 
-#: Largest structuring element radius used directly. A small image at a fine resolution
-#: (a 1,000 px crop at 0.25 µm/px) asks for a 40 µm closing of 160 px, which takes
-#: minutes or runs out of memory; beyond this the closing runs on a coarser copy.
+def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of an array of numbers (as ``skimage.filters.threshold_otsu``).
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Numbers of any shape (flattened).
+    nbins : int
+        Histogram bins between the smallest and the largest value.
+
+    Returns
+    -------
+    float
+        The bin centre that maximises the between-class variance; the value itself when
+        all values are equal.
+    """
+    flat = np.asarray(values).reshape(-1)
+    if np.all(flat == flat[0]):
+        return float(flat[0])
+    counts, edges = np.histogram(flat, bins=nbins, range=(flat.min(), flat.max()))
+    counts = counts.astype(np.float32)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    mean1 = np.cumsum(counts * centres) / weight1
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty classes at the ends
+        mean2 = (np.cumsum((counts * centres)[::-1]) / weight2[::-1])[::-1]
+    between = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centres[np.argmax(between)])
+
+
+def remove_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """A copy of ``mask`` without its 4-connected pieces of at most ``max_size`` pixels
+    (as ``skimage.morphology.remove_small_objects(mask, max_size=max_size)``)."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel())
+    small = sizes <= max_size
+    small[0] = False  # the background is never a piece
+    return mask & ~small[labels]
+
+
+def disk_closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological closing of a boolean mask with a disk of ``radius`` px.
+
+    The same result as ``skimage.morphology.closing(mask, skimage.morphology.disk(radius))``
+    (mirrored borders) from two Euclidean distance transforms: a pixel is dilated when a
+    mask pixel lies within ``radius``, and stays after erosion when no unset pixel of the
+    dilated mask does. Its time does not grow with the radius (a 1,024 px thumbnail:
+    ~0.07 s against ~0.3-0.5 s for the disk filter).
+    """
+    from scipy import ndimage
+
+    if not mask.any():
+        return np.zeros_like(mask, dtype=bool)
+    # numpy's "symmetric" padding is scipy's (and so scikit-image's) "reflect" border.
+    padded = np.pad(mask, radius, mode="symmetric")
+    core = (slice(radius, -radius), slice(radius, -radius))
+    dilated = (ndimage.distance_transform_edt(~padded) <= radius)[core]
+    if dilated.all():
+        return dilated
+    return (ndimage.distance_transform_edt(np.pad(dilated, radius, mode="symmetric")) > radius)[core]
+
+
+#: Largest closing radius used directly. A small image at a fine resolution (a 1,000 px
+#: crop at 0.25 µm/px) asks for a 40 µm closing of 160 px; beyond this the closing runs
+#: on a coarser copy (the masks it was tuned on, and their tests, were made that way).
 _MAX_CLOSING_RADIUS = 32
 
 
 def _bounded_closing(mask: np.ndarray, radius: int) -> np.ndarray:
     """Morphological closing with a disk of ``radius`` px in bounded time and memory."""
-    from skimage import morphology
-
     if radius <= _MAX_CLOSING_RADIUS:
-        return morphology.closing(mask, morphology.disk(radius))
+        return disk_closing(mask, radius)
     factor = -(-radius // _MAX_CLOSING_RADIUS)
     height, width = mask.shape
     padded = np.zeros((-(-height // factor) * factor, -(-width // factor) * factor), bool)
     padded[:height, :width] = mask
     coarse = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).any(axis=(1, 3))
-    coarse = morphology.closing(coarse, morphology.disk(max(1, round(radius / factor))))
+    coarse = disk_closing(coarse, max(1, round(radius / factor)))
     closed = np.repeat(np.repeat(coarse, factor, axis=0), factor, axis=1)[:height, :width]
     return mask | closed
 
