@@ -7,8 +7,10 @@ with `Slide.read_region` only when napari displays it.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -52,6 +54,10 @@ class _ChunkCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def has(self, key: tuple) -> bool:
+        with self._lock:
+            return key in self._chunks
+
     def get(self, key: tuple, read) -> np.ndarray:
         with self._lock:
             chunk = self._chunks.get(key)
@@ -73,6 +79,17 @@ class _ChunkCache:
 #: chunk granularity).
 CHUNK_CACHE = _ChunkCache(256 << 20)
 _ARRAY_IDS = itertools.count()
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _reading_pool() -> ThreadPoolExecutor:
+    """Threads that read the chunks of one view side by side (one per core, 2 to 4)."""
+    with _POOL_LOCK:
+        if not _POOL:
+            workers = min(4, max(2, os.cpu_count() or 2))
+            _POOL.append(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stpredict-view"))
+        return _POOL[0]
 
 
 def _bounds(key, length: int) -> tuple[int, int, int, bool]:
@@ -130,13 +147,20 @@ class LevelArray:
     def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         ch, cw = self.chunksize
         out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-        for row in range(y0 // ch, -(-y1 // ch)):
-            for col in range(x0 // cw, -(-x1 // cw)):
-                chunk = self._chunk(row, col)
-                cy0, cx0 = row * ch, col * cw
-                ya, yb = max(y0, cy0), min(y1, cy0 + chunk.shape[0])
-                xa, xb = max(x0, cx0), min(x1, cx0 + chunk.shape[1])
-                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = chunk[ya - cy0 : yb - cy0, xa - cx0 : xb - cx0]
+        cells = [(row, col) for row in range(y0 // ch, -(-y1 // ch)) for col in range(x0 // cw, -(-x1 // cw))]
+        missing = [cell for cell in cells if not CHUNK_CACHE.has((*self._key, *cell))]
+        read: dict[tuple[int, int], np.ndarray] = {}
+        if len(missing) > 1:
+            # A first view or a zoom needs several chunks: decoders release the GIL, so
+            # reading them side by side shows the view sooner (the sample's first view
+            # reads 4 chunks of level 3).
+            read = dict(zip(missing, _reading_pool().map(lambda cell: self._chunk(*cell), missing)))
+        for row, col in cells:
+            chunk = read[(row, col)] if (row, col) in read else self._chunk(row, col)
+            cy0, cx0 = row * ch, col * cw
+            ya, yb = max(y0, cy0), min(y1, cy0 + chunk.shape[0])
+            xa, xb = max(x0, cx0), min(x1, cx0 + chunk.shape[1])
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = chunk[ya - cy0 : yb - cy0, xa - cx0 : xb - cx0]
         return out
 
     def __getitem__(self, key) -> np.ndarray:
