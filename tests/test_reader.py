@@ -161,3 +161,48 @@ def test_level_arrays_slice_like_numpy(sample_slide_path):
             assert np.array_equal(level[key], whole[key]), key
         with pytest.raises(IndexError):
             level[10_000, 0]
+
+
+def test_first_view_levels_are_read_ahead_once_and_exactly():
+    """`prefetch_first_view` reads the coarsest level and the fitted one in the background;
+    napari's reads of them then wait for those reads instead of repeating them."""
+    import time
+
+    from napari_stpredict.io.pyramid import prefetch_first_view
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (4096, 4096, 3), dtype=np.uint8)
+    slide = CountingSlide(image, mpp=0.5, levels=4, tile=512)  # 4096, 2048, 1024, 512 px
+    pyramid = slide_pyramid(slide)
+    prefetch_first_view(pyramid)
+    # read ahead: the fitted level (1,024 px: 4 chunks of 512) and the coarsest (1 chunk)
+    deadline = time.monotonic() + 30
+    while len(slide.reads) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert sorted(r[0] for r in slide.reads) == [2, 2, 2, 2, 3]
+    for level in (2, 3):
+        np.testing.assert_array_equal(
+            np.asarray(pyramid[level]),
+            ArraySlide(image, mpp=0.5, levels=4, tile=512).read_level_region(
+                level, (0, 0), slide.level_dimensions[level]
+            ),
+        )
+    assert len(slide.reads) == 5  # napari's reads found the chunks read ahead
+
+
+def test_a_failed_read_ahead_is_raised_by_the_view_that_needs_it(tmp_path):
+    """A corrupt region met by the background read is reported when napari asks for it."""
+    from napari_stpredict.io.pyramid import prefetch_first_view
+
+    class FailingSlide(CountingSlide):
+        def _read_level(self, level, level_xy, size):
+            if level == 3:
+                raise SlideError("broken.svs: corrupt or truncated image data in the region")
+            return super()._read_level(level, level_xy, size)
+
+    slide = FailingSlide(np.zeros((4096, 4096, 3), np.uint8), mpp=0.5, levels=4, tile=512)
+    pyramid = slide_pyramid(slide)
+    prefetch_first_view(pyramid)
+    with pytest.raises(SlideError, match="broken.svs: corrupt"):
+        np.asarray(pyramid[3])

@@ -85,9 +85,10 @@ def slide_layer_data(slide) -> tuple[Any, dict, str]:
     properties, no folder path: those can carry patient identifiers) and an id by
     which `slide_of_layer` finds the open `Slide` to read patches at full resolution.
     """
-    from .io.pyramid import slide_pyramid
+    from .io.pyramid import prefetch_first_view, slide_pyramid
 
     levels = slide_pyramid(slide)
+    prefetch_first_view(levels)  # decoded while napari builds the layer
     mpp_x, mpp_y = slide.mpp
     kwargs: dict[str, Any] = {
         "name": Path(slide.name).stem,

@@ -6,17 +6,18 @@ with `Slide.read_region` only when napari displays it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from .base import Slide
 
-__all__ = ["CHUNK_CACHE", "LevelArray", "level_chunks", "slide_pyramid"]
+__all__ = ["CHUNK_CACHE", "LevelArray", "level_chunks", "prefetch_first_view", "slide_pyramid"]
 
 #: Chunks smaller than this many pixels per side make napari issue too many reads;
 #: larger than the maximum make each read slow. Tiles are grouped or split to fit.
@@ -51,12 +52,14 @@ class _ChunkCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._pending: dict[tuple, Future] = {}  # chunks being read ahead (`prefetch`)
         self._bytes = 0
         self._lock = threading.Lock()
 
     def has(self, key: tuple) -> bool:
+        """Whether the chunk is here or being read ahead."""
         with self._lock:
-            return key in self._chunks
+            return key in self._chunks or key in self._pending
 
     def get(self, key: tuple, read) -> np.ndarray:
         with self._lock:
@@ -64,7 +67,41 @@ class _ChunkCache:
             if chunk is not None:
                 self._chunks.move_to_end(key)
                 return chunk
+            pending = self._pending.get(key)
+        if pending is not None:
+            with contextlib.suppress(Exception):  # a failed read-ahead: read here, and raise here
+                return pending.result()
         chunk = read()  # outside the lock: napari may slice two layers at once
+        self._store(key, chunk)
+        return chunk
+
+    def prefetch(self, key: tuple, read, pool: ThreadPoolExecutor) -> None:
+        """Start reading a chunk in ``pool`` unless it is here or on its way; `get` waits
+        for it instead of reading it twice."""
+        with self._lock:
+            if key in self._chunks or key in self._pending:
+                return
+            # Submitted under the lock: `_fill` stores (under the lock) only after the
+            # future is registered here.
+            self._pending[key] = pool.submit(self._fill, key, read)
+
+    def read_now(self, key: tuple, read) -> np.ndarray:
+        """Read and keep a chunk without waiting for a read-ahead of it (for tasks that run
+        in the reading pool themselves, where waiting on a queued task could deadlock)."""
+        chunk = read()
+        self._store(key, chunk)
+        return chunk
+
+    def _fill(self, key: tuple, read) -> np.ndarray:
+        try:
+            chunk = read()
+            self._store(key, chunk)
+            return chunk
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def _store(self, key: tuple, chunk: np.ndarray) -> None:
         with self._lock:
             if key not in self._chunks:
                 self._chunks[key] = chunk
@@ -72,7 +109,6 @@ class _ChunkCache:
                 while self._bytes > self.max_bytes and len(self._chunks) > 1:
                     _, old = self._chunks.popitem(last=False)
                     self._bytes -= old.nbytes
-        return chunk
 
 
 #: Shared by all open slides: 256 MB of decoded RGB (about 20 screens of 1,280 x 1,024 at
@@ -137,12 +173,20 @@ class LevelArray:
         return f"LevelArray({self._slide.name!r}, level={self._level}, shape={self.shape})"
 
     def _chunk(self, row: int, col: int) -> np.ndarray:
+        return CHUNK_CACHE.get((*self._key, row, col), self._chunk_reader(row, col))
+
+    def prefetch(self) -> None:
+        """Start reading the whole level in the background (`CHUNK_CACHE.prefetch`)."""
+        ch, cw = self.chunksize
+        for row in range(-(-self.shape[0] // ch)):
+            for col in range(-(-self.shape[1] // cw)):
+                CHUNK_CACHE.prefetch((*self._key, row, col), self._chunk_reader(row, col), _reading_pool())
+
+    def _chunk_reader(self, row: int, col: int):
         ch, cw = self.chunksize
         y0, x0 = row * ch, col * cw
         h, w = min(ch, self.shape[0] - y0), min(cw, self.shape[1] - x0)
-        return CHUNK_CACHE.get(
-            (*self._key, row, col), lambda: self._slide.read_level_region(self._level, (x0, y0), (w, h))
-        )
+        return lambda: self._slide.read_level_region(self._level, (x0, y0), (w, h))
 
     def _region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         ch, cw = self.chunksize
@@ -154,7 +198,14 @@ class LevelArray:
             # A first view or a zoom needs several chunks: decoders release the GIL, so
             # reading them side by side shows the view sooner (the sample's first view
             # reads 4 chunks of level 3).
-            read = dict(zip(missing, _reading_pool().map(lambda cell: self._chunk(*cell), missing)))
+            read = dict(
+                zip(
+                    missing,
+                    _reading_pool().map(
+                        lambda cell: CHUNK_CACHE.read_now((*self._key, *cell), self._chunk_reader(*cell)), missing
+                    ),
+                )
+            )
         for row, col in cells:
             chunk = read[(row, col)] if (row, col) in read else self._chunk(row, col)
             cy0, cx0 = row * ch, col * cw
@@ -191,3 +242,27 @@ def slide_pyramid(slide: Slide) -> list[LevelArray]:
     Nothing is read until a region is sliced (`LevelArray`).
     """
     return [LevelArray(slide, level) for level in range(slide.level_count)]
+
+
+#: A level napari fits in a window is at least this wide and high on a typical screen
+#: (napari draws the coarsest level larger than its canvas in both directions).
+FIRST_VIEW_MIN_SIDE = 768
+#: Levels larger than this are not read ahead (a slide without a pyramid).
+FIRST_VIEW_MAX_PIXELS = 4_000_000
+
+
+def prefetch_first_view(levels: list[LevelArray]) -> None:
+    """Start reading, in the background, the levels napari draws when a slide first shows:
+    the coarsest (its thumbnail) and the coarsest at least `FIRST_VIEW_MIN_SIDE` px on
+    both sides (the whole slide fitted in a window), so their decoding overlaps napari's
+    building of the layer. Bounded to `FIRST_VIEW_MAX_PIXELS` each; a guess off by a level
+    costs one small level's read."""
+    if not levels:
+        return
+    wanted = {len(levels) - 1}
+    fitted = [i for i, lv in enumerate(levels) if min(lv.shape[:2]) >= FIRST_VIEW_MIN_SIDE]
+    if fitted:
+        wanted.add(fitted[-1])
+    for i in sorted(wanted, reverse=True):
+        if levels[i].shape[0] * levels[i].shape[1] <= FIRST_VIEW_MAX_PIXELS:
+            levels[i].prefetch()
