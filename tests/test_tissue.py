@@ -120,6 +120,7 @@ def _scikit_image_reference(thumb: np.ndarray, mpp: float, closing_um: float = 4
     return morphology.remove_small_objects(tissue, max_size=max(1, int(40_000.0 / mpp**2)))
 
 
+@pytest.mark.slow  # up to 5 s each on 2 cores: scikit-image's disk filters are the slow part
 @pytest.mark.parametrize("name", ["her2st C2 (the sample)", "CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs"])
 @pytest.mark.parametrize("size, closing_um", [(1024, 40.0), (400, 40.0), (1024, 400.0)])
 def test_tissue_mask_equals_the_scikit_image_one(wsi_dir, name, size, closing_um):
@@ -144,7 +145,7 @@ def test_disk_closing_and_otsu_equal_scikit_image_on_random_masks():
     from napari_stpredict.tissue import disk_closing, otsu_threshold
 
     rng = np.random.default_rng(0)
-    for _ in range(25):
+    for _ in range(15):
         h, w = rng.integers(5, 200, 2)
         radius = int(rng.integers(1, 33))  # also radii wider than the image (mirrored border)
         field = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 4))
