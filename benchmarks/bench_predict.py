@@ -4,7 +4,9 @@ For the sample slide and a generated 50,000 x 50,000 px slide (made by
 bench_open_view.py's generator), each in a fresh process, on the same spot grid:
 
 - read:  patches/s reading patches alone (same threads as the engine);
-- model: patches/s of the model alone on patches already in memory;
+- model: patches/s of the model alone on patches already in memory, run as the engine
+  runs it (on the CPU several batches side by side with fewer torch threads each:
+  `model.precision.model_workers_for`);
 - end-to-end: patches/s of ``predict_slide`` (tissue detection, reading overlapped with
   the model, retrieval, output).
 
@@ -40,7 +42,7 @@ from napari_stpredict.tiling import spot_grid
 from napari_stpredict.tissue import slide_tissue_mask
 from napari_stpredict.io.patches import read_patches
 from concurrent.futures import ThreadPoolExecutor
-from napari_stpredict.model.precision import read_threads_for
+from napari_stpredict.model.precision import model_workers_for, read_threads_for
 
 slide_path, model_path, device, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 model = load_model(None if model_path == "default" else model_path, device=device)
@@ -57,15 +59,20 @@ with open_slide(slide_path) as slide:
         chunks = list(pool.map(lambda s: read_patches(slide, grid.l0_centres[s:s + batch], model.io.patch_um,
                                                       model.io.input_px), starts))
     read_s = time.perf_counter() - t0
-    # model alone on the first batches (all of them for small slides)
+    # model alone on the first batches (all of them for small slides), as the engine runs it
     sample = chunks[: max(1, min(len(chunks), 40))]
-    model.predict(sample[0])
-    t0 = time.perf_counter()
-    for c in sample:
-        model.predict(c)
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    model_s = (time.perf_counter() - t0) * len(chunks) / len(sample)
+    workers, each = model_workers_for(model.device)
+    threads_before = torch.get_num_threads()
+    if workers > 1:
+        torch.set_num_threads(each)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(model.predict, sample[:workers]))  # warm-up, each thread once
+        t0 = time.perf_counter()
+        list(pool.map(model.predict, sample))
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        model_s = (time.perf_counter() - t0) * len(chunks) / len(sample)
+    torch.set_num_threads(threads_before)
     del chunks, sample
     # end to end, with peak memory
     base = proc.memory_info().rss
@@ -85,6 +92,7 @@ with open_slide(slide_path) as slide:
     stop.set(); th.join()
     dims = slide.dimensions
 print(json.dumps({"spots": n, "read": n / read_s, "model": n / model_s, "end_to_end": n / e2e_s,
+                  "model_workers": workers,
                   "peak_mb": (peak[0] - base) / 2**20, "gpu_peak_mb": gpu_mb, "threads": threads,
                   "precision": model.precision.name, "output_mb": pred.adata.X.nbytes / 2**20,
                   "megapixels": dims[0] * dims[1] / 1e6}))

@@ -1,15 +1,15 @@
 """`predict_slide`: tile a slide's tissue, run the model in batches, return a `Prediction`.
 
-Patches are read by worker threads (slide readers release the GIL while decoding)
-a few batches ahead of the model, so reading overlaps with compute. Memory stays
-bounded: only the batches in flight are held, plus the output (spots x genes float32:
+Patches are read by worker threads a few batches ahead of the model, so reading
+overlaps with compute (`napari_stpredict.inference.batches`). Memory stays bounded:
+only the batches in flight are held, plus the output (spots x genes float32:
 about 3.2 KB per spot for 800 genes; a 20 x 15 mm section at the smallest stride
 allowed, 1/8 of a 112 µm patch, has ~1.5 million spots, ~5 GB; at the default stride
 ~24,000 spots, 77 MB).
 
 `predict_slide` runs named steps, each a function below: `_check_inputs` (every argument,
 before slow work), `_stain_and_tissue`, `_spot_grid`, the optional per-slide adaptation,
-`_predict_spots` (the batches), `_smooth` (spatial context), then
+`predict_spots` (the batches, `inference/batches.py`), `_smooth` (spatial context), then
 `napari_stpredict.inference.assemble` builds the `Prediction`.
 """
 
@@ -19,7 +19,6 @@ import contextlib
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..errors import PredictionCancelled, StPredictError  # noqa: F401 - re-exported
 from .assemble import assemble_prediction, import_output_modules_in_background, prediction_metadata
+from .batches import predict_spots
 from .prediction import Prediction
 
 __all__ = ["predict_slide", "run_prediction", "PredictionCancelled"]
@@ -153,7 +153,7 @@ def predict_slide(
         slide_adaptation = _estimate_slide_adaptation(
             slide, model, tissue, settings.adaptation, batch_size, cancel_event
         )
-    expression, confidence, distance = yield from _predict_spots(
+    expression, confidence, distance = yield from predict_spots(
         slide,
         model,
         grid,
@@ -275,59 +275,6 @@ def _spot_grid(slide, tissue, roi, patch_um: float, stride_um):
     if len(grid) == 0:
         raise TissueMaskError(f"{slide.name}: no patch of {patch_um:g} µm is at least half tissue")
     return grid
-
-
-def _predict_spots(
-    slide, model, grid, method, top_k, slide_adaptation, batch_size, num_workers, prefetch_batches, cancel_event
-):
-    """Step 4 (a generator of progress): each spot's expression, confidence and domain
-    distance, batch by batch, with patches read a few batches ahead by worker threads."""
-    import torch
-
-    from ..io.patches import read_patches
-
-    io = model.io
-    n = len(grid)
-    starts = list(range(0, n, batch_size))
-    expression = np.empty((n, len(model.genes)), np.float32)
-    confidence = np.empty(n, np.float32)
-    distance = np.full(n, np.nan, np.float32)
-
-    def read(start: int) -> np.ndarray:
-        return read_patches(slide, grid.l0_centres[start : start + batch_size], io.patch_um, io.input_px)
-
-    pool = ThreadPoolExecutor(max_workers=max(1, num_workers), thread_name_prefix="stpredict-read")
-    pending: deque = deque()
-    try:
-        next_start = 0
-        while next_start < len(starts) and len(pending) < prefetch_batches:
-            pending.append((starts[next_start], pool.submit(read, starts[next_start])))
-            next_start += 1
-        done = 0
-        while pending:
-            if cancel_event is not None and cancel_event.is_set():
-                raise PredictionCancelled(f"{slide.name}: prediction cancelled after {done} of {n} spots")
-            start, future = pending.popleft()
-            patches = future.result()
-            if next_start < len(starts):
-                pending.append((starts[next_start], pool.submit(read, starts[next_start])))
-                next_start += 1
-            with torch.inference_mode():
-                emb, features = model.embed_with_features(patches, adaptation=slide_adaptation)
-                pred, conf = model.predict_embeddings(emb, method=method, top_k=top_k)
-                dist = model.domain_distance(features)
-            stop = start + len(patches)
-            expression[start:stop] = pred.cpu().numpy()
-            confidence[start:stop] = conf.cpu().numpy()
-            if dist is not None:
-                distance[start:stop] = dist.cpu().numpy()
-            done = stop
-            yield {"stage": "predict", "done": done, "total": n}
-    finally:
-        for _, future in pending:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-    return expression, confidence, distance
 
 
 def _smooth(expression: np.ndarray, grid, context_weights: np.ndarray) -> None:
