@@ -57,3 +57,16 @@ def test_a_cancel_with_batches_side_by_side_answers_and_restores_threads(sample_
             while True:
                 next(gen)
     assert torch.get_num_threads() == before
+
+
+def test_overlapping_thread_settings_give_the_users_count_back_once_both_end():
+    from napari_stpredict.model.precision import kernel_threads
+
+    before = torch.get_num_threads()
+    first = kernel_threads(1)
+    first.__enter__()
+    with kernel_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 1  # the first prediction still runs
+    first.__exit__(None, None, None)
+    assert torch.get_num_threads() == before

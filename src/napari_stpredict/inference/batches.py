@@ -34,7 +34,7 @@ def predict_spots(
     import torch
 
     from ..io.patches import read_patches
-    from ..model.precision import model_workers_for
+    from ..model.precision import kernel_threads, model_workers_for
 
     io = model.io
     n = len(grid)
@@ -63,11 +63,11 @@ def predict_spots(
     workers = min(workers, len(starts))
     readers = ThreadPoolExecutor(max_workers=max(1, num_workers), thread_name_prefix="stpredict-read")
     computers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stpredict-model") if workers > 1 else None
-    threads_before = torch.get_num_threads()
+    threads = contextlib.ExitStack()
     if computers is not None:
         # torch's thread count is process-wide and read by each thread when it first runs a
         # kernel: set before the model threads start, restored when the prediction ends.
-        torch.set_num_threads(threads_each)
+        threads.enter_context(kernel_threads(threads_each))
     reads: deque[tuple[int, Future]] = deque()
     running: deque[Future] = deque()
     next_read = 0
@@ -95,7 +95,7 @@ def predict_spots(
             future.cancel()
         if computers is not None:
             computers.shutdown(wait=True, cancel_futures=True)
-            torch.set_num_threads(threads_before)
+        threads.close()
         readers.shutdown(wait=True, cancel_futures=True)
     return expression, confidence, distance
 

@@ -20,12 +20,22 @@ the arithmetic of the encoder.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["REDUCED_TOLERANCE", "InferencePrecision", "model_workers_for", "precision_for", "read_threads_for"]
+__all__ = [
+    "REDUCED_TOLERANCE",
+    "InferencePrecision",
+    "kernel_threads",
+    "model_workers_for",
+    "precision_for",
+    "read_threads_for",
+]
 
 #: Reduced precision against float32 on the same patches (bundled model, her2st sample):
 #: embeddings' cosine similarity at least ``embedding_cosine``; predicted log-expression
@@ -136,3 +146,26 @@ def model_workers_for(device: torch.device, kernel_threads: int | None = None) -
     total = max(1, kernel_threads or torch.get_num_threads())
     workers = max(1, min(MAX_CPU_MODEL_WORKERS, total))
     return workers, max(1, total // workers)
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_HELD = {"count": 0, "before": 0}
+
+
+@contextlib.contextmanager
+def kernel_threads(threads: int) -> Iterator[None]:
+    """Set torch's process-wide thread count for the threads started inside the block, and
+    give the user's setting back when the last such block ends (two predictions running at
+    once in one process, e.g. two docks, must not leave it at the lower value)."""
+    with _THREADS_LOCK:
+        if _THREADS_HELD["count"] == 0:
+            _THREADS_HELD["before"] = torch.get_num_threads()
+        _THREADS_HELD["count"] += 1
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_HELD["count"] -= 1
+            if _THREADS_HELD["count"] == 0:
+                torch.set_num_threads(_THREADS_HELD["before"])
