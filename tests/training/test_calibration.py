@@ -237,3 +237,27 @@ def test_section_z_targets_train_and_bank_on_per_section_statistics(her2st_dir, 
     np.testing.assert_allclose(model.bank.embeddings[:n].float().numpy(), expected.numpy(), atol=2e-2)
     with pytest.raises(ValueError, match="expression_targets must be one of log1p, section_z"):
         encoder_input(train, "ranks")
+
+
+@pytest.mark.slow
+def test_a_killed_patch_cache_write_leaves_no_file_to_load(her2st_dir, tmp_path, monkeypatch):
+    """The her2st patch cache is written beside its name and renamed: a write that dies
+    leaves nothing a later run would load as a truncated array."""
+    import numpy as np
+
+    from napari_stpredict.training import data as data_module
+    from napari_stpredict.training.sections import section_spots
+
+    def dying_save(fh, array):
+        fh.write(b"\x93NUMPY half a header")
+        raise KeyboardInterrupt  # the user's Ctrl-C, or a kill, in the middle of the write
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(data_module.np, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        section_spots("C3", str(her2st_dir), ["ERBB2"], patch_um=112.0, input_px=32, cache_dir=cache)
+    assert list(cache.iterdir()) == []
+    monkeypatch.undo()
+    spots = section_spots("C3", str(her2st_dir), ["ERBB2"], patch_um=112.0, input_px=32, cache_dir=cache)
+    (cached,) = cache.iterdir()
+    np.testing.assert_array_equal(np.load(cached), spots.patches)

@@ -108,9 +108,22 @@ def spot_set(adata, genes: list[str]) -> SpotSet:
 
 
 def attach_her2st_patches(
-    spots: SpotSet, root: str | Path, section: str, patch_um: float, input_px: int, cache_dir: Path | None = None
+    spots: SpotSet,
+    root: str | Path,
+    section: str,
+    patch_um: float,
+    input_px: int,
+    cache_dir: Path | None = None,
+    *,
+    open_image=None,
 ) -> SpotSet:
-    """Read a her2st section's patches at its spot centres (cached as .npy in ``cache_dir``)."""
+    """Read a her2st section's patches at its spot centres (cached as .npy in ``cache_dir``).
+
+    ``open_image``, when given, returns the section's image already open (a caller that
+    reads several sets of patches of one section, such as the 8 neighbour offsets, opens
+    and decodes the whole JPEG once instead of once a set). The cache file is written
+    atomically, so a killed run leaves no truncated file to load next time.
+    """
     cache = None
     if cache_dir is not None:
         digest = f"{section}|{patch_um}|{input_px}|{spots.xy.tobytes().hex()[:64]}|v1"
@@ -119,10 +132,15 @@ def attach_her2st_patches(
         if cache.exists():
             spots.patches = np.load(cache)
             return spots
-    image = her2st_image(root, section)
-    with open_slide(image, mpp=HER2ST_MPP) as slide:
-        spots.patches = read_patches(slide, spots.xy, patch_um, input_px)
+    if open_image is not None:
+        spots.patches = read_patches(open_image(), spots.xy, patch_um, input_px)
+    else:
+        with open_slide(her2st_image(root, section), mpp=HER2ST_MPP) as slide:
+            spots.patches = read_patches(slide, spots.xy, patch_um, input_px)
     if cache is not None:
+        from ..io.atomic import atomic_path
+
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, spots.patches)
+        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, spots.patches)
     return spots
