@@ -261,3 +261,22 @@ def test_a_killed_patch_cache_write_leaves_no_file_to_load(her2st_dir, tmp_path,
     spots = section_spots("C3", str(her2st_dir), ["ERBB2"], patch_um=112.0, input_px=32, cache_dir=cache)
     (cached,) = cache.iterdir()
     np.testing.assert_array_equal(np.load(cached), spots.patches)
+
+
+@pytest.mark.slow
+def test_spot_sets_that_begin_alike_do_not_share_a_patch_cache(her2st_dir, tmp_path):
+    """The cache key holds every spot's position, not only the first two spots'."""
+    import numpy as np
+
+    from napari_stpredict.training.data import attach_her2st_patches
+    from napari_stpredict.training.sections import section_spots
+
+    spots = section_spots("C3", str(her2st_dir), ["ERBB2"], patch_um=112.0, input_px=16)
+    first = spots.subset(np.arange(len(spots.xy)) < 10)
+    other = spots.subset(np.isin(np.arange(len(spots.xy)), [0, 1, 2, 3, 4, 5, 6, 7, 8, 20]))
+    cache = tmp_path / "cache"
+    a = attach_her2st_patches(first, str(her2st_dir), "C3", 112.0, 16, cache).patches
+    b = attach_her2st_patches(other, str(her2st_dir), "C3", 112.0, 16, cache).patches
+    assert len(list(cache.iterdir())) == 2
+    np.testing.assert_array_equal(a[:9], b[:9])
+    assert not np.array_equal(a[9], b[9])

@@ -126,7 +126,10 @@ def attach_her2st_patches(
     """
     cache = None
     if cache_dir is not None:
-        digest = f"{section}|{patch_um}|{input_px}|{spots.xy.tobytes().hex()[:64]}|v1"
+        # Every spot's position is in the key (v1 keyed on the first two spots only, so two
+        # spot sets that began alike shared a cache file).
+        where = hashlib.sha1(np.ascontiguousarray(spots.xy, np.float64).tobytes()).hexdigest()
+        digest = f"{section}|{patch_um}|{input_px}|{len(spots.xy)}|{where}|v2"
         key = hashlib.sha1(digest.encode()).hexdigest()[:12]
         cache = Path(cache_dir) / f"patches_{section}_{patch_um:g}um_{input_px}px_{key}.npy"
         if cache.exists():
