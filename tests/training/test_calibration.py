@@ -248,7 +248,7 @@ def test_a_killed_patch_cache_write_leaves_no_file_to_load(her2st_dir, tmp_path,
     from napari_stpredict.training import data as data_module
     from napari_stpredict.training.sections import section_spots
 
-    def dying_save(fh, array):
+    def dying_save(fh, array, **options):
         fh.write(b"\x93NUMPY half a header")
         raise KeyboardInterrupt  # the user's Ctrl-C, or a kill, in the middle of the write
 

@@ -79,8 +79,7 @@ def predict_spots(
                 reads.append((starts[next_read], readers.submit(read, starts[next_read])))
                 next_read += 1
             if computers is None:
-                if cancel_event is not None and cancel_event.is_set():
-                    raise PredictionCancelled(f"{slide.name}: prediction cancelled after {done} of {n} spots")
+                _check_cancel(cancel_event, slide.name, done, n)
                 start, patches = reads.popleft()
                 done = compute(start, patches)
             else:
@@ -103,7 +102,11 @@ def predict_spots(
 def _wait(future: Future, cancel_event, slide_name: str, done: int, n: int) -> int:
     """The result of a batch, checking for a cancel every tenth of a second meanwhile."""
     while True:
-        if cancel_event is not None and cancel_event.is_set():
-            raise PredictionCancelled(f"{slide_name}: prediction cancelled after {done} of {n} spots")
+        _check_cancel(cancel_event, slide_name, done, n)
         with contextlib.suppress(FuturesTimeout):
             return future.result(timeout=0.1)
+
+
+def _check_cancel(cancel_event, slide_name: str, done: int, n: int) -> None:
+    if cancel_event is not None and cancel_event.is_set():
+        raise PredictionCancelled(f"{slide_name}: prediction cancelled after {done} of {n} spots")

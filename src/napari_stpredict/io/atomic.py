@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "require_free_space"]
+__all__ = ["atomic_path", "require_free_space", "write_npy"]
 
 
 @contextlib.contextmanager
@@ -41,6 +41,15 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_npy(target: str | Path, array) -> None:
+    """Save a numpy array as ``target`` (.npy) atomically, without pickles: the caches of
+    patches and tiles, which a later run loads as they are."""
+    import numpy as np
+
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 def _umask() -> int:

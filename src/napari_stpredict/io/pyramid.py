@@ -94,9 +94,7 @@ class _ChunkCache:
 
     def _fill(self, key: tuple, read) -> np.ndarray:
         try:
-            chunk = read()
-            self._store(key, chunk)
-            return chunk
+            return self.read_now(key, read)
         finally:
             with self._lock:
                 self._pending.pop(key, None)

@@ -141,9 +141,8 @@ def attach_her2st_patches(
         with open_slide(her2st_image(root, section), mpp=HER2ST_MPP) as slide:
             spots.patches = read_patches(slide, spots.xy, patch_um, input_px)
     if cache is not None:
-        from ..io.atomic import atomic_path
+        from ..io.atomic import write_npy
 
         cache.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, spots.patches)
+        write_npy(cache, spots.patches)
     return spots

@@ -149,7 +149,7 @@ def _image_source(spec: str, her2st: str | None) -> tuple[Path, float | None]:
 
 def _tiles(spec: str, cfg: PretrainConfig) -> np.ndarray:
     """Up to ``tiles_per_image`` tissue tiles ``(n, px, px, 3)`` uint8 of one image, cached."""
-    from ..io.atomic import atomic_path
+    from ..io.atomic import write_npy
     from ..io.fingerprint import file_sha1
     from ..io.patches import read_patches
     from ..io.slide import open_slide
@@ -171,9 +171,7 @@ def _tiles(spec: str, cfg: PretrainConfig) -> np.ndarray:
         pick = np.sort(rng.choice(len(grid), min(len(grid), cfg.tiles_per_image), replace=False))
         tiles = read_patches(slide, grid.l0_centres[pick], cfg.patch_um, cfg.input_px)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, tiles, allow_pickle=False)
+    write_npy(cache, tiles)
     return tiles
 
 
