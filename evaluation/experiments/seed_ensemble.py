@@ -1,54 +1,117 @@
-"""Experiment: average the predictions of the models trained with seeds 0, 1 and 2.
+"""Experiment: average the held-out predictions of the fold models trained with seeds 0, 1, 2.
 
-Uses the patient-level fold checkpoints the seed runs left in runs/ (evaluation/results/full
-for seed 0, evaluation/experiments/seed{1,2} for the others; rerun those commands first if
-runs/ is gone). Scores the mean of the three models' predictions exactly as
-`stpredict evaluate` scores one model, and writes seed_ensemble.json beside this script.
+Uses the patient-level fold checkpoints that ``stpredict evaluate --protocol patient
+--variant cmrcnet [--seed N]`` left under the config's ``run_dir`` (``<run_dir>/full`` for
+the config's own seed, ``<run_dir>/seed<N>/full`` for the others; rerun those commands first
+if runs/ is gone). Each model predicts each held-out section exactly as `stpredict
+evaluate` scores one model (`held_out_predictions`: its top-k, spatial context and per-slide
+adaptation); the mean of the models' predictions is scored the same way, and so is each
+model alone (which must give its fold JSON's figures: a check that the right models were
+read).
 
-    python evaluation/experiments/seed_ensemble.py
+``--views 4`` (or 8) adds test-time augmentation: each patch's pooled backbone features are
+averaged over its flips (and, with 8, its 90-degree rotations) before the projection, for
+the spots and their neighbouring patches alike; every seed's row is then that seed's model
+with the views, so views are compared seed by seed against ``--views 1``.
+
+    python evaluation/experiments/seed_ensemble.py                      # the shipped recipe (pretrained)
+    python evaluation/experiments/seed_ensemble.py --config evaluation/experiments/pretrain/without/config.yaml \
+        --out evaluation/experiments/seed_ensemble.json                 # the recipe without pretraining
+
+Research use only.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
-from napari_stpredict.model import load_model
-from napari_stpredict.training.evaluate import fold_data
-from napari_stpredict.training.metrics import nanmean
-from napari_stpredict.training.protocol import METRICS, PROTOCOLS, EvalConfig
-from napari_stpredict.training.scoring import predict_sets, score_predictions
-
-RUNS = {0: Path("runs/eval/full"), 1: Path("runs/experiments/seed1/full"), 2: Path("runs/experiments/seed2/full")}
 HERE = Path(__file__).parent
 
 
+def dihedral_views(patches: np.ndarray, n: int) -> list[np.ndarray]:
+    """The first ``n`` (1, 2, 4 or 8) dihedral views of ``(N, H, W, 3)`` square patches:
+    identity, the flips, then the transposed patches and their flips."""
+    flips = [patches, patches[:, :, ::-1], patches[:, ::-1], patches[:, ::-1, ::-1]]
+    turned = patches.transpose(0, 2, 1, 3)
+    views = flips + [turned, turned[:, :, ::-1], turned[:, ::-1], turned[:, ::-1, ::-1]]
+    return [np.ascontiguousarray(v) for v in views[:n]]
+
+
+def with_views(model, n: int):
+    """``model`` whose ``features_many`` averages the features of ``n`` views of each patch
+    (the instance attribute shadows the method, so every caller in the scoring gets it)."""
+    if n == 1:
+        return model
+    plain = model.features_many
+
+    def features_many(patches, **kw):
+        import torch
+
+        return torch.stack([plain(v, **kw) for v in dihedral_views(patches, n)]).mean(0)
+
+    model.features_many = features_many
+    return model
+
+
+def run_roots(run_dir: Path, seeds: list[int], config_seed: int) -> dict[int, Path]:
+    """Where ``stpredict evaluate`` put each seed's full-length fold models."""
+    return {s: (run_dir / "full" if s == config_seed else run_dir / f"seed{s}" / "full") for s in seeds}
+
+
 def main() -> None:
-    cfg = EvalConfig.from_yaml("evaluation/config.yaml")
+    from napari_stpredict.model import load_model
+    from napari_stpredict.training.evaluate import fold_data
+    from napari_stpredict.training.metrics import nanmean
+    from napari_stpredict.training.protocol import METRICS, PROTOCOLS, EvalConfig
+    from napari_stpredict.training.scoring import held_out_predictions, score_predictions
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("evaluation/config.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--views", type=int, choices=(1, 2, 4, 8), default=1, help="test-time views per patch")
+    parser.add_argument("--out", type=Path, help="default: pretrain/seed_ensemble[_views<N>].json beside this script")
+    args = parser.parse_args()
+    cfg = EvalConfig.from_yaml(args.config)
+    out_path = args.out or HERE / "pretrain" / f"seed_ensemble{'' if args.views == 1 else f'_views{args.views}'}.json"
+    roots = run_roots(Path(cfg.run_dir), args.seeds, cfg.train.seed)
+    missing = [str(p) for p in roots.values() if not (p / "patient").is_dir()]
+    if missing:
+        raise SystemExit(f"no fold models under {', '.join(missing)}: run stpredict evaluate for those seeds first")
+
     per_section: dict[str, dict[str, dict]] = {}
     for fold in PROTOCOLS["patient"]["folds"]:
         fd = fold_data(cfg, "patient", fold)
-        models = [load_model(root / "patient" / fold / "cmrcnet" / "model.pt", device="cpu") for root in RUNS.values()]
-        for s, t in fd.tests.items():
-            preds = [predict_sets(m, t, fd.train_config.top_k, fd.train.expression) for m in models]
-            for method in preds[0]:
-                mean_pred = np.mean([p[method] for p in preds], axis=0)
-                scores = score_predictions(mean_pred, t.expression, fd.genes, fd.sets, t.tumor, fd.panel)
-                per_section.setdefault(method, {})[s] = {k: scores[k] for k in METRICS}
+        models = {
+            s: with_views(load_model(root / "patient" / fold / "cmrcnet" / "model.pt", device="cpu"), args.views)
+            for s, root in roots.items()
+        }
+        for section, spots in fd.tests.items():
+            preds = {s: held_out_predictions(m, spots, section, fd.train_config) for s, m in models.items()}
+            rows = {f"seed {s}": p for s, p in preds.items()}
+            rows["ensemble"] = np.mean(list(preds.values()), axis=0)
+            for name, pred in rows.items():
+                scores = score_predictions(pred, spots.expression, fd.genes, fd.sets, spots.tumor, fd.panel)
+                per_section.setdefault(name, {})[section] = {k: scores[k] for k in METRICS}
+            print(fold, section, " ".join(f"{n} {per_section[n][section]['r_heg50']:.3f}" for n in rows), flush=True)
     summary = {
-        method: {k: nanmean([v[k] for v in rows.values()]) for k in METRICS} | {"sections": sorted(rows)}
-        for method, rows in per_section.items()
+        name: {k: nanmean([v[k] for v in rows.values()]) for k in METRICS} | {"sections": sorted(rows)}
+        for name, rows in per_section.items()
     }
     out = {
-        "what": "CMRCNet, patient-level folds, mean of the predictions of seeds 0, 1, 2",
+        "what": f"CMRCNet retrieval ({args.config}), patient-level folds: each seed's model and the mean of "
+        f"the predictions of seeds {', '.join(map(str, args.seeds))} (one ensemble)",
+        "views": args.views,
+        "runs": {str(s): str(p) for s, p in roots.items()},
         "summary": summary,
         "per_section": per_section,
     }
-    (HERE / "seed_ensemble.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
-    for method, row in summary.items():
-        print(method, " ".join(f"{k} {row[k]:.3f}" for k in METRICS))
+    out_path.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    for name, row in summary.items():
+        print(f"{name:10s}", " ".join(f"{k} {row[k]:.3f}" for k in METRICS))
 
 
 if __name__ == "__main__":
