@@ -14,9 +14,11 @@ averaged over its flips (and, with 8, its 90-degree rotations) before the projec
 the spots and their neighbouring patches alike; every seed's row is then that seed's model
 with the views, so views are compared seed by seed against ``--views 1``.
 
-    python evaluation/experiments/seed_ensemble.py                      # the shipped recipe (pretrained)
-    python evaluation/experiments/seed_ensemble.py --config evaluation/experiments/pretrain/without/config.yaml \
-        --out evaluation/experiments/seed_ensemble.json                 # the recipe without pretraining
+    python evaluation/experiments/seed_ensemble.py        # the shipped recipe -> pretrain/seed_ensemble.json
+    python evaluation/experiments/seed_ensemble.py --config CONFIG --out OUT.json   # another experiment's folds
+
+(``seed_ensemble.json`` beside this script is the record of an earlier recipe's ensemble:
+top-k 50, no context, no pretraining; see seeds.md.)
 
 Research use only.
 """
