@@ -59,11 +59,6 @@ def with_views(model, n: int):
     return model
 
 
-def run_roots(run_dir: Path, seeds: list[int], config_seed: int) -> dict[int, Path]:
-    """Where ``stpredict evaluate`` put each seed's full-length fold models."""
-    return {s: (run_dir / "full" if s == config_seed else run_dir / f"seed{s}" / "full") for s in seeds}
-
-
 def main() -> None:
     from napari_stpredict.model import load_model
     from napari_stpredict.training.evaluate import fold_data
@@ -79,7 +74,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = EvalConfig.from_yaml(args.config)
     out_path = args.out or HERE / "pretrain" / f"seed_ensemble{'' if args.views == 1 else f'_views{args.views}'}.json"
-    roots = run_roots(Path(cfg.run_dir), args.seeds, cfg.train.seed)
+    # Where `stpredict evaluate --seed N` put each seed's full-length fold models.
+    roots = {s: Path(cfg.overridden(seed=s).run_dir) / "full" for s in args.seeds}
     missing = [str(p) for p in roots.values() if not (p / "patient").is_dir()]
     if missing:
         raise SystemExit(f"no fold models under {', '.join(missing)}: run stpredict evaluate for those seeds first")
