@@ -280,3 +280,48 @@ def test_spot_sets_that_begin_alike_do_not_share_a_patch_cache(her2st_dir, tmp_p
     assert len(list(cache.iterdir())) == 2
     np.testing.assert_array_equal(a[:9], b[:9])
     assert not np.array_equal(a[9], b[9])
+
+
+@pytest.mark.slow
+def test_contrast_tumour_score_is_calibrated_and_scored_on_a_held_out_section(her2st_dir, tmp_path):
+    """With a counter panel the calibration holds a second threshold, for the marker z-score
+    minus the counter panel's; a held-out section's trust scores then report its calls and
+    keep each labelled spot's contrast score, equal to that difference computed by hand."""
+    from napari_stpredict.training.calibration import compute_calibration
+    from napari_stpredict.training.data import SpotSet
+    from napari_stpredict.training.scoring import trust_scores
+    from napari_stpredict.training.sections import section_spots
+    from napari_stpredict.training.train import train
+    from napari_stpredict.vocabulary import marker_zscore
+
+    cfg = _two_section_config(her2st_dir, tmp_path)
+    model = load_model(train(cfg, tmp_path / "run"), device="cpu")
+
+    def spots(s):
+        return section_spots(s, str(her2st_dir), cfg.genes, patch_um=112.0, input_px=48, cache_dir=tmp_path / "cache")
+
+    training = SpotSet.concat([spots(s) for s in ("C3", "C4")])
+    markers, counter = ["ERBB2", "GRB7", "SCD", "FASN"], ["COL1A1", "MGP", "IGKC", "ERBB2"]
+    plain = compute_calibration(model, training, markers=markers)
+    assert "contrast" not in plain["tumor"]
+    cal = compute_calibration(model, training, markers=markers, counter=counter)
+    contrast = cal["tumor"]["contrast"]
+    assert contrast["counter_panel"] == ["COL1A1", "MGP", "IGKC"]  # a marker is never its own counter
+    assert 0.0 <= contrast["training_auc"] <= 1.0 and 0.0 <= contrast["sensitivity"] <= 1.0
+    assert cal["tumor"]["threshold"] == plain["tumor"]["threshold"]  # the absolute call is unchanged
+
+    model.calibration = cal
+    held_out = spots("C2")
+    retrieval = model.predict(held_out.patches)[0]
+    out = trust_scores(model, held_out, retrieval, markers)
+    assert set(out["contrast"]) >= {"threshold", "auc", "sensitivity", "specificity", "called_share"}
+    scores = out["labelled_scores"]
+    known = held_out.tumor >= 0
+    idx = [model.genes.index(g) for g in markers]
+    cidx = [model.genes.index(g) for g in contrast["counter_panel"]]
+    mean, sd = cal["tumor"]["gene_mean"].numpy(), cal["tumor"]["gene_std"].numpy()
+    by_hand = marker_zscore(retrieval[:, idx], mean[idx], sd[idx]) - marker_zscore(
+        retrieval[:, cidx], mean[cidx], sd[cidx]
+    )
+    assert np.allclose(scores["contrast"], by_hand[known], atol=1e-3)
+    assert len(scores["contrast"]) == len(scores["absolute"]) == int(known.sum())

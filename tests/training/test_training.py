@@ -186,3 +186,21 @@ def test_coarse_scan_blurs_chosen_patches_like_a_coarser_scan():
     for key, bad in (("coarse_scan", 1.5), ("coarse_scan", -0.1), ("coarse_max_ratio", 0.5)):
         with pytest.raises(ValueError, match=key):
             check_train_config(TrainConfig(**{key: bad}))
+
+
+def test_counter_panel_is_the_genes_most_depleted_in_cancer(her2st_dir):
+    """The contrast score's other side: genes of the model's list whose cancer-minus-other
+    effect is most negative on the training sections, none of them a marker."""
+    from napari_stpredict.training.genes import select_counter_panel, select_marker_panel
+
+    adatas = [her2st_section(str(her2st_dir), s) for s in ("C3", "C4", "B1")]
+    genes = sorted(set(adatas[0].var_names) & set(adatas[1].var_names) & set(adatas[2].var_names))
+    counter = select_counter_panel(adatas, genes, n_genes=8)
+    markers = select_marker_panel(adatas, genes, n_markers=8)
+    assert len(counter["panel"]) == 8 and set(counter["panel"]) <= set(genes)
+    assert not set(counter["panel"]) & set(markers["panel"])
+    effects = [counter["effect"][g] for g in counter["panel"]]
+    assert effects == sorted(effects) and max(effects) < -0.3  # most depleted first, clearly depleted
+    # and it follows the gene list it is given: a list without those genes gets others
+    fewer = [g for g in genes if g not in counter["panel"]]
+    assert not set(select_counter_panel(adatas, fewer, n_genes=8)["panel"]) & set(counter["panel"])

@@ -13,7 +13,11 @@ scores each candidate rule with its sensitivity, specificity and share called:
   never below ``floor`` standard deviations of the training spots under the calibrated
   threshold (so a slide without tumour keeps its absolute call);
 - ``quantile+floor``: the section's own q-quantile of the absolute score, never below the
-  floor and never above the calibrated threshold.
+  floor and never above the calibrated threshold;
+- ``contrast`` (fold JSONs that hold it): the marker z-score minus the z-score of the genes
+  most depleted in cancer on the training sections, above its own threshold calibrated on
+  the training spots like the absolute one (a shift that moves every predicted gene of a
+  slide alike cancels out).
 
 ``--without-cancer`` scores each section without its cancer spots: the nearest thing to an
 in-domain slide without tumour these data hold (same patient, scanner and stain).
@@ -82,10 +86,13 @@ def rules_for(
     slide_z = np.asarray(s["slide_z"], float)
     ood = np.asarray(s["out_of_domain"], bool)
     cancer = np.asarray(s["cancer"], bool)
+    contrast = np.asarray(s["contrast"], float) if "contrast" in s and "contrast" in entry else None
     if without_cancer:
         # A tumour-free in-domain stand-in: the section's own non-cancer spots, scored as
         # if they were the whole slide (the per-slide z-score recomputed over them).
         keep = ~cancer
+        if contrast is not None:
+            contrast = contrast[keep]
         absolute, ood, cancer = absolute[keep], ood[keep], cancer[keep]
         slide_z = (absolute - absolute.mean()) / max(absolute.std(), 1e-6)
     floor = calibrated - floor_sd  # absolute scores are in training-spot standard deviations
@@ -99,6 +106,8 @@ def rules_for(
     t_q = float(np.clip(np.quantile(absolute, quantile), floor, calibrated))
     out["quantile+floor"] = _calls((absolute > t_q) & ~ood, cancer)
     out["quantile+floor"]["threshold"] = round(t_q, 3)
+    if contrast is not None:
+        out["contrast"] = _calls((contrast > float(entry["contrast"]["threshold"])) & ~ood, cancer)
     out["_cancer_share"] = round(float(cancer.mean()), 3)
     return out
 
@@ -114,12 +123,13 @@ def main() -> None:
         help="score each section without its cancer spots (a tumour-free slide of the same patient and "
         "scanner): 'called' is then the share a rule calls on tissue with no cancer",
     )
+    parser.add_argument("--protocol", default="patient", help="the folds to read: patient or loso_C")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     table: dict[str, dict] = {}
     for root in args.results:
         # full/ or quick/ of this out_dir only: seeds/seed<N> below it are other results
-        for path in sorted(root.glob("*/patient/test_*/cmrcnet.json")):
+        for path in sorted(root.glob(f"*/{args.protocol}/test_*/cmrcnet.json")):
             fold = json.loads(path.read_text())
             for section, entry in (fold.get("trust") or {}).items():
                 if "labelled_scores" not in entry or "absolute" not in entry:
@@ -130,18 +140,26 @@ def main() -> None:
                 )
     if not table:
         raise SystemExit("no fold JSON with labelled_scores found (rerun stpredict evaluate with this version)")
-    rules = [r for r in next(iter(table.values())) if not r.startswith("_")]
+    rules = list(dict.fromkeys(r for row in table.values() for r in row if not r.startswith("_")))
     print("| section (cancer share) | " + " | ".join(f"{r}: sens / spec / called" for r in rules) + " |")
     print("|---|" + "---|" * len(rules))
     for name, row in table.items():
-        cells = [f"{row[r]['sensitivity']:.2f} / {row[r]['specificity']:.2f} / {row[r]['called']:.2f}" for r in rules]
+        cells = [
+            f"{row[r]['sensitivity']:.2f} / {row[r]['specificity']:.2f} / {row[r]['called']:.2f}" if r in row else "-"
+            for r in rules
+        ]
         print(f"| {name} ({row['_cancer_share']:.2f}) | " + " | ".join(cells) + " |")
     for r in rules:
-        sens = [row[r]["sensitivity"] for row in table.values()]
-        spec = [row[r]["specificity"] for row in table.values()]
+        sens = [row[r]["sensitivity"] for row in table.values() if r in row]
+        spec = [row[r]["specificity"] for row in table.values() if r in row]
         print(f"{r}: min sensitivity {min(sens):.2f}, min specificity {min(spec):.2f}")
     if args.out:
-        record = {"floor_sd": args.floor_sd, "quantile": args.quantile, "without_cancer": args.without_cancer}
+        record = {
+            "protocol": args.protocol,
+            "floor_sd": args.floor_sd,
+            "quantile": args.quantile,
+            "without_cancer": args.without_cancer,
+        }
         args.out.write_text(json.dumps({**record, "rows": table}, indent=1))
 
 

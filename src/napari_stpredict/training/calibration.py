@@ -86,7 +86,13 @@ def youden_threshold(score: np.ndarray, label: np.ndarray) -> tuple[float, float
 
 
 def compute_calibration(
-    model, train, *, markers: list[str] | None = None, top_k: int | None = None, neighbours=None
+    model,
+    train,
+    *,
+    markers: list[str] | None = None,
+    counter: list[str] | None = None,
+    top_k: int | None = None,
+    neighbours=None,
 ) -> dict[str, Any]:
     """Out-of-domain reference and threshold, tumour-score standardisation and threshold.
 
@@ -99,6 +105,10 @@ def compute_calibration(
         The training spots with patches, sections and tumour labels (-1 unknown).
     markers : list of str, optional
         The marker panel (default: the model's, from its provenance).
+    counter : list of str, optional
+        Genes depleted in cancer (default: the provenance's ``counter_panel``, where it
+        has one). When given, ``tumor["contrast"]`` holds the threshold of the contrast
+        score (marker z-score minus this panel's), calibrated like the absolute one.
     top_k : int, optional
         Retrieval neighbours, as in prediction (default: the model's ``retrieval``).
     neighbours : tuple, optional
@@ -224,6 +234,21 @@ def compute_calibration(
             specificity=round(spec, 4),
             cancer_share=round(float(label.mean()), 4),
         )
+        counter = list(counter if counter is not None else model.provenance.get("markers", {}).get("counter_panel", []))
+        against = [g for g in counter if g in index and g not in used]
+        if against:
+            cidx = [index.position(g) for g in against]
+            contrast = score - marker_zscore(predicted[:, cidx], gene_mean[cidx], gene_std[cidx])
+            ct, csens, cspec = youden_threshold(contrast[known], label)
+            tumor["contrast"] = {
+                "counter_panel": against,
+                "threshold": round(ct, 4),
+                "training_auc": round(float(roc_auc(contrast[known], label)), 4),
+                "sensitivity": round(csens, 4),
+                "specificity": round(cspec, 4),
+                "how": "marker z-score minus the z-score of the genes most depleted in cancer on the "
+                "training sections; threshold: Youden's J on the same training-spot predictions",
+            }
     return {
         "version": 1,
         "domain": {

@@ -169,7 +169,9 @@ def iter_evaluate(cfg: EvalConfig, *, protocols=None, folds=None, variants=None,
                 # The fold's own marker panel (its model was trained on a given gene list, so
                 # its provenance holds none): calibrate the tumour threshold on it.
                 train_context = context_embeddings(model, train, spec["train"], tc.her2st, cache_dir=Path(tc.cache_dir))
-                model.calibration = compute_calibration(model, train, markers=panel, neighbours=train_context)
+                model.calibration = compute_calibration(
+                    model, train, markers=panel, counter=markers.get("counter_panel"), neighbours=train_context
+                )
                 model.to(model.device)
                 for s, t in tests.items():
                     features = model.features_many(t.patches)

@@ -9,7 +9,14 @@ import numpy as np
 from ..vocabulary import HER2_AMPLICON, log1p_cp10k
 from .data import tumor_labels
 
-__all__ = ["HER2_AMPLICON", "benchmark_genes", "select_marker_panel", "model_gene_list", "common_genes"]
+__all__ = [
+    "HER2_AMPLICON",
+    "benchmark_genes",
+    "select_marker_panel",
+    "select_counter_panel",
+    "model_gene_list",
+    "common_genes",
+]
 
 
 def benchmark_genes(path: str | Path) -> list[str]:
@@ -48,6 +55,26 @@ def common_genes(adatas) -> list[str]:
     return [g for g in adatas[0].var_names if g in common]
 
 
+def _mean_effects(adatas, candidates: list[str], min_spots: int) -> tuple[np.ndarray, list[str]]:
+    """Each candidate's standardised cancer-minus-other difference, averaged over the
+    labelled sections (each counts alike), and the sections used."""
+    effects, used = [], []
+    for adata in adatas:
+        labels = tumor_labels(adata.obs)
+        cancer, other = labels == 1, labels == 0
+        if cancer.sum() < min_spots or other.sum() < min_spots:
+            continue
+        idx = [adata.var_names.get_loc(g) for g in candidates]
+        expr = log1p_cp10k(adata, idx)
+        a, b = expr[cancer], expr[other]
+        pooled = np.sqrt((a.var(0) * (len(a) - 1) + b.var(0) * (len(b) - 1)) / (len(a) + len(b) - 2))
+        effects.append((a.mean(0) - b.mean(0)) / np.maximum(pooled, 1e-3))
+        used.append(str(adata.obs["section"].iloc[0]))
+    if not effects:
+        raise ValueError("no training section has enough cancer and non-cancer labelled spots to choose markers")
+    return np.mean(effects, axis=0), used
+
+
 def select_marker_panel(
     adatas, candidates: list[str], *, n_markers: int = 8, min_spots: int = 5, amplicon_min_effect: float = 0.3
 ) -> dict:
@@ -67,21 +94,7 @@ def select_marker_panel(
         ``panel`` (genes), ``effect`` (gene -> mean effect for the panel), ``sections``
         used, and ``why`` (one sentence).
     """
-    effects, used = [], []
-    for adata in adatas:
-        labels = tumor_labels(adata.obs)
-        cancer, other = labels == 1, labels == 0
-        if cancer.sum() < min_spots or other.sum() < min_spots:
-            continue
-        idx = [adata.var_names.get_loc(g) for g in candidates]
-        expr = log1p_cp10k(adata, idx)
-        a, b = expr[cancer], expr[other]
-        pooled = np.sqrt((a.var(0) * (len(a) - 1) + b.var(0) * (len(b) - 1)) / (len(a) + len(b) - 2))
-        effects.append((a.mean(0) - b.mean(0)) / np.maximum(pooled, 1e-3))
-        used.append(str(adata.obs["section"].iloc[0]))
-    if not effects:
-        raise ValueError("no training section has enough cancer and non-cancer labelled spots to choose markers")
-    mean_effect = np.mean(effects, axis=0)
+    mean_effect, used = _mean_effects(adatas, candidates, min_spots)
     order = np.argsort(-mean_effect)
     panel = [candidates[i] for i in order[:n_markers]]
     position = {g: i for i, g in enumerate(candidates)}
@@ -96,6 +109,29 @@ def select_marker_panel(
             f"top {n_markers} genes by standardised cancer-vs-other difference averaged over "
             f"{len(used)} training sections, plus HER2-amplicon genes with mean effect > {amplicon_min_effect}"
         ),
+    }
+
+
+def select_counter_panel(adatas, genes: list[str], *, n_genes: int = 8, min_spots: int = 5) -> dict:
+    """Genes most depleted in cancer on the labelled training sections (the other side of
+    the marker panel), chosen among the model's ``genes``.
+
+    A contrast tumour score (marker z-score minus this panel's) cancels a shift that
+    raises or lowers every predicted gene of a slide alike, such as retrieval drifting
+    toward reference spots of another patient (issue 19, item 4).
+
+    Returns
+    -------
+    dict
+        ``panel`` (genes, most negative effect first), ``effect`` (gene -> mean effect)
+        and ``sections`` used.
+    """
+    mean_effect, used = _mean_effects(adatas, list(genes), min_spots)
+    order = np.argsort(mean_effect)[:n_genes]
+    return {
+        "panel": [genes[i] for i in order],
+        "effect": {genes[i]: round(float(mean_effect[i]), 3) for i in order},
+        "sections": used,
     }
 
 

@@ -241,6 +241,19 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str], features
             "auc": round(roc_auc(absolute[known], label), 4),
             **_calls(called[known], label),
         }
+    contrast_cal = cal["tumor"].get("contrast")
+    contrast = None
+    if contrast_cal:  # marker minus counter-panel z-score (evaluation only, issue 19 item 4)
+        cidx = GeneIndex(genes).positions(contrast_cal["counter_panel"])
+        cmean = cal["tumor"]["gene_mean"].cpu().numpy()[cidx]
+        csd = cal["tumor"]["gene_std"].cpu().numpy()[cidx]
+        contrast = absolute - marker_zscore(retrieval[:, cidx], cmean, csd)
+        out["contrast"] = {
+            "threshold": contrast_cal["threshold"],
+            "counter_panel": contrast_cal["counter_panel"],
+            "auc": round(roc_auc(contrast[known], label), 4),
+            **_calls(((contrast > contrast_cal["threshold"]) & ~ood)[known], label),
+        }
     otsu = float(threshold_otsu(per_slide))
     out["slide_otsu"] = {
         "threshold": round(otsu, 4),
@@ -256,6 +269,8 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str], features
         "out_of_domain": [bool(v) for v in ood[known]],
         "cancer": [bool(v) for v in label],
     }
+    if contrast is not None:
+        out["labelled_scores"]["contrast"] = [round(float(v), 4) for v in contrast[known]]
     return out
 
 

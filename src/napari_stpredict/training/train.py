@@ -65,7 +65,7 @@ def _config_hash(cfg: TrainConfig) -> str:
 def resolve_genes(cfg: TrainConfig) -> tuple[list[str], dict]:
     """The model's gene list: explicit ``genes``, or benchmark genes + HER2 amplicon + a marker
     panel chosen on the training (and bank/marker) sections only."""
-    from .genes import benchmark_genes, model_gene_list, select_marker_panel
+    from .genes import benchmark_genes, model_gene_list, select_counter_panel, select_marker_panel
     from .sections import Section
 
     label_specs = list(dict.fromkeys(cfg.train_sections + cfg.bank_sections + cfg.marker_sections))
@@ -82,6 +82,8 @@ def resolve_genes(cfg: TrainConfig) -> tuple[list[str], dict]:
     adatas = [section.adata for section in sections]
     markers = select_marker_panel(adatas, candidates, n_markers=cfg.n_markers)
     genes = model_gene_list(benchmark_genes(cfg.benchmark_genes), markers["panel"], available)
+    # The genes most depleted in cancer, for the contrast tumour score (issue 19, item 4).
+    markers["counter_panel"] = select_counter_panel(adatas, genes, n_genes=cfg.n_markers)["panel"]
     return genes, markers
 
 
