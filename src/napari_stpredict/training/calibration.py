@@ -26,7 +26,7 @@ import numpy as np
 
 from ..vocabulary import GeneIndex, marker_zscore
 
-__all__ = ["compute_calibration", "calibrate_checkpoint", "youden_threshold"]
+__all__ = ["compute_calibration", "calibrate_checkpoint", "training_spot_predictions", "youden_threshold"]
 
 #: The out-of-domain score's quantile on held-out sections: 1 in 100 spots of a
 #: section like the training data is flagged.
@@ -85,54 +85,16 @@ def youden_threshold(score: np.ndarray, label: np.ndarray) -> tuple[float, float
     return best[1], best[2], best[3]
 
 
-def compute_calibration(
-    model,
-    train,
-    *,
-    markers: list[str] | None = None,
-    counter: list[str] | None = None,
-    top_k: int | None = None,
-    neighbours=None,
-) -> dict[str, Any]:
-    """Out-of-domain reference and threshold, tumour-score standardisation and threshold.
-
-    Parameters
-    ----------
-    model : STModel
-        The trained model; its bank must start with ``train``'s spots in order (as
-        `iter_train` builds it), so that each training section can be left out of it.
-    train : SpotSet
-        The training spots with patches, sections and tumour labels (-1 unknown).
-    markers : list of str, optional
-        The marker panel (default: the model's, from its provenance).
-    counter : list of str, optional
-        Genes depleted in cancer (default: the provenance's ``counter_panel``, where it
-        has one). When given, ``tumor["contrast"]`` holds the threshold of the contrast
-        score (marker z-score minus this panel's), calibrated like the absolute one.
-    top_k : int, optional
-        Retrieval neighbours, as in prediction (default: the model's ``retrieval``).
-    neighbours : tuple, optional
-        ``(embeddings, tissue)``: the image embeddings ``(8, n, d)`` of each training
-        spot's 8 neighbouring patches and ``(8, n)`` whether each is tissue
-        (`napari_stpredict.training.neighbours.map_neighbours`). Needed when the model
-        uses spatial context (``model.retrieval.context_sigma_um > 0``): the tumour
-        scores are then standardised and thresholded on context predictions, as a
-        slide's are made.
-
-    Returns
-    -------
-    dict
-        ``{"version", "domain": {...}, "tumor": {...}}`` for `save_checkpoint`.
-    """
+def _embedded_training_spots(model, train, neighbours):
+    """The training spots' image embeddings (adapted per section, as the engine adapts a
+    slide), their raw pooled features and each section's adaptation; checks first that
+    the bank starts with these spots and that context has its neighbours."""
     import torch
 
-    from ..inference.context import mix_with_neighbours, neighbour_weights
-    from ..model import ReferenceBank, retrieve
-    from ..training.metrics import roc_auc
+    from ..inference.context import neighbour_weights
+    from .adapt import adapted_embeddings, section_adaptations
 
-    top_k = model.retrieval.top_k if top_k is None else top_k
-    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
-    if weights.any() and neighbours is None:
+    if neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um).any() and neighbours is None:
         raise ValueError(
             "the model uses spatial context (retrieval.context_sigma_um "
             f"{model.retrieval.context_sigma_um:g}): calibration needs the training spots' neighbouring patches"
@@ -150,19 +112,27 @@ def compute_calibration(
         embs.append(e)
         feats.append(f)
     emb = torch.cat(embs)
-    from .adapt import adapted_embeddings, section_adaptations
-
     adaptations = section_adaptations(model, train, torch.cat(feats))
     if any(a is not None for a in adaptations.values()):
         # The engine's per-slide adaptation, one section at a time (the neighbours'
         # embeddings in ``neighbours`` were adapted alike by `context_embeddings`).
         emb = adapted_embeddings(model, torch.cat(feats), train.section, adaptations)
-    features = torch.cat(feats).cpu().numpy()  # the out-of-domain reference stays raw
+    return emb, torch.cat(feats).cpu().numpy(), adaptations  # the out-of-domain reference stays raw
 
-    sections = list(dict.fromkeys(train.section.tolist()))
+
+def _leave_section_out(model, train, emb, features, neighbours, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each training section scored as a new slide would be: its out-of-domain distance to
+    the other sections' images and its expression retrieved from the bank without it."""
+    import torch
+
+    from ..inference.context import mix_with_neighbours, neighbour_weights
+    from ..model import ReferenceBank, retrieve
+
+    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
+    n = len(train)
     distances = np.empty(n, np.float64)
     predicted = np.empty((n, len(model.genes)), np.float32)
-    for s in sections:
+    for s in dict.fromkeys(train.section.tolist()):
         inside = train.section == s
         others = ~inside
         if others.any():
@@ -190,6 +160,79 @@ def compute_calibration(
             predicted[inside] = mix_with_neighbours(preds[0], np.stack(preds[1:]), present, weights)
         else:
             predicted[inside] = preds[0]
+    return distances, predicted
+
+
+def training_spot_predictions(model, train, *, top_k: int | None = None, neighbours=None) -> np.ndarray:
+    """The training spots' expression as the calibration predicts it: each section's spots
+    retrieved from the bank without that section, adapted and with context as a slide is.
+
+    Parameters
+    ----------
+    model, train, top_k, neighbours
+        As for `compute_calibration`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(spots, genes)`` float32, in ``train``'s order.
+    """
+    top_k = model.retrieval.top_k if top_k is None else top_k
+    emb, features, _ = _embedded_training_spots(model, train, neighbours)
+    return _leave_section_out(model, train, emb, features, neighbours, top_k)[1]
+
+
+def compute_calibration(
+    model,
+    train,
+    *,
+    markers: list[str] | None = None,
+    counter: list[str] | None = None,
+    top_k: int | None = None,
+    neighbours=None,
+) -> dict[str, Any]:
+    """Out-of-domain reference and threshold, tumour-score standardisation and threshold.
+
+    Parameters
+    ----------
+    model : STModel
+        The trained model; its bank must start with ``train``'s spots in order (as
+        `iter_train` builds it), so that each training section can be left out of it.
+    train : SpotSet
+        The training spots with patches, sections and tumour labels (-1 unknown).
+    markers : list of str, optional
+        The marker panel (default: the model's, from its provenance).
+    counter : list of str, optional
+        Genes depleted in cancer (the evaluation passes the fold's ``counter_panel``).
+        When given, ``tumor["contrast"]`` holds the threshold of the contrast score
+        (marker z-score minus this panel's), calibrated like the absolute one. An
+        evaluation-only score: its threshold did not carry across patients
+        (evaluation/experiments/tumour_rule), so trainings do not compute it.
+    top_k : int, optional
+        Retrieval neighbours, as in prediction (default: the model's ``retrieval``).
+    neighbours : tuple, optional
+        ``(embeddings, tissue)``: the image embeddings ``(8, n, d)`` of each training
+        spot's 8 neighbouring patches and ``(8, n)`` whether each is tissue
+        (`napari_stpredict.training.neighbours.map_neighbours`). Needed when the model
+        uses spatial context (``model.retrieval.context_sigma_um > 0``): the tumour
+        scores are then standardised and thresholded on context predictions, as a
+        slide's are made.
+
+    Returns
+    -------
+    dict
+        ``{"version", "domain": {...}, "tumor": {...}}`` for `save_checkpoint`.
+    """
+    import torch
+
+    from ..inference.context import neighbour_weights
+    from ..training.metrics import roc_auc
+
+    top_k = model.retrieval.top_k if top_k is None else top_k
+    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
+    emb, features, adaptations = _embedded_training_spots(model, train, neighbours)
+    distances, predicted = _leave_section_out(model, train, emb, features, neighbours, top_k)
+    sections = list(dict.fromkeys(train.section.tolist()))
     threshold = float(np.quantile(distances, DOMAIN_QUANTILE))
     held_out_share = {s: round(float(np.mean(distances[train.section == s] > threshold)), 4) for s in sections}
 
@@ -234,8 +277,7 @@ def compute_calibration(
             specificity=round(spec, 4),
             cancer_share=round(float(label.mean()), 4),
         )
-        counter = list(counter if counter is not None else model.provenance.get("markers", {}).get("counter_panel", []))
-        against = [g for g in counter if g in index and g not in used]
+        against = [g for g in (counter or []) if g in index and g not in used]
         if against:
             cidx = [index.position(g) for g in against]
             contrast = score - marker_zscore(predicted[:, cidx], gene_mean[cidx], gene_std[cidx])
