@@ -287,7 +287,7 @@ def test_contrast_tumour_score_is_calibrated_and_scored_on_a_held_out_section(he
     """With a counter panel the calibration holds a second threshold, for the marker z-score
     minus the counter panel's; a held-out section's trust scores then report its calls and
     keep each labelled spot's contrast score, equal to that difference computed by hand."""
-    from napari_stpredict.training.calibration import compute_calibration
+    from napari_stpredict.training.calibration import compute_calibration, training_spot_predictions
     from napari_stpredict.training.data import SpotSet
     from napari_stpredict.training.scoring import trust_scores
     from napari_stpredict.training.sections import section_spots
@@ -309,6 +309,10 @@ def test_contrast_tumour_score_is_calibrated_and_scored_on_a_held_out_section(he
     assert contrast["counter_panel"] == ["COL1A1", "MGP", "IGKC"]  # a marker is never its own counter
     assert 0.0 <= contrast["training_auc"] <= 1.0 and 0.0 <= contrast["sensitivity"] <= 1.0
     assert cal["tumor"]["threshold"] == plain["tumor"]["threshold"]  # the absolute call is unchanged
+    # the training-spot predictions the experiments re-score are the calibration's own
+    predicted = training_spot_predictions(model, training)
+    assert predicted.shape == (len(training), len(model.genes))
+    assert np.allclose(predicted.mean(0), cal["tumor"]["gene_mean"].numpy(), atol=1e-5)
 
     model.calibration = cal
     held_out = spots("C2")
