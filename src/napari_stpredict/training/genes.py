@@ -118,7 +118,9 @@ def select_counter_panel(adatas, genes: list[str], *, n_genes: int = 8, min_spot
 
     A contrast tumour score (marker z-score minus this panel's) cancels a shift that
     raises or lowers every predicted gene of a slide alike, such as retrieval drifting
-    toward reference spots of another patient (issue 19, item 4).
+    toward reference spots of another patient (issue 19, item 4). Used by the evaluation
+    only: measured there, its threshold did not carry across patients
+    (evaluation/experiments/tumour_rule).
 
     Returns
     -------

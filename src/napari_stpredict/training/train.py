@@ -82,7 +82,8 @@ def resolve_genes(cfg: TrainConfig) -> tuple[list[str], dict]:
     adatas = [section.adata for section in sections]
     markers = select_marker_panel(adatas, candidates, n_markers=cfg.n_markers)
     genes = model_gene_list(benchmark_genes(cfg.benchmark_genes), markers["panel"], available)
-    # The genes most depleted in cancer, for the contrast tumour score (issue 19, item 4).
+    # The genes most depleted in cancer: the evaluation's contrast tumour score (issue 19, item 4);
+    # recorded with the marker panel, not used by prediction.
     markers["counter_panel"] = select_counter_panel(adatas, genes, n_genes=cfg.n_markers)["panel"]
     return genes, markers
 
