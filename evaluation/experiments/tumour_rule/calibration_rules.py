@@ -32,16 +32,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+from rules import _calls  # the sibling script's sensitivity / specificity / share called
 
 
-def _calls(score: np.ndarray, cut: float, cancer: np.ndarray, ood: np.ndarray) -> dict[str, float]:
-    called = (score > cut) & ~ood
-    return {
-        "threshold": round(float(cut), 3),
-        "sensitivity": round(float((called & cancer).sum() / max(cancer.sum(), 1)), 3),
-        "specificity": round(float((~called & ~cancer).sum() / max((~cancer).sum(), 1)), 3),
-        "called": round(float(called.mean()), 3),
-    }
+def _calls_at(score: np.ndarray, cut: float, cancer: np.ndarray, ood: np.ndarray) -> dict[str, float]:
+    return {"threshold": round(float(cut), 3), **_calls((score > cut) & ~ood, cancer)}
 
 
 def equal_error_threshold(score: np.ndarray, cancer: np.ndarray) -> float:
@@ -67,7 +62,7 @@ def training_thresholds(score: np.ndarray, cancer: np.ndarray) -> dict[str, floa
 
 def main() -> None:
     from napari_stpredict.model import load_model
-    from napari_stpredict.training.calibration import training_spot_predictions
+    from napari_stpredict.training.calibration import training_spot_predictions, tumour_standardisation
     from napari_stpredict.training.evaluate import fold_data
     from napari_stpredict.training.neighbours import context_embeddings
     from napari_stpredict.training.protocol import PROTOCOLS, EvalConfig
@@ -92,8 +87,7 @@ def main() -> None:
         model = load_model(run_root / fold / "cmrcnet" / "model.pt", device="cpu")
         context = context_embeddings(model, fd.train, spec["train"], tc.her2st, cache_dir=Path(tc.cache_dir))
         predicted = training_spot_predictions(model, fd.train, neighbours=context)
-        mean = predicted.mean(0)
-        sd = np.where(predicted.std(0) > 1e-6, predicted.std(0), 1.0)
+        mean, sd = tumour_standardisation(predicted)
         idx = GeneIndex(model.genes).positions(fd.panel)
         score = marker_zscore(predicted[:, idx], mean[idx], sd[idx])
         known = fd.train.tumor >= 0
@@ -108,7 +102,7 @@ def main() -> None:
             s = entry["labelled_scores"]
             held = np.asarray(s["absolute"], float)
             cancer, ood = np.asarray(s["cancer"], bool), np.asarray(s["out_of_domain"], bool)
-            rows[section] = {rule: _calls(held, cut, cancer, ood) for rule, cut in cuts.items()}
+            rows[section] = {rule: _calls_at(held, cut, cancer, ood) for rule, cut in cuts.items()}
             rows[section]["_cancer_share"] = round(float(cancer.mean()), 3)
         print(fold, "training-spot thresholds:", training[fold], flush=True)
     rules = list(next(iter(training.values())))

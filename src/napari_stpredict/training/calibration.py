@@ -26,7 +26,13 @@ import numpy as np
 
 from ..vocabulary import GeneIndex, marker_zscore
 
-__all__ = ["compute_calibration", "calibrate_checkpoint", "training_spot_predictions", "youden_threshold"]
+__all__ = [
+    "compute_calibration",
+    "calibrate_checkpoint",
+    "training_spot_predictions",
+    "tumour_standardisation",
+    "youden_threshold",
+]
 
 #: The out-of-domain score's quantile on held-out sections: 1 in 100 spots of a
 #: section like the training data is flagged.
@@ -182,6 +188,19 @@ def training_spot_predictions(model, train, *, top_k: int | None = None, neighbo
     return _leave_section_out(model, train, emb, features, neighbours, top_k)[1]
 
 
+def tumour_standardisation(predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation of the training spots' predictions, the units of
+    the absolute tumour score (a constant gene gets 1, so its z-score is 0, not undefined).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(gene_mean, gene_std)``, float32, one value per gene.
+    """
+    gene_std = predicted.std(0)
+    return predicted.mean(0).astype(np.float32), np.where(gene_std > 1e-6, gene_std, 1.0).astype(np.float32)
+
+
 def compute_calibration(
     model,
     train,
@@ -236,9 +255,7 @@ def compute_calibration(
     threshold = float(np.quantile(distances, DOMAIN_QUANTILE))
     held_out_share = {s: round(float(np.mean(distances[train.section == s] > threshold)), 4) for s in sections}
 
-    gene_mean = predicted.mean(0)
-    gene_std = predicted.std(0)
-    gene_std = np.where(gene_std > 1e-6, gene_std, 1.0).astype(np.float32)
+    gene_mean, gene_std = tumour_standardisation(predicted)
     panel = list(markers if markers is not None else model.provenance.get("markers", {}).get("panel", []))
     index = GeneIndex(model.genes)
     used = [g for g in panel if g in index]

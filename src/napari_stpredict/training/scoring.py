@@ -220,10 +220,13 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str], features
     cal = model.calibration
     ood = model.domain_distance(feats).cpu().numpy() > cal["domain"]["threshold"]
     genes = model.genes
-    idx = GeneIndex(genes).positions(panel)
-    mean = cal["tumor"]["gene_mean"].cpu().numpy()[idx]
-    sd = cal["tumor"]["gene_std"].cpu().numpy()[idx]
-    absolute = marker_zscore(retrieval[:, idx], mean, sd)
+    gene_mean, gene_std = (cal["tumor"][k].cpu().numpy() for k in ("gene_mean", "gene_std"))
+
+    def calibrated_zscore(genes_of_panel: list[str]) -> np.ndarray:
+        idx = GeneIndex(genes).positions(genes_of_panel)
+        return marker_zscore(retrieval[:, idx], gene_mean[idx], gene_std[idx])
+
+    absolute = calibrated_zscore(panel)
     per_slide = panel_zscore(retrieval, genes, panel)
     known = spots.tumor >= 0
     label = spots.tumor[known] == 1
@@ -244,10 +247,7 @@ def trust_scores(model, spots, retrieval: np.ndarray, panel: list[str], features
     contrast_cal = cal["tumor"].get("contrast")
     contrast = None
     if contrast_cal:  # marker minus counter-panel z-score (evaluation only, issue 19 item 4)
-        cidx = GeneIndex(genes).positions(contrast_cal["counter_panel"])
-        cmean = cal["tumor"]["gene_mean"].cpu().numpy()[cidx]
-        csd = cal["tumor"]["gene_std"].cpu().numpy()[cidx]
-        contrast = absolute - marker_zscore(retrieval[:, cidx], cmean, csd)
+        contrast = absolute - calibrated_zscore(contrast_cal["counter_panel"])
         out["contrast"] = {
             "threshold": contrast_cal["threshold"],
             "counter_panel": contrast_cal["counter_panel"],
