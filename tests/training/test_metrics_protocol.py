@@ -222,6 +222,42 @@ def test_seed_table_averages_sections_then_seeds(tmp_path):
     assert lines[4].startswith("| ablation: top-k 50, no context |")
 
 
+def test_seed_table_script_reads_the_loso_folds_and_a_one_seed_ablation(tmp_path):
+    """``scripts/seed_table.py --protocol loso_C``: each seed's row is the mean over C2-C6's
+    folds, the patient folds beside them are not read, the ablation run on seed 0 only shows
+    1 seed, and the table is written as seeds_loso_C.md without touching seeds.md."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "seed_table.py"
+    metrics = ("r_heg50", "r_hvg50", "r_markers", "r_all", "gene_gene", "tumor_auc")
+
+    def write(root, seed, protocol, section, value):
+        full = root / "full" if seed == 0 else root / "seeds" / f"seed{seed}" / "full"
+        path = full / protocol / f"test_{section}" / "cmrcnet.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"results": {"retrieval": {section: dict.fromkeys(metrics, value)}}}
+        path.write_text(json.dumps(record), encoding="utf-8")
+
+    recipe, without = tmp_path / "recipe", tmp_path / "without"
+    for seed, values in {0: (0.2, 0.4), 1: (0.3, 0.5), 2: (0.4, 0.6)}.items():
+        for section, value in zip(("C2", "C3"), values, strict=True):
+            write(recipe, seed, "loso_C", section, value)
+        write(recipe, seed, "patient", "B4", 0.9)  # another protocol: must not enter the mean
+    write(without, 0, "loso_C", "C2", 0.1)
+    write(without, 0, "loso_C", "C3", 0.2)
+    args = [sys.executable, str(script), "--results", str(recipe), "--protocol", "loso_C"]
+    done = subprocess.run([*args, "--without", f"pretraining={without}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table = (recipe / "seeds_loso_C.md").read_text(encoding="utf-8")
+    assert "| CMRCNet, retrieval (the shipped recipe) | 3 | 0.400 ± 0.100 |" in table
+    assert "| ablation: without pretraining | 1 | 0.150 |" in table
+    assert not (recipe / "seeds.md").exists()
+    # a recipe folder lacking a seed is refused, naming the folder
+    missing = subprocess.run([*args[:3], str(without), *args[4:]], capture_output=True, text=True)
+    assert missing.returncode != 0 and "seed1" in missing.stderr
+
+
 def _per_fold_config(tmp_path, encoder: str) -> Path:
     import yaml
 
