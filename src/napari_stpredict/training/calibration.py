@@ -117,13 +117,13 @@ def _embedded_training_spots(model, train, neighbours):
         e, f = model.embed_with_features(train.patches[i : i + 128])
         embs.append(e)
         feats.append(f)
-    emb = torch.cat(embs)
-    adaptations = section_adaptations(model, train, torch.cat(feats))
+    emb, features = torch.cat(embs), torch.cat(feats)
+    adaptations = section_adaptations(model, train, features)
     if any(a is not None for a in adaptations.values()):
         # The engine's per-slide adaptation, one section at a time (the neighbours'
         # embeddings in ``neighbours`` were adapted alike by `context_embeddings`).
-        emb = adapted_embeddings(model, torch.cat(feats), train.section, adaptations)
-    return emb, torch.cat(feats).cpu().numpy(), adaptations  # the out-of-domain reference stays raw
+        emb = adapted_embeddings(model, features, train.section, adaptations)
+    return emb, features.cpu().numpy(), adaptations  # the out-of-domain reference stays raw
 
 
 def _leave_section_out(model, train, emb, features, neighbours, top_k: int) -> tuple[np.ndarray, np.ndarray]:
