@@ -9,14 +9,21 @@ results are ``evaluation/results`` (seed 0 in ``full``, seeds 1 and 2 in
 ``without/`` beside this script, same layout. Writes ``compare.md`` and ``compare.json``
 beside this script.
 
-Usage: python evaluation/experiments/pretrain/compare.py
+``--protocol loso_C`` pairs the leave-one-section-out folds within patient C instead: the
+pretrained recipe's are ``loso_C/`` (same layout), and it writes ``compare_loso_C.md`` /
+``.json``. ``--method`` picks the retrieval compared (default ``retrieval``, the shipped
+one; ``retrieval_train_bank`` is the paper's setting, retrieval over the training spots).
+
+Usage: python evaluation/experiments/pretrain/compare.py [--protocol patient|loso_C] [--method METHOD]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+from napari_stpredict.training.protocol import PROTOCOLS
 from napari_stpredict.training.report import seed_result_dirs, seed_summary
 
 HERE = Path(__file__).resolve().parent
@@ -25,23 +32,39 @@ METRICS = ("r_heg50", "r_hvg50", "r_markers", "r_all", "gene_gene", "tumor_auc")
 LABELS = ("HEG50 r", "HVG50 r", "markers r", "all genes r", "gene-gene", "tumour AUC")
 
 
-def _complete(folder: Path) -> bool:
-    return all((folder / "patient" / fold / "cmrcnet.json").is_file() for fold in ("test_B", "test_C"))
+#: Where each protocol's pretrained-recipe results lie (the recipe without pretraining is
+#: in ``without/`` for both) and the stem of the files written.
+RESULTS = {"patient": (REPO / "evaluation" / "results", "compare"), "loso_C": (HERE / "loso_C", "compare_loso_C")}
 
 
-def _seed_dirs(results: Path) -> dict[int, Path]:
+def _complete(folder: Path, protocol: str) -> bool:
+    return all((folder / protocol / fold / "cmrcnet.json").is_file() for fold in PROTOCOLS[protocol]["folds"])
+
+
+def _seed_dirs(results: Path, protocol: str) -> dict[int, Path]:
     dirs = seed_result_dirs(results)
-    return {seed: d for seed, d in dirs.items() if _complete(d)}
+    return {seed: d for seed, d in dirs.items() if _complete(d, protocol)}
 
 
 def main() -> None:
-    with_dirs = _seed_dirs(REPO / "evaluation" / "results")
-    without_dirs = _seed_dirs(HERE / "without")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocol", default="patient", choices=tuple(RESULTS))
+    parser.add_argument("--method", default="retrieval", help="retrieval (shipped) or retrieval_train_bank")
+    args = parser.parse_args()
+    results, stem = RESULTS[args.protocol]
+    if args.method != "retrieval":
+        stem += f"_{args.method}"
+    with_dirs = _seed_dirs(results, args.protocol)
+    without_dirs = _seed_dirs(HERE / "without", args.protocol)
     dirs = {seed: d for seed, d in with_dirs.items() if seed in without_dirs}
     if not dirs:
-        raise SystemExit("no seed has both patient-level folds with and without pretraining")
-    pretrained = seed_summary(dirs)["cmrcnet:retrieval"]["per_seed"]
-    shipped = seed_summary({s: without_dirs[s] for s in dirs})["cmrcnet:retrieval"]["per_seed"]
+        raise SystemExit(f"no seed has all {args.protocol} folds with and without pretraining")
+    row = f"cmrcnet:{args.method}"
+    pretrained_summary = seed_summary(dirs, protocol=args.protocol)
+    if row not in pretrained_summary:
+        raise SystemExit(f"--method {args.method}: not among the results' methods")
+    pretrained = pretrained_summary[row]["per_seed"]
+    shipped = seed_summary({s: without_dirs[s] for s in dirs}, protocol=args.protocol)[row]["per_seed"]
     lines = [
         "| seed | recipe | " + " | ".join(LABELS) + " |",
         "|---|---|" + "---|" * len(LABELS),
@@ -67,9 +90,11 @@ def main() -> None:
         cells = " | ".join(spread([deltas[s][m] for s in seeds]) for m in METRICS)
         lines.append(f"| {n} seeds | difference (paired) | {cells} |")
     table = "\n".join(lines) + "\n"
-    (HERE / "compare.md").write_text(table, encoding="utf-8")
+    (HERE / f"{stem}.md").write_text(table, encoding="utf-8")
     record = {"seeds": sorted(dirs), "pretrained": pretrained, "without_pretraining": shipped, "difference": deltas}
-    (HERE / "compare.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    if args.protocol != "patient" or args.method != "retrieval":  # compare.json keeps its historical keys
+        record = {"protocol": args.protocol, "method": args.method, **record}
+    (HERE / f"{stem}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     print(table)
 
 
