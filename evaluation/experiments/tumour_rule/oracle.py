@@ -42,6 +42,16 @@ def oracle_threshold(score: np.ndarray, cancer: np.ndarray, ood: np.ndarray) -> 
     return best[1], best[2], best[3]
 
 
+def calibrated_calls(entry: dict) -> tuple[np.ndarray, float, float]:
+    """The product's call at the fold's calibrated threshold on one section's labelled
+    spots (a fold JSON's ``trust[section]``): ``(called, sensitivity, specificity)``;
+    out-of-domain spots are never called."""
+    s = entry["labelled_scores"]
+    score, cancer = np.asarray(s["absolute"], float), np.asarray(s["cancer"], bool)
+    called = (score > float(entry["absolute"]["threshold"])) & ~np.asarray(s["out_of_domain"], bool)
+    return (called, *_sens_spec(called, cancer))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path)
@@ -58,7 +68,7 @@ def main() -> None:
                 ood = np.asarray(s["out_of_domain"], bool)
                 t, sens, spec = oracle_threshold(score, cancer, ood)
                 calibrated = float(entry["absolute"]["threshold"])
-                cal_sens, cal_spec = _sens_spec((score > calibrated) & ~ood, cancer)
+                _, cal_sens, cal_spec = calibrated_calls(entry)
                 rows[f"{root}:{section}"] = {
                     "oracle": {"threshold": round(t, 3), "sensitivity": round(sens, 3), "specificity": round(spec, 3)},
                     "calibrated": {

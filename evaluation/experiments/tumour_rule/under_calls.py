@@ -36,7 +36,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from oracle import _sens_spec, oracle_threshold
+from oracle import calibrated_calls, oracle_threshold
 
 from napari_stpredict.training.data import her2st_section, spot_set
 from napari_stpredict.training.metrics import panel_zscore, roc_auc
@@ -60,15 +60,13 @@ def section_row(entry: dict, panel: list[str], her2st: str, section: str) -> dic
     scores = entry["labelled_scores"]
     predicted = np.asarray(scores["absolute"], float)
     cancer = np.asarray(scores["cancer"], bool)
-    ood = np.asarray(scores["out_of_domain"], bool)
     measured, measured_cancer, log_gap = measured_panel_score(her2st, section, panel)
     if len(measured) != len(predicted) or not np.array_equal(measured_cancer, cancer):
         # the fold's JSON records the labelled spots in the section's order: anything else
         # means another data version, and a spot-by-spot comparison would be wrong
         raise SystemExit(f"{section}: the fold's labelled spots do not match the data in {her2st}")
     threshold = float(entry["absolute"]["threshold"])
-    called = (predicted > threshold) & ~ood
-    sens, spec = _sens_spec(called, cancer)
+    called, sens, spec = calibrated_calls(entry)
     _, m_sens, m_spec = oracle_threshold(measured, cancer, np.zeros_like(cancer))
     missed, hit = cancer & ~called, cancer & called
 
