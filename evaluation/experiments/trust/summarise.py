@@ -22,12 +22,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--results", type=Path, default=REPO / "evaluation" / "results" / "full")
-    args = parser.parse_args()
+def table(results: Path) -> str:
+    """The text of trust.md made from the patient-level fold JSON files under ``results``."""
     rows = []
-    for path in sorted((args.results / "patient").glob("*/cmrcnet.json")):
+    for path in sorted((results / "patient").glob("*/cmrcnet.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         for section, t in record["trust"].items():
             rows.append((record["fold"], record["train_sections"], section, t))
@@ -72,6 +70,14 @@ def main() -> None:
         "the threshold chosen on the training spots (Youden's J), out-of-domain spots not called. 'per slide': "
         "the section's own z-scores and Otsu's threshold (the old default).\n\n" + "\n".join(lines) + "\n"
     )
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--results", type=Path, default=REPO / "evaluation" / "results" / "full")
+    args = parser.parse_args()
+    text = table(args.results)
     (HERE / "trust.md").write_text(text, encoding="utf-8")
     print(text)
 

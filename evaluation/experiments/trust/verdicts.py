@@ -75,7 +75,7 @@ def _images():
 def main() -> None:
     from napari_stpredict.errors import StPredictError
     from napari_stpredict.inference import run_prediction
-    from napari_stpredict.inference.tumor import tumor_mask
+    from napari_stpredict.inference.tumor import too_coarse_for_tumour, tumor_mask
     from napari_stpredict.model import load_model
     from napari_stpredict.stain import check_slide_stain
 
@@ -99,6 +99,7 @@ def main() -> None:
                         share_out=d["share_out"],
                         tumour_default=tumor_mask(p).fraction,
                         tumour_old=tumor_mask(p, mode="slide", include_out_of_domain=True).fraction,
+                        tumour_withheld=too_coarse_for_tumour(p.trust.resolution),
                     )
         rows.append(row)
         print(row, flush=True)
@@ -114,7 +115,8 @@ def main() -> None:
         if "verdict" in r:
             lines.append(
                 f"| {r['image']} | {r['stain']} | {r['spots']} | {r['verdict']} | {r['share_out']:.0%} | "
-                f"{r['tumour_default']:.0%} | {r['tumour_old']:.0%} |"
+                f"{r['tumour_default']:.0%}{' (withheld: too coarse)' if r.get('tumour_withheld') else ''} | "
+                f"{r['tumour_old']:.0%} |"
             )
         else:
             lines.append(f"| {r['image']} | {r['stain']} | - | {r.get('error', 'not predicted (refused)')} | | | |")
