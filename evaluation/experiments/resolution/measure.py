@@ -41,7 +41,7 @@ def _downscaled(image: np.ndarray, mpp: float) -> np.ndarray:
 
 def measure(mpp: float, adaptation: str, image: np.ndarray, spots, model) -> dict:
     from napari_stpredict.inference import run_prediction
-    from napari_stpredict.inference.tumor import tumor_mask
+    from napari_stpredict.inference.tumor import too_coarse_for_tumour, tumor_mask
     from napari_stpredict.io.base import ArraySlide
 
     scaled = _downscaled(image, mpp)
@@ -64,6 +64,19 @@ def measure(mpp: float, adaptation: str, image: np.ndarray, spots, model) -> dic
     known = spots.tumor >= 0
     label = spots.tumor[known] == 1
     hit = called[known]
+    anyway = {}
+    if too_coarse_for_tumour(prediction.trust.resolution):
+        # What the withheld call would have drawn (`--tumour-out-of-domain`: out-of-domain
+        # spots called too), so the limit's reason can be checked for each model.
+        forced = tumor_mask(prediction, include_out_of_domain=True)
+        forced_hit = _mask_at(prediction, forced, xy)[known]
+        anyway = {
+            "called_anyway": {
+                "tumour_fraction": round(float(forced.fraction), 4),
+                "sensitivity": round(float((forced_hit & label).sum() / max(label.sum(), 1)), 4),
+                "specificity": round(float((~forced_hit & ~label).sum() / max((~label).sum(), 1)), 4),
+            }
+        }
     return {
         "mpp": round(true_mpp, 4),
         "adaptation": adaptation,
@@ -77,6 +90,7 @@ def measure(mpp: float, adaptation: str, image: np.ndarray, spots, model) -> dic
         "specificity": round(float((~hit & ~label).sum() / max((~label).sum(), 1)), 4),
         "adaptation_summary": dict(prediction.meta.model.adaptation),
         "resolution_verdict": prediction.trust.resolution.to_uns(),
+        **anyway,
     }
 
 
