@@ -91,16 +91,22 @@ def youden_threshold(score: np.ndarray, label: np.ndarray) -> tuple[float, float
     return best[1], best[2], best[3]
 
 
-def _embedded_training_spots(model, train, neighbours):
+def _context_weights(model) -> np.ndarray:
+    """The model's spatial-context weights of a spot's 8 neighbours (all zero without context)."""
+    from ..inference.context import neighbour_weights
+
+    return neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
+
+
+def _embedded_training_spots(model, train, neighbours, weights: np.ndarray):
     """The training spots' image embeddings (adapted per section, as the engine adapts a
     slide), their raw pooled features and each section's adaptation; checks first that
-    the bank starts with these spots and that context has its neighbours."""
+    the bank starts with these spots and that context (``weights``) has its neighbours."""
     import torch
 
-    from ..inference.context import neighbour_weights
     from .adapt import adapted_embeddings, section_adaptations
 
-    if neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um).any() and neighbours is None:
+    if weights.any() and neighbours is None:
         raise ValueError(
             "the model uses spatial context (retrieval.context_sigma_um "
             f"{model.retrieval.context_sigma_um:g}): calibration needs the training spots' neighbouring patches"
@@ -126,15 +132,16 @@ def _embedded_training_spots(model, train, neighbours):
     return emb, features.cpu().numpy(), adaptations  # the out-of-domain reference stays raw
 
 
-def _leave_section_out(model, train, emb, features, neighbours, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+def _leave_section_out(
+    model, train, emb, features, neighbours, weights: np.ndarray, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Each training section scored as a new slide would be: its out-of-domain distance to
     the other sections' images and its expression retrieved from the bank without it."""
     import torch
 
-    from ..inference.context import mix_with_neighbours, neighbour_weights
+    from ..inference.context import mix_with_neighbours
     from ..model import ReferenceBank, retrieve
 
-    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
     n = len(train)
     distances = np.empty(n, np.float64)
     predicted = np.empty((n, len(model.genes)), np.float32)
@@ -184,8 +191,9 @@ def training_spot_predictions(model, train, *, top_k: int | None = None, neighbo
         ``(spots, genes)`` float32, in ``train``'s order.
     """
     top_k = model.retrieval.top_k if top_k is None else top_k
-    emb, features, _ = _embedded_training_spots(model, train, neighbours)
-    return _leave_section_out(model, train, emb, features, neighbours, top_k)[1]
+    weights = _context_weights(model)
+    emb, features, _ = _embedded_training_spots(model, train, neighbours, weights)
+    return _leave_section_out(model, train, emb, features, neighbours, weights, top_k)[1]
 
 
 def tumour_standardisation(predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,13 +252,12 @@ def compute_calibration(
     """
     import torch
 
-    from ..inference.context import neighbour_weights
     from ..training.metrics import roc_auc
 
     top_k = model.retrieval.top_k if top_k is None else top_k
-    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
-    emb, features, adaptations = _embedded_training_spots(model, train, neighbours)
-    distances, predicted = _leave_section_out(model, train, emb, features, neighbours, top_k)
+    weights = _context_weights(model)
+    emb, features, adaptations = _embedded_training_spots(model, train, neighbours, weights)
+    distances, predicted = _leave_section_out(model, train, emb, features, neighbours, weights, top_k)
     sections = list(dict.fromkeys(train.section.tolist()))
     threshold = float(np.quantile(distances, DOMAIN_QUANTILE))
     held_out_share = {s: round(float(np.mean(distances[train.section == s] > threshold)), 4) for s in sections}
