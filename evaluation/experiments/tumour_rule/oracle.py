@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _sens_spec(called: np.ndarray, cancer: np.ndarray) -> tuple[float, float]:
+def sens_spec(called: np.ndarray, cancer: np.ndarray) -> tuple[float, float]:
+    """Sensitivity and specificity of the boolean calls ``called`` against ``cancer``."""
     return float((called & cancer).sum() / max(cancer.sum(), 1)), float(
         (~called & ~cancer).sum() / max((~cancer).sum(), 1)
     )
@@ -36,7 +37,7 @@ def oracle_threshold(score: np.ndarray, cancer: np.ndarray, ood: np.ndarray) -> 
     cuts = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2])
     best = (-1.0, float(cuts[0]), 0.0, 0.0)
     for cut in cuts:
-        sens, spec = _sens_spec((score > cut) & ~ood, cancer)
+        sens, spec = sens_spec((score > cut) & ~ood, cancer)
         if min(sens, spec) > best[0]:
             best = (min(sens, spec), float(cut), sens, spec)
     return best[1], best[2], best[3]
@@ -49,7 +50,7 @@ def calibrated_calls(entry: dict) -> tuple[np.ndarray, float, float]:
     s = entry["labelled_scores"]
     score, cancer = np.asarray(s["absolute"], float), np.asarray(s["cancer"], bool)
     called = (score > float(entry["absolute"]["threshold"])) & ~np.asarray(s["out_of_domain"], bool)
-    return (called, *_sens_spec(called, cancer))
+    return (called, *sens_spec(called, cancer))
 
 
 def main() -> None:

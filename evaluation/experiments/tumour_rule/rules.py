@@ -39,12 +39,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+from oracle import sens_spec  # the sibling script's sensitivity and specificity
 
 
 def _calls(called: np.ndarray, cancer: np.ndarray) -> dict[str, float]:
+    """Sensitivity, specificity and share called, rounded for the tables."""
+    sensitivity, specificity = sens_spec(called, cancer)
     return {
-        "sensitivity": round(float((called & cancer).sum() / max(cancer.sum(), 1)), 3),
-        "specificity": round(float((~called & ~cancer).sum() / max((~cancer).sum(), 1)), 3),
+        "sensitivity": round(sensitivity, 3),
+        "specificity": round(specificity, 3),
         "called": round(float(called.mean()), 3),
     }
 
