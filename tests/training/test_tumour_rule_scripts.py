@@ -46,3 +46,33 @@ def test_under_calls_matches_the_evaluations_measured_ceiling_and_its_calls(tmp_
     _out_dir_with(tmp_path, record)
     refused = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     assert refused.returncode != 0 and "C6" in refused.stderr
+
+
+def test_threshold_band_adds_only_uncalled_spots_above_its_low_end():
+    """section_thresholds.band_on_held_out on a committed held-out section: a band that
+    starts at the threshold adds nothing and reproduces the recorded call; a band below
+    every score adds every in-domain spot the call left out, and no out-of-domain one."""
+    import importlib.util
+
+    import numpy as np
+
+    path = REPO / "evaluation" / "experiments" / "tumour_rule" / "section_thresholds.py"
+    spec = importlib.util.spec_from_file_location("section_thresholds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entry = json.loads(FOLD.read_text(encoding="utf-8"))["trust"]["C6"]
+    threshold = float(entry["absolute"]["threshold"])
+    none = module.band_on_held_out(entry, threshold)
+    assert none["band_share"] == 0 and none["sensitivity_with_band"] == none["sensitivity"]
+    assert none["sensitivity"] == round(entry["absolute"]["sensitivity"], 3)
+    assert none["specificity"] == round(entry["absolute"]["specificity"], 3)
+
+    scores = entry["labelled_scores"]
+    score = np.asarray(scores["absolute"], float)
+    ood = np.asarray(scores["out_of_domain"], bool)
+    cancer = np.asarray(scores["cancer"], bool)
+    missed = cancer & ~((score > threshold) & ~ood)
+    everything = module.band_on_held_out(entry, float(score.min()) - 1.0)
+    assert everything["missed_cancer_in_band"] == round(float((missed & ~ood).sum() / missed.sum()), 3)
+    assert everything["sensitivity_with_band"] == round(float((cancer & ~ood).sum() / cancer.sum()), 3)
+    assert everything["specificity_with_band"] == round(float((~cancer & ood).sum() / (~cancer).sum()), 3)
