@@ -15,6 +15,7 @@ Usage (after ``stpredict evaluate`` for those seeds; the fold models live in run
 
     python evaluation/experiments/tumour_rule/section_thresholds.py --config CONFIG
         [--protocol patient|loso_C] [--seeds 0 1 2] [--results OUT_DIR] --out OUT.json
+    python evaluation/experiments/tumour_rule/section_thresholds.py --bundled --out OUT.json
 
 ``--results`` is where the fold JSONs that these models made are (default: the config's
 ``out_dir``); a fold JSON whose calibrated threshold the model does not reproduce is
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -87,17 +89,76 @@ def band_on_held_out(entry: dict, low: float) -> dict[str, float]:
     }
 
 
+def bundled_on_the_sample(her2st: Path) -> dict:
+    """The bundled model on its held-out section C2 (the sample's section, full image at
+    0.688 µm/px, predicted by the engine): its call and the band from its own training
+    sections at the measured spots, against the authors' cancer clusters."""
+    from PIL import Image
+
+    from napari_stpredict.inference import run_prediction
+    from napari_stpredict.inference.tumor import spots_called, tumor_mask
+    from napari_stpredict.io.base import ArraySlide
+    from napari_stpredict.model import load_model
+    from napari_stpredict.training.sections import section_spots
+
+    model = load_model(device="cpu")
+    assert "C2" not in model.provenance["train_sections"], "C2 must be held out"
+    panel = list(model.calibration["tumor"]["markers"])
+    where = SimpleNamespace(her2st=str(her2st), cache_dir="runs/cache")  # the data and patch cache
+    pooled, cuts = training_section_cuts(model, where, panel)
+    Image.MAX_IMAGE_PIXELS = None
+    image = np.asarray(Image.open(next((her2st / "ST-imgs" / "C" / "C2").glob("*.jpg"))).convert("RGB"))
+    prediction = run_prediction(ArraySlide(image, mpp=0.688, levels=4, name="C2"), model)
+    mask = tumor_mask(prediction)
+    spots = section_spots("C2", str(her2st), model.genes)
+    obs = prediction.adata.obs
+    # Each measured spot's predicted spot: the one whose grid cell it lies in (-1: none).
+    grid = prediction.grid
+    numbers = grid.place(obs["grid_row"].to_numpy(int), obs["grid_col"].to_numpy(int), np.arange(len(obs)), fill=-1)
+    index = np.nan_to_num(grid.sample(numbers, spots.xy), nan=-1).astype(int)
+    known = (spots.tumor >= 0) & (index >= 0)
+    called_spots = spots_called(prediction, mask.raster)
+    ood = obs["out_of_domain"].to_numpy(bool) if "out_of_domain" in obs else np.zeros(len(obs), bool)
+    entry = {
+        "absolute": {"threshold": mask.threshold},
+        "labelled_scores": {
+            "absolute": np.asarray(mask.score)[index[known]].tolist(),
+            "cancer": (spots.tumor[known] == 1).tolist(),
+            "out_of_domain": ood[index[known]].tolist(),
+        },
+    }
+    low = min(cuts.values(), default=pooled)
+    return {
+        "model": "bundled",
+        "held_out": "C2",
+        "threshold": round(float(mask.threshold), 4),
+        "section_cuts": cuts,
+        "band_low": low,
+        "cleaned_mask_share": round(float(called_spots.mean()), 3),
+        "at_the_measured_spots": band_on_held_out(entry, low),
+    }
+
+
 def main() -> None:
     from napari_stpredict.model import load_model
     from napari_stpredict.training.protocol import PROTOCOLS, EvalConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--bundled", action="store_true", help="the bundled model on held-out C2 instead of folds")
+    parser.add_argument("--her2st", type=Path, default=Path(__file__).resolve().parents[4] / "shared/data/her2st")
+    parser.add_argument("--config", type=Path)
     parser.add_argument("--protocol", choices=("patient", "loso_C"), default="patient")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--results", type=Path, help="the fold JSONs' out_dir (default: the config's)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.bundled:
+        row = bundled_on_the_sample(args.her2st)
+        print(json.dumps(row))
+        args.out.write_text(json.dumps(row, indent=1), encoding="utf-8")
+        return
+    if args.config is None:
+        parser.error("--config is needed (or --bundled)")
     base = EvalConfig.from_yaml(args.config)
     rows = []
     for seed in args.seeds:
