@@ -70,19 +70,11 @@ def fold_predictions(model, spots, section: str, fd) -> dict[str, np.ndarray]:
     `stpredict evaluate` scores (``retrieval``: over the model's bank, as shipped;
     ``retrieval_train_bank``: over the fold's training spots), made as the evaluation
     makes them (its top-k, spatial context and per-slide adaptation)."""
-    from napari_stpredict.inference.context import neighbour_weights
-    from napari_stpredict.training.scoring import around_section, embedded_with_context, predict_sets
+    from napari_stpredict.training.scoring import held_out_embeddings, predict_sets
     from napari_stpredict.training.train import encoder_input
 
     tc = fd.train_config
-    weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
-    features = model.features_many(spots.patches)
-    embs, neighbours = embedded_with_context(
-        model,
-        features,
-        around_section(model.features_many, spots, section, tc, weights),
-        model.slide_adaptation(features),
-    )
+    embs, neighbours, _ = held_out_embeddings(model, spots, section, tc)
     sets = predict_sets(model, embs, fd.train.expression, neighbours, encoder_input(fd.train, tc.expression_targets))
     return {m: sets[m] for m in METHODS}
 

@@ -52,23 +52,21 @@ def test_shipped_model_carries_the_committed_evaluation_and_recipe():
     """The checkpoint's embedded figures are the committed results, its retrieval settings
     are the evaluated recipe's, and the README quotes the 3-seed headline."""
     import json
-    from pathlib import Path
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[2]
-    results = repo / "evaluation" / "results"
+    results = REPO / "evaluation" / "results"
     model = load_model(device="cpu")
     summary = json.loads((results / "full" / "summary.json").read_text(encoding="utf-8"))
     assert {k: model.evaluation[k] for k in summary} == summary
     seeds = json.loads((results / "seeds.json").read_text(encoding="utf-8"))
     assert model.evaluation["seeds"]["rows"] == seeds
-    recipe = yaml.safe_load((repo / "evaluation" / "config.yaml").read_text(encoding="utf-8"))["train"]
+    recipe = yaml.safe_load((REPO / "evaluation" / "config.yaml").read_text(encoding="utf-8"))["train"]
     assert model.retrieval.top_k == recipe["top_k"]
     assert model.retrieval.context_sigma_um == recipe["context_sigma_um"]
     headline = seeds["cmrcnet:retrieval"]
     quoted = f"{headline['mean']['r_heg50']:.3f} ± {headline['sd']['r_heg50']:.3f}"
-    assert quoted in (repo / "README.md").read_text(encoding="utf-8")
+    assert quoted in (REPO / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

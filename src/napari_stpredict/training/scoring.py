@@ -18,6 +18,7 @@ __all__ = [
     "ablation_predictions",
     "around_section",
     "embedded_with_context",
+    "held_out_embeddings",
     "held_out_predictions",
     "predict_sets",
     "score_predictions",
@@ -142,6 +143,26 @@ def held_out_predictions(model, spots, section: str, tc: TrainConfig) -> np.ndar
     numpy.ndarray
         ``(spots, genes)``.
     """
+    embs, neighbours, weights = held_out_embeddings(model, spots, section, tc)
+    return with_context(lambda e: model.predict_embeddings(e)[0].cpu().numpy(), embs, neighbours, weights)
+
+
+def held_out_embeddings(model, spots, section: str, tc: TrainConfig):
+    """A held-out section's image embeddings as the evaluation makes them (per-slide
+    adaptation, the neighbouring patches for spatial context).
+
+    Parameters
+    ----------
+    model, spots, section, tc
+        As for `held_out_predictions`.
+
+    Returns
+    -------
+    tuple
+        ``(embeddings, neighbours, weights)``: the spots' embeddings, ``(embeddings,
+        tissue)`` of their 8 neighbours or None without context, and the context weights,
+        as `with_context` and `predict_sets` take them.
+    """
     from ..inference.context import neighbour_weights
 
     weights = neighbour_weights(model.retrieval.context_sigma_um, model.io.patch_um)
@@ -152,7 +173,7 @@ def held_out_predictions(model, spots, section: str, tc: TrainConfig) -> np.ndar
         around_section(model.features_many, spots, section, tc, weights),
         model.slide_adaptation(features),
     )
-    return with_context(lambda e: model.predict_embeddings(e)[0].cpu().numpy(), embs, neighbours, weights)
+    return embs, neighbours, weights
 
 
 #: Ablation of the retrieval settings: the paper's top-k without context, then each
